@@ -1,0 +1,570 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/*
+ * xsk_bench: the minimal C references of the vtnetmap benchmark suite.
+ *
+ *   xsk_bench rx   -i IF [-q NQ] [-t SECS] [-b BATCH] [-s SLOTS] [--busy]
+ *       AF_XDP receive loop, one socket and one thread per queue (queues
+ *       0..NQ-1), copy mode, native XDP program xsk_redirect; counts frames
+ *       and bytes like pkt-gen -f rx (no payload access), returns them to the
+ *       fill ring, and poll()s when the RX ring is empty (unless --busy).
+ *       The clock runs from the first frame to the last; the run ends after
+ *       SECS of traffic or half a second of silence.
+ *   xsk_bench tx   -i IF [-q NQ] [-t SECS] [-b BATCH] [-l LEN] [-s SLOTS]
+ *       AF_XDP transmit loop, one socket and one thread per queue: the UMEM
+ *       is filled once with a valid UDP frame, then the loop only writes
+ *       descriptors, kicks with sendto() and reaps completions.
+ *   xsk_bench drop -i IF [-t SECS]
+ *       attach drop_count (native) and count: the in-kernel ceiling.
+ *   xsk_bench gen  -i IF [-t SECS] [-l LEN] [-r PPS]
+ *       kernel generator: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES
+ *       on redirect_out, which sends every frame out of IF.
+ *
+ * Common: -o OBJ (the compiled xdp_progs.bpf.o).  Each run prints one JSON
+ * object on stdout with what it counted.  XDP programs it attached are
+ * detached before it exits (also on SIGINT/SIGTERM); if the process is
+ * killed hard, the attachment goes with the interface.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <linux/if_ether.h>
+#include <linux/if_link.h>
+#include <linux/if_xdp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <xdp/xsk.h>
+
+#define FRAME_SIZE XSK_UMEM__DEFAULT_FRAME_SIZE
+#define MAX_QUEUES 16
+#define IDLE_END 0.5	/* rx: the run ends after this much silence */
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) { (void)sig; stop_flag = 1; }
+
+struct cfg {
+	const char *mode, *ifname, *obj;
+	int ifindex, nq, batch, len, busy;
+	uint32_t ring;		/* slots per ring; the UMEM has twice as many frames */
+	double secs;
+	uint64_t rate;
+};
+
+struct worker {
+	struct cfg *cfg;
+	int queue;
+	void *area;
+	struct xsk_umem *umem;
+	struct xsk_socket *xsk;
+	struct xsk_ring_prod fq, tx;
+	struct xsk_ring_cons cq, rx;
+	uint64_t pkts, bytes, events, kicks;
+	double t_first, t_last;	/* rx: first and last frame seen; tx: start, end */
+	struct xdp_statistics st;
+	pthread_t thr;
+	int err;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, int err)
+{
+	fprintf(stderr, "xsk_bench: %s: %s\n", what, strerror(err < 0 ? -err : err));
+	exit(1);
+}
+
+/* ---- a valid Ethernet/IPv4/UDP frame (RFC 1071 checksums) ---- */
+
+static uint32_t sum16(const uint8_t *p, size_t n, uint32_t s)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < n; i += 2)
+		s += (uint32_t)p[i] << 8 | p[i + 1];
+	if (n & 1)
+		s += (uint32_t)p[n - 1] << 8;
+	return s;
+}
+
+static uint16_t fold(uint32_t s)
+{
+	while (s >> 16)
+		s = (s & 0xffff) + (s >> 16);
+	return (uint16_t)~s;
+}
+
+static void build_frame(uint8_t *f, int len)
+{
+	uint8_t *ip = f + 14, *udp = f + 34;
+	int iplen = len - 14, ulen = len - 34, i;
+	uint32_t s;
+	uint16_t c;
+
+	memset(f, 0, len);
+	memset(f, 0xff, 6);                     /* broadcast destination */
+	memcpy(f + 6, "\x02\x00\x00\x00\x00\x01", 6);
+	f[12] = 0x08;
+	ip[0] = 0x45;
+	ip[2] = iplen >> 8; ip[3] = iplen & 0xff;
+	ip[6] = 0x40;                           /* DF */
+	ip[8] = 64; ip[9] = 17;
+	memcpy(ip + 12, "\xcb\x00\x71\x01", 4); /* 203.0.113.1 */
+	memcpy(ip + 16, "\xcb\x00\x71\x02", 4); /* 203.0.113.2 */
+	c = fold(sum16(ip, 20, 0));
+	ip[10] = c >> 8; ip[11] = c & 0xff;
+	udp[0] = 1234 >> 8; udp[1] = 1234 & 0xff;
+	udp[2] = 9 >> 8; udp[3] = 9;            /* discard port */
+	udp[4] = ulen >> 8; udp[5] = ulen & 0xff;
+	for (i = 8; i < ulen; i++)
+		udp[i] = 'a' + i % 26;
+	s = sum16(ip + 12, 8, 17 + ulen);       /* pseudo header */
+	c = fold(sum16(udp, ulen, s));
+	if (c == 0)
+		c = 0xffff;
+	udp[6] = c >> 8; udp[7] = c & 0xff;
+}
+
+/* ---- XDP attach ---- */
+
+static struct bpf_object *obj;
+static int attached_ifindex;
+
+static void detach(void)
+{
+	if (attached_ifindex) {
+		bpf_xdp_detach(attached_ifindex, XDP_FLAGS_DRV_MODE, NULL);
+		attached_ifindex = 0;
+	}
+	if (obj) {
+		bpf_object__close(obj);
+		obj = NULL;
+	}
+}
+
+static int load_prog(struct cfg *c, const char *name, int attach)
+{
+	struct bpf_program *p;
+	int fd, err;
+
+	obj = bpf_object__open_file(c->obj, NULL);
+	if (!obj)
+		die("open BPF object", errno);
+	err = bpf_object__load(obj);
+	if (err)
+		die("load BPF object", err);
+	p = bpf_object__find_program_by_name(obj, name);
+	if (!p)
+		die(name, ENOENT);
+	fd = bpf_program__fd(p);
+	if (attach) {
+		err = bpf_xdp_attach(c->ifindex, fd, XDP_FLAGS_DRV_MODE, NULL);
+		if (err)
+			die("attach XDP (native)", err);
+		attached_ifindex = c->ifindex;
+	}
+	return fd;
+}
+
+static int map_fd(const char *name)
+{
+	struct bpf_map *m = bpf_object__find_map_by_name(obj, name);
+
+	if (!m)
+		die(name, ENOENT);
+	return bpf_map__fd(m);
+}
+
+static uint64_t read_seen(void)
+{
+	int ncpu = libbpf_num_possible_cpus(), i;
+	uint64_t *v = calloc(ncpu, sizeof(*v)), total = 0;
+	uint32_t k = 0;
+
+	if (v && bpf_map_lookup_elem(map_fd("seen"), &k, v) == 0)
+		for (i = 0; i < ncpu; i++)
+			total += v[i];
+	free(v);
+	return total;
+}
+
+/* ---- AF_XDP sockets ---- */
+
+static void xsk_open(struct worker *w, int rx)
+{
+	struct xsk_umem_config uc = {
+		.fill_size = w->cfg->ring, .comp_size = w->cfg->ring,
+		.frame_size = FRAME_SIZE, .frame_headroom = 0,
+	};
+	struct xsk_socket_config sc = {
+		.rx_size = rx ? w->cfg->ring : 0,
+		.tx_size = rx ? 0 : w->cfg->ring,
+		.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+		.xdp_flags = XDP_FLAGS_DRV_MODE,
+		.bind_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
+	};
+	size_t sz = (size_t)2 * w->cfg->ring * FRAME_SIZE;
+	int err, tries;
+
+	w->area = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (w->area == MAP_FAILED)
+		die("mmap UMEM", errno);
+	err = xsk_umem__create(&w->umem, w->area, sz, &w->fq, &w->cq, &uc);
+	if (err)
+		die("xsk_umem__create", err);
+	/* A socket closed just before (the previous run) releases its queue
+	 * from a deferred work item: retry EBUSY for a while. */
+	for (tries = 0; tries < 200; tries++) {
+		err = xsk_socket__create(&w->xsk, w->cfg->ifname, w->queue, w->umem,
+					 rx ? &w->rx : NULL, rx ? NULL : &w->tx, &sc);
+		if (err != -EBUSY)
+			break;
+		usleep(10000);
+	}
+	if (err)
+		die("xsk_socket__create", err);
+}
+
+static void xsk_close(struct worker *w)
+{
+	socklen_t l = sizeof(w->st);
+
+	getsockopt(xsk_socket__fd(w->xsk), SOL_XDP, XDP_STATISTICS, &w->st, &l);
+	xsk_socket__delete(w->xsk);
+	xsk_umem__delete(w->umem);
+	munmap(w->area, (size_t)2 * w->cfg->ring * FRAME_SIZE);
+}
+
+static void *rx_loop(void *arg)
+{
+	struct worker *w = arg;
+	struct pollfd pfd = { .fd = xsk_socket__fd(w->xsk), .events = POLLIN };
+	uint32_t idx, i, n, ring = w->cfg->ring;
+	double start = now_s(), t;
+
+	/* Give half the frames to the kernel for RX. */
+	n = xsk_ring_prod__reserve(&w->fq, ring, &idx);
+	for (i = 0; i < n; i++)
+		*xsk_ring_prod__fill_addr(&w->fq, idx + i) = (uint64_t)i * FRAME_SIZE;
+	xsk_ring_prod__submit(&w->fq, n);
+
+	/* Like pkt-gen -f rx: the clock starts at the first frame and the run
+	 * ends after -t seconds of traffic or IDLE_END seconds of silence. */
+	while (!stop_flag) {
+		uint32_t ridx, fidx;
+
+		n = xsk_ring_cons__peek(&w->rx, w->cfg->batch, &ridx);
+		if (n == 0) {
+			t = now_s();
+			if (w->pkts == 0 ? t - start >= w->cfg->secs + 5
+					 : t - w->t_last >= IDLE_END || t - w->t_first >= w->cfg->secs)
+				break;
+			if (!w->cfg->busy)
+				poll(&pfd, 1, 100);
+			continue;
+		}
+		/* The fill ring has room: it holds at most what RX gave back. */
+		while (xsk_ring_prod__reserve(&w->fq, n, &fidx) != n)
+			;
+		for (i = 0; i < n; i++) {
+			const struct xdp_desc *d = xsk_ring_cons__rx_desc(&w->rx, ridx + i);
+
+			w->bytes += d->len;
+			*xsk_ring_prod__fill_addr(&w->fq, fidx + i) = d->addr;
+		}
+		xsk_ring_prod__submit(&w->fq, n);
+		xsk_ring_cons__release(&w->rx, n);
+		/* clock_gettime is a vDSO call: cheap enough once a batch. */
+		w->t_last = now_s();
+		if (w->pkts == 0)
+			w->t_first = w->t_last;
+		w->pkts += n;
+		w->events++;
+		if (w->t_last - w->t_first >= w->cfg->secs)
+			break;
+	}
+	return NULL;
+}
+
+static void *tx_loop(void *arg)
+{
+	struct worker *w = arg;
+	int fd = xsk_socket__fd(w->xsk);
+	uint32_t i, idx, n, inflight = 0, next = 0, ring = w->cfg->ring;
+	double end;
+
+	for (i = 0; i < 2 * ring; i++)
+		build_frame((uint8_t *)w->area + (size_t)i * FRAME_SIZE, w->cfg->len);
+	w->t_first = now_s();
+	end = w->t_first + w->cfg->secs;
+
+	while (!stop_flag) {
+		uint32_t room;
+
+		/* Reap completions: every frame holds the same bytes, so a
+		 * completed address only matters as a count. */
+		n = xsk_ring_cons__peek(&w->cq, ring, &idx);
+		if (n) {
+			xsk_ring_cons__release(&w->cq, n);
+			inflight -= n;
+			w->pkts += n;
+		}
+		room = ring - inflight;
+		if (room > (uint32_t)w->cfg->batch)
+			room = w->cfg->batch;
+		if (room) {
+			n = xsk_ring_prod__reserve(&w->tx, room, &idx);
+			for (i = 0; i < n; i++) {
+				struct xdp_desc *d = xsk_ring_prod__tx_desc(&w->tx, idx + i);
+
+				d->addr = (uint64_t)next * FRAME_SIZE;
+				d->len = w->cfg->len;
+				next = (next + 1) % (2 * ring);
+			}
+			if (n) {
+				xsk_ring_prod__submit(&w->tx, n);
+				inflight += n;
+				w->events++;
+			}
+		}
+		if (xsk_ring_prod__needs_wakeup(&w->tx)) {
+			w->kicks++;
+			if (sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 &&
+			    errno != EAGAIN && errno != EBUSY && errno != ENOBUFS &&
+			    errno != ENETDOWN) {
+				w->err = errno;
+				break;
+			}
+		}
+		if ((w->kicks & 255) == 0 && now_s() >= end)
+			break;
+	}
+	/* Let what is queued finish so the count is of frames sent. */
+	for (i = 0; inflight && i < 1000; i++) {
+		sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+		n = xsk_ring_cons__peek(&w->cq, ring, &idx);
+		xsk_ring_cons__release(&w->cq, n);
+		inflight -= n;
+		w->pkts += n;
+	}
+	w->t_last = now_s();
+	w->bytes = w->pkts * w->cfg->len;
+	return NULL;
+}
+
+static void print_result(struct cfg *c, struct worker *ws, double secs, uint64_t seen)
+{
+	uint64_t pkts = 0, bytes = 0, events = 0, drop = 0, full = 0, fill_empty = 0;
+	double first = 0, last = 0;
+	int q;
+
+	/* The span from the first worker's first frame to the last one's last
+	 * frame, when the workers timed themselves. */
+	for (q = 0; q < c->nq; q++) {
+		if (ws[q].pkts == 0 || ws[q].t_first == 0)
+			continue;
+		if (first == 0 || ws[q].t_first < first)
+			first = ws[q].t_first;
+		if (ws[q].t_last > last)
+			last = ws[q].t_last;
+	}
+	if (first > 0 && last > first)
+		secs = last - first;
+	for (q = 0; q < c->nq; q++) {
+		pkts += ws[q].pkts;
+		bytes += ws[q].bytes;
+		events += ws[q].events;
+		drop += ws[q].st.rx_dropped;
+		full += ws[q].st.rx_ring_full;
+		fill_empty += ws[q].st.rx_fill_ring_empty_descs;
+	}
+	printf("{\"mode\": \"%s\", \"queues\": %d, \"pkts\": %llu, \"bytes\": %llu, "
+	       "\"events\": %llu, \"seconds\": %.6f, \"pps\": %.1f, \"xdp_seen\": %llu, "
+	       "\"rx_dropped\": %llu, \"rx_ring_full\": %llu, \"fill_empty\": %llu}\n",
+	       c->mode, c->nq, (unsigned long long)pkts, (unsigned long long)bytes,
+	       (unsigned long long)events, secs, secs > 0 ? pkts / secs : 0.0, (unsigned long long)seen,
+	       (unsigned long long)drop, (unsigned long long)full,
+	       (unsigned long long)fill_empty);
+}
+
+static int run_xsk(struct cfg *c, int rx)
+{
+	struct worker ws[MAX_QUEUES];
+	double t0, t1;
+	uint64_t seen0 = 0;
+	int q, xmap = -1;
+
+	memset(ws, 0, sizeof(ws));
+	if (rx) {
+		load_prog(c, "xsk_redirect", 1);
+		xmap = map_fd("xsks_map");
+	}
+	for (q = 0; q < c->nq; q++) {
+		ws[q].cfg = c;
+		ws[q].queue = q;
+		xsk_open(&ws[q], rx);
+		if (rx) {
+			int fd = xsk_socket__fd(ws[q].xsk);
+			uint32_t k = q;
+
+			if (bpf_map_update_elem(xmap, &k, &fd, 0))
+				die("xsks_map update", errno);
+		}
+	}
+	if (rx)
+		seen0 = read_seen();
+	t0 = now_s();
+	for (q = 0; q < c->nq; q++)
+		pthread_create(&ws[q].thr, NULL, rx ? rx_loop : tx_loop, &ws[q]);
+	for (q = 0; q < c->nq; q++)
+		pthread_join(ws[q].thr, NULL);
+	t1 = now_s();
+	for (q = 0; q < c->nq; q++) {
+		if (ws[q].err)
+			fprintf(stderr, "xsk_bench: queue %d: %s\n", q, strerror(ws[q].err));
+		xsk_close(&ws[q]);
+	}
+	print_result(c, ws, t1 - t0, rx ? read_seen() - seen0 : 0);
+	detach();
+	return 0;
+}
+
+static int run_drop(struct cfg *c)
+{
+	struct worker w;
+	uint64_t s0;
+	double t0, t1;
+
+	memset(&w, 0, sizeof(w));
+	load_prog(c, "drop_count", 1);
+	s0 = read_seen();
+	t0 = now_s();
+	while (!stop_flag && now_s() - t0 < c->secs)
+		usleep(10000);
+	t1 = now_s();
+	w.pkts = read_seen() - s0;
+	print_result(c, &w, t1 - t0, w.pkts);
+	detach();
+	return 0;
+}
+
+static int run_gen(struct cfg *c)
+{
+	uint8_t frame[2048];
+	struct xdp_md ctx = { .data_end = c->len, .ingress_ifindex = c->ifindex };
+	uint32_t k = 0, repeat = 1 << 16;
+	uint64_t sent = 0, calls = 0;
+	double t0, t1, next;
+	int fd, err;
+	struct worker w;
+
+	build_frame(frame, c->len);
+	fd = load_prog(c, "redirect_out", 0);
+	if (bpf_map_update_elem(map_fd("target"), &k, &c->ifindex, 0))
+		die("target map", errno);
+	if (c->rate) {
+		/* a call's worth every 10 ms */
+		repeat = c->rate / 100 ? c->rate / 100 : 1;
+	}
+	t0 = next = now_s();
+	while (!stop_flag && now_s() - t0 < c->secs) {
+		LIBBPF_OPTS(bpf_test_run_opts, o,
+			    .data_in = frame, .data_size_in = c->len,
+			    .ctx_in = &ctx, .ctx_size_in = sizeof(ctx),
+			    .repeat = repeat, .flags = BPF_F_TEST_XDP_LIVE_FRAMES,
+			    .batch_size = 64);
+		err = bpf_prog_test_run_opts(fd, &o);
+		if (err)
+			die("BPF_PROG_TEST_RUN live frames", err);
+		sent += repeat;
+		calls++;
+		if (c->rate) {
+			next += 0.01;
+			while (now_s() < next && !stop_flag)
+				usleep(1000);
+		}
+	}
+	t1 = now_s();
+	memset(&w, 0, sizeof(w));
+	w.pkts = sent;
+	w.bytes = sent * c->len;
+	w.events = calls;
+	print_result(c, &w, t1 - t0, read_seen());
+	detach();
+	return 0;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: xsk_bench rx|tx|drop|gen -i IF -o OBJ [-q NQ] [-t SECS] "
+			"[-b BATCH] [-l LEN] [-r PPS] [-s RING_SLOTS] [--busy]\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = { { "busy", no_argument, NULL, 'B' }, { 0 } };
+	struct cfg c = { .nq = 1, .batch = 64, .len = 60, .secs = 5, .ring = 2048,
+			 .obj = "xdp_progs.bpf.o" };
+	struct sigaction sa = { .sa_handler = on_signal };
+	int ch;
+
+	if (argc < 2)
+		usage();
+	c.mode = argv[1];
+	optind = 2;
+	while ((ch = getopt_long(argc, argv, "i:o:q:t:b:l:r:s:", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'i': c.ifname = optarg; break;
+		case 'o': c.obj = optarg; break;
+		case 'q': c.nq = atoi(optarg); break;
+		case 't': c.secs = atof(optarg); break;
+		case 'b': c.batch = atoi(optarg); break;
+		case 'l': c.len = atoi(optarg); break;
+		case 'r': c.rate = strtoull(optarg, NULL, 0); break;
+		case 's': c.ring = strtoul(optarg, NULL, 0); break;
+		case 'B': c.busy = 1; break;
+		default: usage();
+		}
+	}
+	if (!c.ifname || c.nq < 1 || c.nq > MAX_QUEUES || c.batch < 1 ||
+	    c.len < 60 || c.len > 1514 || c.ring < 64 || c.ring > 16384 ||
+	    (c.ring & (c.ring - 1)))
+		usage();
+	c.ifindex = if_nametoindex(c.ifname);
+	if (!c.ifindex)
+		die(c.ifname, errno);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	atexit(detach);
+	libbpf_set_print(NULL);
+	if (!strcmp(c.mode, "rx"))
+		return run_xsk(&c, 1);
+	if (!strcmp(c.mode, "tx"))
+		return run_xsk(&c, 0);
+	if (!strcmp(c.mode, "drop"))
+		return run_drop(&c);
+	if (!strcmp(c.mode, "gen"))
+		return run_gen(&c);
+	usage();
+	return 2;
+}

@@ -1,0 +1,1 @@
+"""The `vtnetmap` command (click). Installed as `vtnetmap_cli`."""

@@ -1,0 +1,103 @@
+"""Native XDP on virtio_net, and the driver's refusals hit for real (main profile:
+-smp 2, 4 queue pairs, QEMU's default device options). The refusals are checked in the
+kernel's own words: extack messages come back through iproute2 as "Error: virtio_net: ...",
+driver warnings land in the kernel log."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import guestlib
+from guestlib import XDP_ATTACHED_DRV, XDP_ATTACHED_SKB, Kmsg
+
+MTU_TOO_LARGE = "virtio_net: MTU too large to enable XDP."
+MTU_LOG = "XDP requires MTU less than"
+QUEUE_WARNING = "XDP_TX and XDP_REDIRECT will operate in a slower locked tx mode."
+
+pytestmark = pytest.mark.usefixtures("restore_iface")
+
+
+def test_native_attach_then_detach(iface: str, xdp_pass_obj: Path,
+                                   host_link: guestlib.HostLink) -> None:
+    log = Kmsg()
+    r = guestlib.xdp_attach(iface, xdp_pass_obj)
+    assert r.returncode == 0, r.stderr
+    assert guestlib.xdp_mode(iface) == XDP_ATTACHED_DRV
+    prog = guestlib.link_info(iface)["xdp"]["prog"]  # type: ignore[index]
+    assert prog["name"] == "xdp_pass"
+    # 2 CPUs + 2 current queue pairs fit the 4 queue pairs: XDP gets its own TX queues.
+    ch = guestlib.channels(iface)
+    if ch.combined + (os.cpu_count() or 1) <= ch.max_combined:
+        assert not [ln for ln in log.new_lines() if QUEUE_WARNING in ln]
+    # Frames still reach the stack through the attached program (XDP_PASS).
+    p = host_link.run(["ping", "-c", "3", "-i", "0.3", "-W", "5", guestlib.GUEST_IP],
+                      timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = guestlib.xdp_detach(iface)
+    assert r.returncode == 0, r.stderr
+    assert guestlib.xdp_mode(iface) == 0
+
+
+def test_channels_cannot_change_while_attached(iface: str, xdp_pass_obj: Path) -> None:
+    before = guestlib.channels(iface)
+    assert guestlib.xdp_attach(iface, xdp_pass_obj).returncode == 0
+    r = guestlib.set_channels(iface, 1)
+    assert r.returncode != 0
+    assert "Invalid argument" in r.stdout + r.stderr
+    assert guestlib.channels(iface) == before
+    # Detached, the same change is accepted (restore_iface puts the count back).
+    assert guestlib.xdp_detach(iface).returncode == 0
+    assert guestlib.set_channels(iface, 1).returncode == 0
+    assert guestlib.channels(iface).combined == 1
+
+
+def test_attach_with_one_channel(iface: str, xdp_pass_obj: Path) -> None:
+    assert guestlib.set_channels(iface, 1).returncode == 0
+    r = guestlib.xdp_attach(iface, xdp_pass_obj)
+    assert r.returncode == 0, r.stderr
+    assert guestlib.xdp_mode(iface) == XDP_ATTACHED_DRV
+
+
+def test_gro_hw_locked_while_attached(iface: str, xdp_pass_obj: Path) -> None:
+    # With VIRTIO_NET_F_CTRL_GUEST_OFFLOADS (QEMU's default) rx-gro-hw is changeable...
+    assert guestlib.features(iface)["rx-gro-hw"] == "on"
+    assert guestlib.xdp_attach(iface, xdp_pass_obj).returncode == 0
+    log = Kmsg()
+    # ...but XDP has turned the guest offloads off and holds them: the request fails.
+    r = guestlib.run(["ethtool", "-K", iface, "rx-gro-hw", "off"])
+    assert r.returncode != 0
+    assert "rx-gro-hw: on [requested off]" in r.stdout + r.stderr
+    assert any("set_features() failed (-16)" in ln for ln in log.new_lines()), log.new_lines()
+
+
+def test_mtu_too_large_refused(iface: str, xdp_pass_obj: Path) -> None:
+    assert guestlib.set_mtu(iface, 9000).returncode == 0
+    log = Kmsg()
+    r = guestlib.xdp_attach(iface, xdp_pass_obj)
+    assert r.returncode != 0
+    assert MTU_TOO_LARGE in r.stderr
+    assert any(MTU_LOG in ln for ln in log.new_lines()), log.new_lines()
+    assert guestlib.xdp_mode(iface) == 0
+
+
+def test_mtu_raised_while_attached_blocks_detach(iface: str, xdp_pass_obj: Path) -> None:
+    assert guestlib.xdp_attach(iface, xdp_pass_obj).returncode == 0
+    # virtio_net accepts the larger MTU while attached (it only checks at XDP set time)...
+    assert guestlib.set_mtu(iface, 9000).returncode == 0
+    # ...and then refuses to detach, because detaching runs the same check.
+    r = guestlib.xdp_detach(iface)
+    assert r.returncode != 0
+    assert MTU_TOO_LARGE in r.stderr
+    assert guestlib.xdp_mode(iface) == XDP_ATTACHED_DRV
+    assert guestlib.set_mtu(iface, 1500).returncode == 0
+    assert guestlib.xdp_detach(iface).returncode == 0
+    assert guestlib.xdp_mode(iface) == 0
+
+
+def test_generic_attach(iface: str, xdp_pass_obj: Path) -> None:
+    r = guestlib.xdp_attach(iface, xdp_pass_obj, mode="xdpgeneric")
+    assert r.returncode == 0, r.stderr
+    assert guestlib.xdp_mode(iface) == XDP_ATTACHED_SKB

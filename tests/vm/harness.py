@@ -1,0 +1,610 @@
+"""Boot a Debian guest with a real multiqueue virtio_net NIC and run a command in it.
+
+The guest is Debian's own kernel (the image matching the installed linux-headers-amd64,
+installed by ``tests/vm/setup_vm.sh``) booted by virtme-ng under QEMU's TCG emulation
+(KVM cannot boot a stock kernel on these machines) over the host's root filesystem (9p,
+read-only with tmpfs overlays). It therefore sees this checkout and its ``.venv``.
+
+Per boot the harness:
+
+* makes a network namespace ``vtvm-<suffix>`` holding a ``multi_queue`` TAP, ``vtvmtap0``
+  (198.51.100.1/24, with a permanent neighbour entry for the guest so the host can reach
+  the guest even while XDP in the guest swallows its ARP), plus one single-queue TAP per
+  extra NIC (no address);
+* runs QEMU inside that namespace: ``virtio-net-pci`` with ``mq=on`` on the TAP, extra
+  device properties as asked (``ctrl_guest_offloads=off``, ``host_mtu=9000``, ...);
+* gives the guest a host link: a virtio-serial port named ``vtvm.host`` through which guest
+  tests ask the host to run commands inside the namespace (ping, nc, tcpdump, pkt-gen on
+  the TAP) and read the TAP's counters, without touching the NIC under test;
+* renames the guest NIC (found by MAC) to ``eth0`` (extra NICs ``eth1``...), gives it
+  198.51.100.2/24, exports ``VTVM_*`` variables and runs the command as root with cwd at
+  the repository, with a writable results directory shared at the same path;
+* returns rc, stdout, the command's stderr and the kernel console separately.
+
+Whatever happens (timeout, guest panic, exception) the whole QEMU process tree is killed
+and reaped and the namespace deleted; the results directory is left for inspection.
+
+CLI for manual use (as root)::
+
+    python3 tests/vm/harness.py [--cpus 2] [--queues 4] [--dev-opt ctrl_guest_offloads=off]
+        [--extra-nic host_mtu=9000] 'ethtool -l eth0'
+    python3 tests/vm/harness.py --profile main      # the guest scenarios of one profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VM_DIR = Path(__file__).resolve().parent
+REPO = VM_DIR.parents[1]
+VNG = VM_DIR / ".vng-venv" / "bin" / "vng"
+GUEST_PYTHON = REPO / ".venv" / "bin" / "python"
+OUT_DIR = VM_DIR / "out"
+
+NS_PREFIX = "vtvm-"
+TAP = "vtvmtap0"
+HOST_IP = "198.51.100.1"
+GUEST_IP = "198.51.100.2"
+PREFIX_LEN = 24
+# Locally administered MACs; extra NICs count up in the last octet.
+GUEST_MAC = "52:54:00:76:74:02"
+HOST_LINK_PORT = "vtvm.host"
+
+# Modules udev would load under q35/TCG that only cost boot time (measured ~4 s).
+_BLACKLIST = (
+    "kvm,kvm_amd,kvm_intel,ahci,libahci,sr_mod,cdrom,i2c_i801,iTCO_wdt,lpc_ich,pcspkr,"
+    "aesni_intel,ghash_clmulni_intel,powernow_k8,psmouse,i6300esb,sg,ccp,serio_raw,evdev,"
+    "button,joydev"
+)
+_PR_SET_CHILD_SUBREAPER = 36
+_GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class HarnessError(RuntimeError):
+    """The VM could not be started (missing package, kernel, namespace failure)."""
+
+
+@dataclass(frozen=True)
+class Nic:
+    """An extra virtio-net-pci NIC (single queue, own TAP), e.g. to hit a refusal.
+
+    ``dev_opts`` are QEMU virtio-net-pci properties, e.g. ``{"ctrl_guest_offloads": "off"}``.
+    """
+
+    dev_opts: Mapping[str, str | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """How to boot the guest.
+
+    ``queues`` is the number of queue pairs of the main NIC (eth0); ``dev_opts`` extra
+    virtio-net-pci properties for it (``{"ctrl_guest_offloads": "off"}``,
+    ``{"host_mtu": 9000}``); ``extra_nics`` become eth1, eth2, ...; ``env`` is exported in
+    the guest; ``timeout`` bounds the whole boot + command + power-off, in seconds.
+    """
+
+    cpus: int = 2
+    queues: int = 4
+    memory: str = "2G"
+    dev_opts: Mapping[str, str | int] = field(default_factory=dict)
+    extra_nics: Sequence[Nic] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 300.0
+    host_link: bool = True
+
+
+@dataclass
+class GuestResult:
+    """Outcome of one boot. ``rc`` is the guest command's exit status; 124 on timeout;
+    vng reports 255 when the guest died before the command returned (panic)."""
+
+    rc: int
+    stdout: str
+    stderr: str
+    console: str
+    seconds: float
+    timed_out: bool
+    results_dir: Path
+    boot_seconds: float | None = None  # guest uptime when the command started
+
+    def describe(self, tail: int = 12000) -> str:
+        """Human-readable summary with the tails of stdout, stderr and the console."""
+
+        def cut(s: str) -> str:
+            return s if len(s) <= tail else "...[cut]...\n" + s[-tail:]
+
+        head = (
+            f"rc={self.rc} timed_out={self.timed_out} wall={self.seconds:.1f}s "
+            f"boot={self.boot_seconds}s results={self.results_dir}"
+        )
+        return (
+            f"{head}\n--- guest stdout ---\n{cut(self.stdout)}\n--- guest stderr ---\n"
+            f"{cut(self.stderr)}\n--- guest console ---\n{cut(self.console)}"
+        )
+
+
+def find_kernel() -> Path:
+    """The vmlinuz whose ABI has headers at /lib/modules/<abi>/build (what bcc uses)."""
+    mods = Path("/lib/modules")
+    found = sorted(
+        Path("/boot") / f"vmlinuz-{d.name}"
+        for d in (mods.iterdir() if mods.is_dir() else ())
+        if (d / "build").is_dir() and (Path("/boot") / f"vmlinuz-{d.name}").is_file()
+    )
+    if not found:
+        raise HarnessError(
+            "no /boot/vmlinuz-<abi> with headers in /lib/modules/<abi>/build: "
+            "run tests/vm/setup_vm.sh as root"
+        )
+    return found[-1]
+
+
+def check_prerequisites() -> list[str]:
+    """What is missing for a boot, as messages (empty when ready)."""
+    problems = []
+    if not VNG.is_file():
+        problems.append(f"{VNG} missing (run tests/vm/setup_vm.sh)")
+    if shutil.which("qemu-system-x86_64") is None:
+        problems.append("qemu-system-x86_64 missing (run tests/vm/setup_vm.sh)")
+    if not GUEST_PYTHON.is_file():
+        problems.append(f"{GUEST_PYTHON} missing (run scripts/setup.sh)")
+    try:
+        find_kernel()
+    except HarnessError as e:
+        problems.append(str(e))
+    return problems
+
+
+def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise HarnessError(f"{' '.join(argv)}: rc={p.returncode} {p.stderr.strip()}")
+    return p
+
+
+def _become_subreaper() -> None:
+    # This machine's PID 1 does not reap orphans: after a timeout kill, vng's children
+    # (virtme-run, qemu) are re-parented to us instead, and we reap them.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise HarnessError(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid`` (ours: started with start_new_session) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-pgid, 0)
+        except ChildProcessError:
+            break
+
+
+class TestNetwork:
+    """Namespace ``vtvm-<suffix>`` with the guest's TAPs; a context manager.
+
+    On exit (also after errors) the namespace is deleted, which removes its TAPs.
+    Nothing is left behind unless ``ip netns del`` itself fails.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, suffix: str, extra_taps: int = 0, queues: int = 4) -> None:
+        self.ns = NS_PREFIX + suffix
+        self.tap = TAP
+        self.extra_taps = [f"vtvmtap{i + 1}" for i in range(extra_taps)]
+        self.queues = queues
+
+    def __enter__(self) -> TestNetwork:
+        _sh("ip", "netns", "del", self.ns, check=False)  # a leftover of a killed run
+        _sh("ip", "netns", "add", self.ns)
+        try:
+            n = ("ip", "-n", self.ns)
+            _sh(*n, "link", "set", "lo", "up")
+            mq = ("multi_queue",) if self.queues > 1 else ()
+            _sh(*n, "tuntap", "add", "dev", self.tap, "mode", "tap", *mq)
+            _sh(*n, "addr", "add", f"{HOST_IP}/{PREFIX_LEN}", "dev", self.tap)
+            _sh(*n, "link", "set", self.tap, "up")
+            _sh(*n, "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", self.tap,
+                "nud", "permanent")
+            for t in self.extra_taps:
+                _sh(*n, "tuntap", "add", "dev", t, "mode", "tap")
+                _sh(*n, "link", "set", t, "up")
+        except BaseException:
+            _sh("ip", "netns", "del", self.ns, check=False)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _sh("ip", "netns", "del", self.ns, check=False)
+
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.ns]
+
+
+class HostLink:
+    """Host end of the guest's ``vtvm.host`` virtio-serial port (a thread).
+
+    Protocol: one JSON object per line each way. Requests (``op``):
+    ``info``; ``run`` (argv, timeout_s, input) -> rc/stdout/stderr; ``spawn`` (argv) -> handle;
+    ``wait`` (handle, timeout_s) -> rc/stdout/stderr/timed_out (killed on timeout);
+    ``signal`` (handle, sig); ``stats`` -> the TAP's /sys statistics. Commands run as root
+    inside the test namespace (``ip netns exec``): the guest is this suite's own code.
+    On ``close`` every spawned process group is killed and reaped.
+    """
+
+    def __init__(self, sock_path: str, net: TestNetwork, deadline: float) -> None:
+        self.sock_path = sock_path
+        self.net = net
+        self.deadline = deadline
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.log: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="vtvm-hostlink", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for p in self.procs.values():
+            if p.poll() is None:
+                _kill_group(p.pid)
+            with contextlib.suppress(Exception):
+                p.wait(timeout=5)
+
+    def _serve(self) -> None:
+        conn = None
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                conn.connect(self.sock_path)
+                break
+            except OSError:
+                conn.close()
+                conn = None
+                time.sleep(0.1)
+        if conn is None:
+            return
+        conn.settimeout(0.5)
+        buf = b""
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    try:
+                        req = json.loads(line)
+                        reply = self._handle(req)
+                    except Exception as e:  # the reply carries it to the guest test
+                        reply = {"error": f"{type(e).__name__}: {e}"}
+                        req = {}
+                    reply["id"] = req.get("id") if isinstance(req, dict) else None
+                    self.log.append(f"{line[:300]!r} -> {str(reply)[:300]}")
+                    try:
+                        conn.sendall(json.dumps(reply).encode() + b"\n")
+                    except OSError:
+                        return
+
+    def _handle(self, req: dict[str, object]) -> dict[str, object]:
+        op = req.get("op")
+        if op == "info":
+            return {"netns": self.net.ns, "tap": self.net.tap, "host_ip": HOST_IP,
+                    "guest_ip": GUEST_IP, "guest_mac": GUEST_MAC,
+                    "python": str(GUEST_PYTHON), "repo": str(REPO)}
+        if op == "stats":
+            p = subprocess.run(
+                [*self.net.exec_prefix(), "sh", "-c",
+                 f"cd /sys/class/net/{self.net.tap}/statistics && grep -r . ."],
+                capture_output=True, text=True, timeout=20)
+            stats = {}
+            for ln in p.stdout.splitlines():
+                k, _, v = ln.partition(":")
+                stats[k.removeprefix("./")] = int(v)
+            return {"stats": stats}
+        if op == "run":
+            argv = [str(a) for a in req["argv"]]  # type: ignore[union-attr]
+            timeout = float(req.get("timeout_s", 60))  # type: ignore[arg-type]
+            inp = req.get("input")
+            proc = subprocess.Popen([*self.net.exec_prefix(), *argv],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+            return self._finish(proc, timeout, inp.encode() if isinstance(inp, str) else b"")
+        if op == "spawn":
+            argv = [str(a) for a in req["argv"]]  # type: ignore[union-attr]
+            proc = subprocess.Popen([*self.net.exec_prefix(), *argv],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+            self.procs[proc.pid] = proc
+            return {"handle": proc.pid}
+        if op == "wait":
+            proc = self.procs.pop(int(req["handle"]))  # type: ignore[call-overload]
+            return self._finish(proc, float(req.get("timeout_s", 60)), None)  # type: ignore[arg-type]
+        if op == "signal":
+            proc = self.procs[int(req["handle"])]  # type: ignore[call-overload]
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, int(req.get("sig", signal.SIGTERM)))  # type: ignore[call-overload]
+            return {"ok": True}
+        raise ValueError(f"unknown op {op!r}")
+
+    @staticmethod
+    def _finish(proc: subprocess.Popen[bytes], timeout: float,
+                inp: bytes | None) -> dict[str, object]:
+        timed_out = False
+        try:
+            out, err = proc.communicate(input=inp, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc.pid)
+            out, err = proc.communicate()
+        return {"rc": proc.returncode, "stdout": out.decode(errors="replace"),
+                "stderr": err.decode(errors="replace"), "timed_out": timed_out}
+
+
+def _guest_script(cfg: VmConfig, results: Path, extra_macs: Sequence[str], command: str) -> str:
+    """The shell script the guest runs: NIC naming, addresses, environment, the command."""
+    env = {
+        "VTVM_IN_GUEST": "1",
+        "VTVM_RESULTS": str(results),
+        "VTVM_REPO": str(REPO),
+        "VTVM_IFACE": "eth0",
+        "VTVM_QUEUES": str(cfg.queues),
+        "VTVM_HOST_IP": HOST_IP,
+        "VTVM_GUEST_IP": GUEST_IP,
+        "VTVM_GUEST_MAC": GUEST_MAC,
+        "VTVM_HOST_LINK": HOST_LINK_PORT if cfg.host_link else "",
+        "VTVM_REQUIRE_HOST_LINK": "1" if cfg.host_link else "0",
+        "VTVM_EXTRA_IFACES": " ".join(f"eth{i + 1}" for i in range(len(extra_macs))),
+        "PATH": f"{REPO / '.venv' / 'bin'}:{_GUEST_PATH}",
+        "PYTHONDONTWRITEBYTECODE": "1",  # the repository is read-only in the guest
+        **cfg.env,
+    }
+    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+    renames = [(GUEST_MAC, "eth0")] + [(m, f"eth{i + 1}") for i, m in enumerate(extra_macs)]
+    rename_lines = "\n".join(f"vtvm_rename {m} {n}" for m, n in renames)
+    return f"""#!/bin/sh
+# Generated by tests/vm/harness.py: runs as root inside the guest.
+R={shlex.quote(str(results))}
+# The command's stderr goes to a file: vng's stderr carries the kernel console.
+exec 2>"$R/guest-stderr.txt"
+cut -d' ' -f1 /proc/uptime >"$R/boot-seconds"
+{exports}
+command -v udevadm >/dev/null && udevadm settle -t 15
+vtvm_rename() {{
+    # udev gave the NIC a predictable name (enp0sN, N depends on the device list):
+    # find it by MAC and name it as the tests expect.
+    for d in /sys/class/net/*; do
+        if [ "$(cat "$d/address")" = "$1" ]; then
+            ip link set "${{d##*/}}" down
+            [ "${{d##*/}}" = "$2" ] || ip link set "${{d##*/}}" name "$2" || exit 97
+            ip link set "$2" up || exit 97
+            return 0
+        fi
+    done
+    echo "vtvm: no NIC with MAC $1" >&2
+    ip -br link >&2
+    exit 97
+}}
+{rename_lines}
+ip addr add {GUEST_IP}/{PREFIX_LEN} dev eth0 || exit 97
+ip link set lo up
+cd {shlex.quote(str(REPO))} || exit 97
+( {command} )
+rc=$?
+echo "$rc" >"$R/exit-code"
+exit "$rc"
+"""
+
+
+def _nic_args(netdev: str, tap: str, queues: int, mac: str,
+              dev_opts: Mapping[str, str | int]) -> list[str]:
+    nd = f"tap,id={netdev},ifname={tap},script=no,downscript=no,vhost=off"
+    dev = f"virtio-net-pci,netdev={netdev},mac={mac}"
+    if queues > 1:
+        # vectors: one per queue of each pair, one for the control queue, one for config.
+        nd += f",queues={queues}"
+        dev += f",mq=on,vectors={2 * queues + 2}"
+    dev += "".join(f",{k}={v}" for k, v in dev_opts.items())
+    return ["-netdev", nd, "-device", dev]
+
+
+def boot(command: str, config: VmConfig | None = None, suffix: str | None = None,
+         results_dir: Path | None = None) -> GuestResult:
+    """Boot the guest once, run shell ``command`` in it as root (cwd: the repository).
+
+    ``results_dir`` (default ``tests/vm/out/<suffix>``; emptied first) is writable in the
+    guest at the same path, exported as ``$VTVM_RESULTS``. Raises HarnessError when the
+    VM cannot be started at all; a guest failure or timeout is a GuestResult with rc != 0.
+    Leaves behind only ``results_dir``: namespace, TAPs, QEMU and host-link processes
+    and the temporary directory are removed on every path.
+    """
+    cfg = config or VmConfig()
+    problems = check_prerequisites()
+    if problems:
+        raise HarnessError("; ".join(problems))
+    if os.geteuid() != 0:
+        raise HarnessError("the VM harness must run as root (network namespace, TAP)")
+    suffix = suffix or secrets.token_hex(3)
+    results = results_dir or OUT_DIR / suffix
+    if results.exists():
+        shutil.rmtree(results)
+    results.mkdir(parents=True)
+    kernel = find_kernel()
+    _become_subreaper()
+    extra_macs = [GUEST_MAC[:-2] + f"{0x10 + i:02x}" for i in range(len(cfg.extra_nics))]
+
+    # vng writes virtme_ret* into TMPDIR; the host-link socket lives here too.
+    tmp = Path(tempfile.mkdtemp(prefix="vtvm-"))
+    try:
+        script = results / "guest-run.sh"
+        script.write_text(_guest_script(cfg, results, extra_macs, command))
+        with TestNetwork(suffix, extra_taps=len(cfg.extra_nics), queues=cfg.queues) as net:
+            qemu = _nic_args("n0", net.tap, cfg.queues, GUEST_MAC, cfg.dev_opts)
+            for i, nic in enumerate(cfg.extra_nics):
+                qemu += _nic_args(f"n{i + 1}", net.extra_taps[i], 1, extra_macs[i],
+                                  nic.dev_opts)
+            sock = str(tmp / "host.sock")
+            if cfg.host_link:
+                qemu += ["-device", "virtio-serial-pci,id=vtvmser",
+                         "-chardev", f"socket,id=vtvmhost,path={sock},server=on,wait=off",
+                         "-device", f"virtserialport,bus=vtvmser.0,chardev=vtvmhost,"
+                                    f"name={HOST_LINK_PORT}"]
+            argv = [*net.exec_prefix(), str(VNG), "--run", str(kernel), "--disable-kvm",
+                    "--force-9p", "--verbose", "--cpus", str(cfg.cpus), "--memory", cfg.memory,
+                    "--append", "modprobe.blacklist=" + _BLACKLIST,
+                    "--qemu-opts=" + shlex.join(qemu),
+                    f"--rwdir={results}", "--cwd", str(REPO),
+                    "--exec", f"sh {shlex.quote(str(script))}"]
+            env = dict(os.environ, TMPDIR=str(tmp),
+                       PATH=f"{VNG.parent}:{os.environ.get('PATH', _GUEST_PATH)}")
+            (results / "vng-argv.txt").write_text(shlex.join(argv) + "\n")
+            t0 = time.monotonic()
+            link = HostLink(sock, net, t0 + cfg.timeout) if cfg.host_link else None
+            # stdout and stderr must be distinct pipes: qemu opens /proc/self/fd/1 and
+            # /proc/self/fd/2 separately. A new session makes vng, virtme-run and qemu
+            # one process group that a timeout kills at once.
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, cwd="/",
+                                    start_new_session=True)
+            timed_out = False
+            try:
+                if link:
+                    link.start()
+                try:
+                    out_b, err_b = proc.communicate(timeout=cfg.timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    _kill_group(proc.pid)
+                    out_b, err_b = proc.communicate()
+            finally:
+                if proc.poll() is None:
+                    _kill_group(proc.pid)
+                    proc.wait()
+                _kill_group(proc.pid)  # stragglers of the group, if any
+                if link:
+                    link.close()
+            seconds = time.monotonic() - t0
+            if link and link.log:
+                (results / "host-link.log").write_text("\n".join(link.log) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    console = err_b.decode(errors="replace")
+    stdout = out_b.decode(errors="replace")
+    (results / "console.txt").write_text(console)
+    (results / "guest-stdout.txt").write_text(stdout)
+    stderr_file = results / "guest-stderr.txt"
+    stderr = stderr_file.read_text(errors="replace") if stderr_file.exists() else ""
+    rc = 124 if timed_out else proc.returncode
+    boot_s = None
+    with contextlib.suppress(OSError, ValueError):
+        boot_s = float((results / "boot-seconds").read_text())
+    if timed_out:
+        stderr += f"\n[vtvm harness] timeout after {cfg.timeout:.0f}s: QEMU killed\n"
+    return GuestResult(rc=rc, stdout=stdout, stderr=stderr, console=console, seconds=seconds,
+                       timed_out=timed_out, results_dir=results, boot_seconds=boot_s)
+
+
+# One boot per profile per pytest session. Guest scenarios pick theirs with
+# @pytest.mark.vm_profile(NAME) (unmarked: "main"); add a profile here when a scenario
+# needs a VM built differently.
+PROFILES: dict[str, VmConfig] = {
+    # -smp 2 with 4 queue pairs: XDP gets one TX queue per CPU beside the 2 in use.
+    "main": VmConfig(cpus=2, queues=4, timeout=420),
+    # The refusal cases that need other QEMU options: -smp 4 with 4 queue pairs (too few
+    # for XDP's per-CPU TX queues), a NIC without VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, and a
+    # NIC whose device MTU (VIRTIO_NET_F_MTU) is 9000.
+    "refusals": VmConfig(
+        cpus=4, queues=4, timeout=240,
+        extra_nics=(Nic({"ctrl_guest_offloads": "off"}), Nic({"host_mtu": 9000})),
+        env={"VTVM_NIC_NO_CTRL_OFFLOADS": "eth1", "VTVM_NIC_HOST_MTU": "eth2"}),
+}
+
+
+def guest_suite_command(profile: str, extra_args: Sequence[str] = ()) -> str:
+    """Guest shell command running tests/vm/guest (via tests/vm/guest/run.sh, as Vagrant
+    does) in one python process, JUnit XML into the results directory."""
+    args = " ".join(shlex.quote(a) for a in (f"--vtvm-profile={profile}", *extra_args))
+    return (f"sh {shlex.quote(str(VM_DIR / 'guest' / 'run.sh'))} {args} "
+            '--junitxml="$VTVM_RESULTS/junit.xml"')
+
+
+def _parse_opts(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        for kv in it.split(","):
+            k, _, v = kv.partition("=")
+            out[k] = v
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--queues", type=int, default=4)
+    ap.add_argument("--memory", default="2G")
+    ap.add_argument("--dev-opt", action="append", default=[],
+                    help="virtio-net-pci property of eth0, k=v")
+    ap.add_argument("--extra-nic", action="append", default=[],
+                    help="add a NIC with these k=v[,k=v] properties ('' for none)")
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--suffix", default=None)
+    ap.add_argument("--console", action="store_true", help="print the kernel console too")
+    ap.add_argument("--profile", choices=sorted(PROFILES),
+                    help="boot this profile's VM (other VM options ignored); the command "
+                         "defaults to its guest scenarios")
+    ap.add_argument("command", nargs="?")
+    a = ap.parse_args(argv)
+    if a.profile:
+        cfg = PROFILES[a.profile]
+        command = a.command or guest_suite_command(a.profile)
+    else:
+        if not a.command:
+            ap.error("a command (or --profile) is required")
+        cfg = VmConfig(cpus=a.cpus, queues=a.queues, memory=a.memory,
+                       dev_opts=_parse_opts(a.dev_opt),
+                       extra_nics=[Nic(_parse_opts([x]) if x else {}) for x in a.extra_nic],
+                       timeout=a.timeout)
+        command = a.command
+    r = boot(command, cfg, suffix=a.suffix)
+    sys.stdout.write(r.stdout)
+    sys.stderr.write(r.stderr)
+    if a.console:
+        sys.stderr.write("--- console ---\n" + r.console)
+    print(f"[vtvm] rc={r.rc} wall={r.seconds:.1f}s boot={r.boot_seconds}s "
+          f"results={r.results_dir}", file=sys.stderr)
+    return r.rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

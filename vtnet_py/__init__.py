@@ -1,0 +1,47 @@
+"""vtnetmap: netmap-style rings over AF_XDP, driven from Python.
+
+    from vtnet_py import open_port
+    with open_port("netmap:veth0") as port:
+        rx = port.rx_rings[0]
+        port.poll(rx=True, timeout=1.0)
+        ...
+
+Public names are re-exported here; the modules behind them are implementation.
+"""
+
+from .errors import (
+    BusyError,
+    DeviceError,
+    InterfaceChangedError,
+    InvariantError,
+    PortClosedError,
+    PortNameError,
+    PrivilegeError,
+    RefusedError,
+    RingError,
+    UnsupportedError,
+    VtnetError,
+)
+from .memory import Memory
+from .port import Port, open_port
+from .portname import PortSpec, RegMode, parse_port_name
+from .ring import (
+    NR_FORWARD,
+    NR_TIMESTAMP,
+    NS_BUF_CHANGED,
+    NS_FORWARD,
+    NS_INDIRECT,
+    NS_MOREFRAG,
+    NS_NO_LEARN,
+    NS_REPORT,
+    SLOT_DTYPE,
+    Ring,
+)
+
+__all__ = [
+    "BusyError", "DeviceError", "InterfaceChangedError", "InvariantError", "Memory",
+    "NR_FORWARD", "NR_TIMESTAMP", "NS_BUF_CHANGED", "NS_FORWARD", "NS_INDIRECT",
+    "NS_MOREFRAG", "NS_NO_LEARN", "NS_REPORT", "PortClosedError", "PortNameError",
+    "PortSpec", "Port", "PrivilegeError", "RefusedError", "RegMode", "Ring", "RingError",
+    "SLOT_DTYPE", "UnsupportedError", "VtnetError", "open_port", "parse_port_name",
+]

@@ -1,0 +1,327 @@
+"""Kernel ABI declarations: constants, ctypes structures and raw syscall entry points.
+
+No logic lives here (bcc's libbcc.py is the model): every number the kernel defines is
+named once, with the header it comes from, so the rest of the library never carries a
+magic number. Layouts are x86-64 / little endian, as the project's machines are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+# --- libc -------------------------------------------------------------------------------
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.bind.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+libc.bind.restype = ctypes.c_int
+libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+libc.setns.restype = ctypes.c_int
+
+SYS_bpf = 321  # arch/x86/entry/syscalls/syscall_64.tbl
+CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
+
+# --- AF_XDP: include/uapi/linux/if_xdp.h, include/linux/socket.h ------------------------
+AF_XDP = 44
+SOL_XDP = 283
+
+XDP_MMAP_OFFSETS = 1
+XDP_RX_RING = 2
+XDP_TX_RING = 3
+XDP_UMEM_REG = 4
+XDP_UMEM_FILL_RING = 5
+XDP_UMEM_COMPLETION_RING = 6
+XDP_STATISTICS = 7
+XDP_OPTIONS = 8
+
+# sockaddr_xdp.sxdp_flags
+XDP_SHARED_UMEM = 1 << 0
+XDP_COPY = 1 << 1
+XDP_ZEROCOPY = 1 << 2
+XDP_USE_NEED_WAKEUP = 1 << 3
+XDP_USE_SG = 1 << 4
+
+XDP_OPTIONS_ZEROCOPY = 1 << 0
+XDP_RING_NEED_WAKEUP = 1 << 0  # ring flags word
+XDP_PKT_CONTD = 1 << 0  # xdp_desc.options: more fragments of this packet follow
+
+XDP_PGOFF_RX_RING = 0
+XDP_PGOFF_TX_RING = 0x80000000
+XDP_UMEM_PGOFF_FILL_RING = 0x100000000
+XDP_UMEM_PGOFF_COMPLETION_RING = 0x180000000
+
+XDP_PACKET_HEADROOM = 256  # include/uapi/linux/bpf.h: where copy-mode RX places data
+
+
+class xdp_umem_reg(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint64),
+        ("len", ctypes.c_uint64),
+        ("chunk_size", ctypes.c_uint32),
+        ("headroom", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("tx_metadata_len", ctypes.c_uint32),  # 6.8+; the padding word on older kernels
+    ]
+
+
+class sockaddr_xdp(ctypes.Structure):
+    _fields_ = [
+        ("sxdp_family", ctypes.c_uint16),
+        ("sxdp_flags", ctypes.c_uint16),
+        ("sxdp_ifindex", ctypes.c_uint32),
+        ("sxdp_queue_id", ctypes.c_uint32),
+        ("sxdp_shared_umem_fd", ctypes.c_uint32),
+    ]
+
+
+class xdp_ring_offset(ctypes.Structure):
+    _fields_ = [
+        ("producer", ctypes.c_uint64),
+        ("consumer", ctypes.c_uint64),
+        ("desc", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class xdp_mmap_offsets(ctypes.Structure):
+    _fields_ = [
+        ("rx", xdp_ring_offset),
+        ("tx", xdp_ring_offset),
+        ("fr", xdp_ring_offset),
+        ("cr", xdp_ring_offset),
+    ]
+
+
+class xdp_statistics(ctypes.Structure):
+    _fields_ = [
+        ("rx_dropped", ctypes.c_uint64),
+        ("rx_invalid_descs", ctypes.c_uint64),
+        ("tx_invalid_descs", ctypes.c_uint64),
+        ("rx_ring_full", ctypes.c_uint64),
+        ("rx_fill_ring_empty_descs", ctypes.c_uint64),
+        ("tx_ring_empty_descs", ctypes.c_uint64),
+    ]
+
+
+class xdp_options(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint32)]
+
+
+# struct xdp_desc {u64 addr; u32 len; u32 options}, as a numpy dtype spec
+XDP_DESC_FIELDS = [("addr", "<u8"), ("len", "<u4"), ("options", "<u4")]
+
+# --- bpf(2): include/uapi/linux/bpf.h ----------------------------------------------------
+BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_PROG_LOAD = 5
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_NEXT_ID = 11
+BPF_MAP_GET_NEXT_ID = 12
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_MAP_GET_FD_BY_ID = 14
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_LINK_CREATE = 28
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_GET_NEXT_ID = 31
+BPF_LINK_DETACH = 34
+BPF_PROG_BIND_MAP = 35
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_XSKMAP = 17
+
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_XDP = 6
+
+BPF_XDP = 37  # enum bpf_attach_type
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+
+BPF_LINK_TYPE_XDP = 6  # enum bpf_link_type
+BPF_LINK_TYPE_TCX = 11
+
+BPF_F_XDP_HAS_FRAGS = 1 << 5  # prog_flags: the program understands multi-buffer frames
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1  # PROG_TEST_RUN flags
+
+BPF_ANY = 0
+BPF_PSEUDO_MAP_FD = 1  # src_reg of a ld_imm64 that loads a map by fd
+BPF_LD_IMM64_OPCODE = 0x18
+
+BPF_OBJ_NAME_LEN = 16
+
+# include/uapi/linux/if_link.h: XDP attach flags
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_HW_MODE = 1 << 3
+XDP_FLAGS_REPLACE = 1 << 4
+
+# include/uapi/linux/bpf.h: enum xdp_action
+XDP_ABORTED = 0
+XDP_DROP = 1
+XDP_PASS = 2
+XDP_TX = 3
+XDP_REDIRECT = 4
+
+
+class bpf_attr_map_create(ctypes.Structure):
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    ]
+
+
+class bpf_attr_map_elem(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class bpf_attr_prog_load(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    ]
+
+
+class bpf_attr_obj(ctypes.Structure):  # BPF_OBJ_PIN / BPF_OBJ_GET
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+    ]
+
+
+class bpf_attr_get_id(ctypes.Structure):  # *_GET_NEXT_ID / *_GET_FD_BY_ID
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("next_id", ctypes.c_uint32),
+        ("open_flags", ctypes.c_uint32),
+    ]
+
+
+class bpf_attr_info(ctypes.Structure):  # BPF_OBJ_GET_INFO_BY_FD
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    ]
+
+
+class bpf_attr_link_create(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_ifindex", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("relative_fd", ctypes.c_uint32),  # tcx
+        ("_pad", ctypes.c_uint32),
+        ("expected_revision", ctypes.c_uint64),
+    ]
+
+
+class bpf_attr_link_detach(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32)]
+
+
+class bpf_attr_prog_bind_map(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+class bpf_attr_test_run(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class bpf_prog_info(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("ifindex", ctypes.c_uint32),
+        ("flags_gpl", ctypes.c_uint32),
+    ]
+
+
+class bpf_map_info(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    ]
+
+
+class bpf_link_info(ctypes.Structure):
+    # the union after prog_id is 8-byte aligned; xdp.ifindex and tcx.ifindex start it
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),  # tcx only
+        ("_rest", ctypes.c_uint64 * 4),
+    ]
+
+
+# --- ethtool ioctl: include/uapi/linux/ethtool.h, sockios.h -------------------------------
+SIOCETHTOOL = 0x8946
+SIOCGIFMTU = 0x8921
+IFNAMSIZ = 16

@@ -1,0 +1,360 @@
+"""The real device layer: rtnetlink (pyroute2 IPRoute) plus ethtool (pyroute2's ioctl
+ethtool, and ETHTOOL_GDRVINFO from :mod:`vtnet_py._ethtool`).
+
+Namespace rule: every socket is opened inside the call that uses it and closed before it
+returns, so it lives in the network namespace of the calling *thread* at that moment. A
+caller that setns()-es into a namespace and then calls this layer talks to that namespace.
+pyroute2's ``netns=`` argument is never used (it forks a helper process).
+
+sysfs is only trusted for virtio feature bits, and only when /sys/class/net/IF shows the
+same device (same ifindex, MAC address and bus) as netlink: /sys reflects the namespace
+that mounted it, not the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vtnet_py import _ethtool
+from vtnet_py.device_types import (
+    Channels,
+    DeviceInfo,
+    Feature,
+    features_from_netlink,
+    parse_virtio_features,
+)
+from vtnet_py.errors import BusyError, DeviceError, PrivilegeError, RefusedError
+
+T = TypeVar("T")
+RTN_UNICAST = 1
+SYSFS_NET = "/sys/class/net"
+
+
+def no_such_interface(ifname: str) -> DeviceError:
+    return DeviceError(f"interface '{ifname}' does not exist (in this network namespace)")
+
+
+def fixed_feature_message(ifname: str, name: str, active: bool) -> str:
+    return f"{ifname}: feature '{name}' is fixed {'on' if active else 'off'} by the driver"
+
+
+def _map_oserror(ifname: str, what: str, exc: BaseException) -> DeviceError | PrivilegeError:
+    """A DeviceError/PrivilegeError for an OSError (or pyroute2 ethtool error) of ``what``."""
+    if isinstance(exc, NoSuchDevice):
+        return no_such_interface(ifname)
+    code = getattr(exc, "errno", None) or getattr(exc, "code", None)
+    if isinstance(exc, NotSupportedError):
+        code = errno.EOPNOTSUPP
+    if code == errno.ENODEV:
+        return no_such_interface(ifname)
+    if code in (errno.EPERM, errno.EACCES):
+        return PrivilegeError(f"{ifname}: {what} needs CAP_NET_ADMIN")
+    if code == errno.EBUSY:
+        return BusyError(f"{ifname}: the driver refused to {what}: device busy (EBUSY)")
+    if code in (errno.EOPNOTSUPP, errno.EINVAL, errno.ERANGE):
+        name = errno.errorcode.get(code, str(code))
+        return RefusedError(f"{ifname}: the driver refused to {what} ({name})")
+    return DeviceError(f"{ifname}: could not {what}: {exc}")
+
+
+def _outside_event_loop(fn: Callable[[], T]) -> T:
+    """Run ``fn`` here, or in a helper thread if this thread runs an asyncio loop.
+
+    pyroute2 0.9's synchronous IPRoute drives its own event loop and fails inside a running
+    one. A thread created now starts in this thread's current network namespace (clone
+    copies it), so the helper sees the same namespace.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="vtnet-netlink")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def link_record(msg: Any) -> dict[str, Any]:
+    """The fields :meth:`DeviceInfo.from_netlink` reads, from a pyroute2 RTM_NEWLINK msg."""
+    xdp_nla = msg.get("IFLA_XDP")
+    xdp: dict[str, Any] = {}
+    if xdp_nla is not None:
+        xdp = {
+            "attached": xdp_nla.get("IFLA_XDP_ATTACHED"),
+            "prog_id": xdp_nla.get("IFLA_XDP_PROG_ID"),
+            "drv_prog_id": xdp_nla.get("IFLA_XDP_DRV_PROG_ID"),
+            "skb_prog_id": xdp_nla.get("IFLA_XDP_SKB_PROG_ID"),
+            "hw_prog_id": xdp_nla.get("IFLA_XDP_HW_PROG_ID"),
+        }
+    linkinfo = msg.get("IFLA_LINKINFO")
+    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else None
+    return {
+        "ifname": msg.get("IFLA_IFNAME"),
+        "ifindex": msg["index"],
+        "mtu": msg.get("IFLA_MTU"),
+        "max_mtu": msg.get("IFLA_MAX_MTU"),
+        "operstate": msg.get("IFLA_OPERSTATE"),
+        "flags": msg["flags"],
+        "address": msg.get("IFLA_ADDRESS"),
+        "kind": kind,
+        "xdp": xdp,
+    }
+
+
+def default_route_oifs(routes: Iterable[Any]) -> set[int]:
+    """Interface indexes that carry a default route (any table, IPv4 or IPv6).
+
+    A route counts when it is unicast with prefix length 0; its output interface is
+    RTA_OIF or, for multipath routes, every nexthop's interface.
+    """
+    oifs: set[int] = set()
+    for r in routes:
+        if r["dst_len"] != 0 or r["type"] != RTN_UNICAST:
+            continue
+        oif = r.get("RTA_OIF")
+        if oif:
+            oifs.add(int(oif))
+        for hop in r.get("RTA_MULTIPATH") or ():
+            hop_oif = hop.get("oif") if isinstance(hop, Mapping) else hop["oif"]
+            if hop_oif:
+                oifs.add(int(hop_oif))
+    return oifs
+
+
+def read_virtio_features_sysfs(
+    ifname: str, ifindex: int, address: str | None, bus_info: str, root: str = SYSFS_NET
+) -> frozenset[int] | None:
+    """virtio feature bits of ``ifname`` from sysfs, or None when sysfs cannot be trusted.
+
+    sysfs shows the devices of the namespace that mounted /sys; the entry is used only if
+    its ifindex, MAC address and parent bus device all match what netlink/ethtool report
+    in the caller's namespace, so a same-named interface elsewhere is never read.
+    """
+    base = os.path.join(root, ifname)
+    try:
+        with open(os.path.join(base, "ifindex")) as f:
+            if int(f.read().strip()) != ifindex:
+                return None
+        if address is not None:
+            with open(os.path.join(base, "address")) as f:
+                if f.read().strip().lower() != str(address).lower():
+                    return None
+        if bus_info:
+            parent = os.path.basename(os.path.realpath(os.path.join(base, "device", "..")))
+            if parent != bus_info:
+                return None
+        with open(os.path.join(base, "device", "features")) as f:
+            return parse_virtio_features(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+class NetlinkDeviceLayer:
+    """:class:`~vtnet_py.device.DeviceLayer` over the running kernel, in the current netns.
+
+    Stateless: every method opens its sockets and closes them before returning.
+    """
+
+    def __init__(self, sysfs_root: str = SYSFS_NET) -> None:
+        self._sysfs_root = sysfs_root
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read(self, ifname: str) -> DeviceInfo:
+        """Everything known about ``ifname``. Raises DeviceError if it does not exist."""
+        link, default_oifs = _outside_event_loop(lambda: self._read_rtnl(ifname))
+        try:
+            driver, bus_info = _ethtool.get_drvinfo(ifname)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                raise no_such_interface(ifname) from exc
+            # No ethtool driver info (loopback, some virtual devices): fall back to the
+            # rtnetlink kind, which is what `ip -d link` shows.
+            driver, bus_info = str(link.get("kind") or ""), ""
+
+        channels, features = self._read_ethtool(ifname)
+        virtio = None
+        if driver == "virtio_net":
+            virtio = read_virtio_features_sysfs(
+                ifname, int(link["ifindex"]), link.get("address"), bus_info, self._sysfs_root
+            )
+        return DeviceInfo.from_netlink(
+            link,
+            driver=driver,
+            bus_info=bus_info,
+            channels=channels,
+            features=features,
+            virtio_features=virtio,
+            carries_default_route=int(link["ifindex"]) in default_oifs,
+        )
+
+    @staticmethod
+    def _read_rtnl(ifname: str) -> tuple[dict[str, Any], set[int]]:
+        """The link record and the default-route interfaces, over one rtnetlink socket."""
+        with IPRoute() as ipr:
+            try:
+                msgs = ipr.link("get", ifname=ifname)
+            except NetlinkError as exc:
+                if exc.code == errno.ENODEV:
+                    raise no_such_interface(ifname) from exc
+                raise _map_oserror(ifname, "read the link", exc) from exc
+            routes: list[Any] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                routes.extend(ipr.route("dump", family=family))
+        return link_record(msgs[0]), default_route_oifs(routes)
+
+    def read_channels(self, ifname: str) -> Channels:
+        """Only the channel counts (one ioctl): cheap enough to poll for a change."""
+        eth = IoctlEthtool(ifname)
+        try:
+            return Channels.from_netlink(eth.get_channels())
+        except NotSupportedError:
+            return Channels()
+        except (NoSuchDevice, OSError) as exc:
+            raise _map_oserror(ifname, "read channels", exc) from exc
+        finally:
+            eth.close()
+
+    def _read_ethtool(self, ifname: str) -> tuple[Channels, dict[str, Feature]]:
+        eth = IoctlEthtool(ifname)
+        try:
+            try:
+                channels = Channels.from_netlink(eth.get_channels())
+            except NotSupportedError:
+                # ethtool -l unsupported: the device has one queue of each kind.
+                channels = Channels()
+            try:
+                flist = eth.get_features()
+                records = [
+                    (
+                        name,
+                        flist.is_active(name),
+                        flist.is_available(name),
+                        flist.is_requested(name),
+                    )
+                    for name in flist.keys()
+                ]
+                features = features_from_netlink(records)
+            except NotSupportedError:
+                features = {}
+        except (NoSuchDevice, OSError) as exc:
+            raise _map_oserror(ifname, "read ethtool settings", exc) from exc
+        finally:
+            eth.close()
+        return channels, features
+
+    # -- changing -----------------------------------------------------------------------
+
+    def set_features(self, ifname: str, features: Mapping[str, bool]) -> None:
+        """Set the requested state of each named feature in one ETHTOOL_SFEATURES call.
+
+        Raises RefusedError naming the feature when it is fixed, unknown, or did not take
+        the asked state (a feature asked off that stays active). On error the driver may
+        have applied part of the request; the caller (``prepare``) undoes from its record.
+        """
+        if not features:
+            return
+        eth = IoctlEthtool(ifname)
+        try:
+            try:
+                flist = eth.get_features()
+            except (NoSuchDevice, NotSupportedError, OSError) as exc:
+                raise _map_oserror(ifname, "read features", exc) from exc
+            for name, value in features.items():
+                if name not in flist:
+                    raise RefusedError(f"{ifname}: the driver has no feature '{name}'")
+                if not flist.is_available(name):
+                    if flist.is_active(name) != bool(value):
+                        raise RefusedError(
+                            fixed_feature_message(ifname, name, flist.is_active(name))
+                        )
+                    continue  # fixed and already as asked: nothing to request
+                flist.set_value(name, bool(value))
+            try:
+                eth.set_features(flist)
+            except NotSupportedError:
+                # SFEATURES returns ETHTOOL_F_WISH/_UNSUPPORTED (positive) when not all
+                # wishes were granted; pyroute2 reports that like EOPNOTSUPP. The
+                # verification below names the feature that did not change.
+                pass
+            except (NoSuchDevice, OSError) as exc:
+                names = ", ".join(f"{n} {'on' if v else 'off'}" for n, v in features.items())
+                raise _map_oserror(ifname, f"set features ({names})", exc) from exc
+            after = eth.get_features()
+            for name, value in features.items():
+                if not value and after.is_active(name):
+                    raise RefusedError(f"{ifname}: feature '{name}' stayed on after turning it off")
+                if value and not after.is_requested(name):
+                    raise RefusedError(f"{ifname}: feature '{name}' could not be turned on")
+        finally:
+            eth.close()
+
+    def set_channels(
+        self,
+        ifname: str,
+        combined: int | None = None,
+        rx: int | None = None,
+        tx: int | None = None,
+    ) -> None:
+        """Set channel counts (``ethtool -L``); counts left None keep their value.
+
+        Raises RefusedError when the driver refuses (EINVAL/EOPNOTSUPP: e.g. virtio_net
+        while an XDP program is attached) or the count did not take. Nothing is left
+        changed on refusal: the kernel applies a channel request as a whole or not at all.
+        """
+        eth = IoctlEthtool(ifname)
+        try:
+            try:
+                cur = eth.get_channels()
+            except (NoSuchDevice, NotSupportedError, OSError) as exc:
+                raise _map_oserror(ifname, "read channels", exc) from exc
+            want = {"combined_count": combined, "rx_count": rx, "tx_count": tx}
+            for key, value in want.items():
+                if value is not None:
+                    setattr(cur, key, int(value))
+            what = "set channels to " + " ".join(
+                f"{k.split('_')[0]} {v}" for k, v in want.items() if v is not None
+            )
+            try:
+                eth.set_channels(cur)
+            except (NoSuchDevice, NotSupportedError, OSError) as exc:
+                raise _map_oserror(ifname, what, exc) from exc
+            after = Channels.from_netlink(eth.get_channels())
+        finally:
+            eth.close()
+        got = {"combined_count": after.combined, "rx_count": after.rx, "tx_count": after.tx}
+        for key, value in want.items():
+            if value is not None and got[key] != value:
+                raise RefusedError(
+                    f"{ifname}: the driver did not {what} ({key.split('_')[0]} is {got[key]})"
+                )
+
+
+def read_device(ifname: str) -> DeviceInfo:
+    """``NetlinkDeviceLayer().read(ifname)`` in the calling thread's network namespace."""
+    return NetlinkDeviceLayer().read(ifname)
+
+
+def read_channels(ifname: str) -> Channels:
+    """``NetlinkDeviceLayer().read_channels(ifname)``: one ioctl, for change detection."""
+    return NetlinkDeviceLayer().read_channels(ifname)

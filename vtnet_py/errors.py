@@ -1,0 +1,63 @@
+"""The exception tree of vtnetmap, in one place.
+
+    VtnetError                      anything this library raises on purpose
+    ├── PortNameError (ValueError)  a port name outside netmap's grammar; quotes it
+    ├── UnsupportedError            valid request that this kernel/driver/port cannot do
+    ├── DeviceError                 the interface is missing, refused, or changed under us
+    │   ├── RefusedError            a precondition fails (driver words, default route, ...)
+    │   ├── BusyError               a queue or interface is owned by someone else
+    │   └── InterfaceChangedError   link gone/down, channels or MTU changed while open
+    ├── PrivilegeError (PermissionError)  a capability is missing; names it
+    ├── RingError                   the application broke a ring rule (head/cur, buf_idx, len)
+    ├── PortClosedError             the port was closed
+    └── InvariantError (AssertionError)   a UMEM frame is not in exactly one place
+
+Lower-layer errors (OSError from a syscall) are mapped with ``raise X(...) from exc``;
+every message names the port, interface, queue or ring it is about.
+"""
+
+from __future__ import annotations
+
+
+class VtnetError(Exception):
+    """Base of every error raised on purpose by vtnetmap."""
+
+
+class PortNameError(VtnetError, ValueError):
+    """A port name outside netmap's grammar (the message quotes it and says which part)."""
+
+
+class UnsupportedError(VtnetError):
+    """A well-formed request that this kernel, driver or port cannot serve."""
+
+
+class DeviceError(VtnetError):
+    """The interface is missing, refused the operation, or changed under an open port."""
+
+
+class RefusedError(DeviceError):
+    """A precondition failed: a driver limit, a fixed offload, the default-route interface."""
+
+
+class BusyError(DeviceError):
+    """A queue (or the interface's XDP hook) is owned by another socket or program."""
+
+
+class InterfaceChangedError(DeviceError):
+    """The interface went away or changed (link, channels, MTU) while a port was open."""
+
+
+class PrivilegeError(VtnetError, PermissionError):
+    """A capability (CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, ...) is missing."""
+
+
+class RingError(VtnetError):
+    """The application broke a netmap ring rule; the ring is left as before the call."""
+
+
+class PortClosedError(VtnetError):
+    """An operation on a closed port."""
+
+
+class InvariantError(VtnetError, AssertionError):
+    """A UMEM frame is not in exactly one place (lost or handed out twice)."""

@@ -1,0 +1,123 @@
+"""A netmap memory region: one UMEM and its buffer pool, shared by one or more ports.
+
+netmap ports that share a memory allocator can move frames between each other by
+swapping ``buf_idx`` (zero copy). Here that allocator is a UMEM: every AF_XDP socket of
+every port opened on the same Memory binds it (the first registers it, the others use
+XDP_SHARED_UMEM, on any interface), so a buffer index means the same bytes in all of
+them. ``open_port`` makes a private Memory sized for the port when none is given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvariantError, UnsupportedError
+from .ring import APP, FREE, BufferPool, krx, ktx
+from .xsk import CHUNK_SIZE, Umem, XskSocket, _close_mmap
+from . import _kernel as K
+
+
+class Memory:
+    """``nbufs`` buffers of ``nr_buf_size`` bytes in one UMEM."""
+
+    def __init__(self, nbufs: int):
+        if nbufs < 2:
+            raise UnsupportedError(f"a memory region needs at least 2 buffers, not {nbufs}")
+        self.umem = Umem(nbufs, CHUNK_SIZE)
+        self.pool = BufferPool(nbufs, CHUNK_SIZE, K.XDP_PACKET_HEADROOM)
+        self.nbufs = nbufs
+        self.nr_buf_size = CHUNK_SIZE - K.XDP_PACKET_HEADROOM
+        # the netmap view: row i is buffer i, starting where frames start in chunk i
+        self.bufs = self.umem.chunks[:, K.XDP_PACKET_HEADROOM:]
+        self._next_free = 0
+        self._sockets: list[XskSocket] = []
+        self._next_kid = 0
+        self._rings: list = []
+        self.users = 0
+
+    def allocate(self, n: int, who: str) -> int:
+        """Reserve ``n`` consecutive buffers; returns the first index."""
+        if self._next_free + n > self.nbufs:
+            raise UnsupportedError(
+                f"{who}: needs {n} buffers but the shared memory region has only "
+                f"{self.nbufs - self._next_free} left of {self.nbufs}; open the first port "
+                f"with a larger Memory")
+        first = self._next_free
+        self._next_free += n
+        return first
+
+    def share_socket(self) -> XskSocket | None:
+        """A bound socket of this UMEM for XDP_SHARED_UMEM, or None for the first one."""
+        for s in self._sockets:
+            if s.sock is not None:
+                return s
+        return None
+
+    def add_socket(self, s: XskSocket) -> int:
+        self._sockets.append(s)
+        kid = self._next_kid
+        self._next_kid += 1
+        return kid
+
+    def add_rings(self, rings: list) -> None:
+        self._rings.extend(rings)
+
+    def remove_rings(self, rings: list) -> None:
+        ids = {id(r) for r in rings}
+        self._rings = [r for r in self._rings if id(r) not in ids]
+
+    def check_invariant(self) -> dict[str, int]:
+        """Prove every buffer is in exactly one place; raises InvariantError if not.
+
+        Returns the count of buffers in each kind of place.
+        """
+        owner = self.pool.owner
+        held = []
+        expect_rx: dict[int, int] = {}
+        expect_tx: dict[int, int] = {}
+        for ring in self._rings:
+            bufs, n_rx, n_tx = ring.held()
+            held.append(bufs)
+            if ring.is_tx:
+                expect_tx[ring._kid] = n_tx
+            else:
+                expect_rx[ring._kid] = n_rx
+        all_held = np.concatenate(held) if held else np.zeros(0, np.uint32)
+        if all_held.size:
+            uniq, counts = np.unique(all_held, return_counts=True)
+            if (counts > 1).any():
+                raise InvariantError(f"buf_idx {int(uniq[counts > 1][0])} is in two slots")
+            if not (owner[all_held] == APP).all():
+                bad = int(all_held[owner[all_held] != APP][0])
+                raise InvariantError(f"buf_idx {bad} is in a slot but "
+                                     f"{self.pool.describe(int(owner[bad]))}")
+        if self.pool.count(APP) != all_held.size:
+            raise InvariantError(f"{self.pool.count(APP)} buffers marked as in slots, "
+                                 f"{all_held.size} found in slots")
+        totals = {"slots": int(all_held.size), "kernel_rx": 0, "kernel_tx": 0,
+                  "free": self.pool.count(FREE)}
+        for kid, n in expect_rx.items():
+            if self.pool.count(krx(kid)) != n:
+                raise InvariantError(f"socket {kid}: {self.pool.count(krx(kid))} buffers with "
+                                     f"the kernel for RX, the ring expects {n}")
+            totals["kernel_rx"] += n
+        for kid, n in expect_tx.items():
+            if self.pool.count(ktx(kid)) != n:
+                raise InvariantError(f"socket {kid}: {self.pool.count(ktx(kid))} buffers with "
+                                     f"the kernel for TX, the ring expects {n}")
+            totals["kernel_tx"] += n
+        if sum(totals.values()) != self.nbufs:
+            raise InvariantError(f"{sum(totals.values())} buffers accounted for, "
+                                 f"{self.nbufs} exist: {totals}")
+        return totals
+
+    def close(self) -> None:
+        """Release the UMEM once no port uses it."""
+        if self.users > 0:
+            return
+        self._sockets.clear()
+        self.bufs = None  # type: ignore[assignment]
+        self.umem.close()
+
+
+__all__ = ["Memory", "_close_mmap"]

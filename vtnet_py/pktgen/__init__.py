@@ -1,0 +1,1 @@
+"""pkt-gen over the netmap API: frames, pkt-gen's report lines, and the TX/RX loops."""

@@ -1,0 +1,620 @@
+"""Ethernet/IPv4/UDP frames for pkt-gen, built and patched in numpy batches.
+
+pkt-gen keeps one template frame and, after each packet, moves the addresses
+one step along the ranges given with ``-s``/``-d`` (``ip[:port][-ip[:port]]``).
+The walk is an odometer whose digits are, fastest first: source port, source
+address, destination port, destination address.  A digit below its upper end
+steps by one and the walk stops; a digit at its end returns to its start and
+carries into the next digit.  ``-z`` replaces both source digits with random
+values on every step and always carries; ``-Z`` replaces the destination
+digits with random values whenever a carry reaches them.  The first packet
+always carries the range starts.
+
+Here packet ``k`` (counting from 0) is computed directly from ``k`` by
+mixed-radix arithmetic, so a whole batch is one set of numpy operations, and
+the IPv4 header checksum and the UDP checksum are computed for the batch from
+precomputed partial sums (no per-packet Python loop).  Unlike pkt-gen, whose
+checksums are only patched incrementally and go stale with ``-l``/``-l``
+random sizes, every frame built here carries correct lengths and checksums.
+
+Nothing here touches the network: the functions fill numpy arrays (a UMEM
+view or a private array).  On error nothing is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+ETH_HLEN = 14
+IP_HLEN = 20
+UDP_HLEN = 8
+HDRS_LEN = ETH_HLEN + IP_HLEN + UDP_HLEN  # 42: where the UDP payload starts
+
+# Offsets inside the Ethernet frame (after any virtio-net header).
+OFF_ETHERTYPE = 12
+OFF_IP_LEN = 16
+OFF_IP_SUM = 24
+OFF_IP_SRC = 26
+OFF_IP_DST = 30
+OFF_UDP_SPORT = 34
+OFF_UDP_DPORT = 36
+OFF_UDP_LEN = 38
+OFF_UDP_SUM = 40
+OFF_PAYLOAD = HDRS_LEN
+OFF_SEQ = OFF_PAYLOAD  # txseq/rxseq/ping: 32-bit big-endian sequence number
+OFF_STAMP = OFF_PAYLOAD + 4  # ping: 64-bit big-endian send time in ns
+
+SEQ_LEN = 4
+STAMP_LEN = 8
+
+VNET_HDR_LENS = (0, 10, 12)
+DEFAULT_SRC = "10.0.0.1"
+DEFAULT_DST = "10.1.0.1"
+DEFAULT_PORT = 1234
+DEFAULT_DST_MAC = "ff:ff:ff:ff:ff:ff"
+
+# IPv4 header constants, as pkt-gen sets them: version 4 / IHL 5, TOS
+# "low delay", id 0, Don't Fragment, TTL 64, protocol UDP.
+_IP_VER_IHL = 0x45
+_IP_TOS = 0x10
+_IP_FRAG_DF = 0x4000
+_IP_TTL = 64
+_IPPROTO_UDP = 17
+
+PAYLOAD_TEXT = b"vtnetmap pkt-gen payload over AF_XDP, netmap rings from Python.\n"
+
+PayloadKind = Literal["plain", "seq", "ping"]
+
+# The fields of a frame that change from one packet to the next, bytes 16..46
+# of the Ethernet frame, as one big-endian record so a batch is written with
+# a single fancy-indexed assignment.
+_PATCH_DTYPE = np.dtype(
+    [
+        ("ip_len", ">u2"),
+        ("ip_id", ">u2"),
+        ("ip_off", ">u2"),
+        ("ip_ttl", "u1"),
+        ("ip_p", "u1"),
+        ("ip_sum", ">u2"),
+        ("src", ">u4"),
+        ("dst", ">u4"),
+        ("sport", ">u2"),
+        ("dport", ">u2"),
+        ("ulen", ">u2"),
+        ("usum", ">u2"),
+        ("seq", ">u4"),
+    ]
+)
+PATCH_OFFSET = OFF_IP_LEN
+PATCH_LEN_NOSEQ = OFF_PAYLOAD - OFF_IP_LEN  # 26
+PATCH_LEN_SEQ = PATCH_LEN_NOSEQ + SEQ_LEN  # 30
+
+
+class FrameSpecError(ValueError):
+    """A pkt-gen frame option that cannot be honoured (the message names it)."""
+
+
+_RANGE_PART = re.compile(r"^(?P<ip>[0-9.]+)(?::(?P<port>[0-9]+|0x[0-9a-fA-F]+))?$")
+
+
+def _parse_part(text: str, what: str) -> tuple[int, int | None]:
+    m = _RANGE_PART.match(text)
+    if m is None:
+        raise FrameSpecError(f"{what}: {text!r} is not ip[:port]")
+    try:
+        addr = int(ipaddress.IPv4Address(m.group("ip")))
+    except ipaddress.AddressValueError as exc:
+        raise FrameSpecError(f"{what}: {m.group('ip')!r} is not an IPv4 address") from exc
+    port: int | None = None
+    if m.group("port") is not None:
+        port = int(m.group("port"), 0)
+        if not 0 <= port <= 0xFFFF:
+            raise FrameSpecError(f"{what}: port {port} is outside 0..65535")
+    return addr, port
+
+
+@dataclass(frozen=True)
+class IPRange:
+    """An IPv4 address range and a UDP port range, as ``-s``/``-d`` give them.
+
+    ``start..end`` and ``port0..port1`` are inclusive; host byte order.
+    """
+
+    start: int
+    end: int
+    port0: int = DEFAULT_PORT
+    port1: int = DEFAULT_PORT
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start <= self.end <= 0xFFFFFFFF):
+            raise FrameSpecError(f"bad address range {self.start:#x}..{self.end:#x}")
+        if not (0 <= self.port0 <= self.port1 <= 0xFFFF):
+            raise FrameSpecError(f"bad port range {self.port0}..{self.port1}")
+
+    @classmethod
+    def parse(cls, text: str, what: str = "address") -> IPRange:
+        """Parse pkt-gen's ``ip[:port][-ip[:port]]``.
+
+        As in pkt-gen the port defaults to 1234, the end port defaults to the
+        start port, and reversed ends are swapped.
+        """
+        first, sep, second = text.partition("-")
+        a0, p0 = _parse_part(first, what)
+        port0 = DEFAULT_PORT if p0 is None else p0
+        a1, port1 = a0, port0
+        if sep:
+            a1, p1 = _parse_part(second, what)
+            if p1 is not None:
+                port1 = p1
+        return cls(min(a0, a1), max(a0, a1), min(port0, port1), max(port0, port1))
+
+    @property
+    def n_addrs(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def n_ports(self) -> int:
+        return self.port1 - self.port0 + 1
+
+    @property
+    def is_single(self) -> bool:
+        return self.n_addrs == 1 and self.n_ports == 1
+
+    def __str__(self) -> str:
+        a = f"{ipaddress.IPv4Address(self.start)}:{self.port0}"
+        if self.is_single:
+            return a
+        return f"{a}-{ipaddress.IPv4Address(self.end)}:{self.port1}"
+
+
+def parse_mac(text: str) -> bytes:
+    """Parse ``aa:bb:cc:dd:ee:ff`` (one or two hex digits a group) into 6 bytes."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(re.fullmatch(r"[0-9a-fA-F]{1,2}", p) for p in parts):
+        raise FrameSpecError(f"invalid MAC address {text!r}")
+    return bytes(int(p, 16) for p in parts)
+
+
+def format_mac(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def min_frame_len(payload: PayloadKind) -> int:
+    """The shortest frame (no vnet header) that holds the headers and the payload fields."""
+    return HDRS_LEN + {"plain": 0, "seq": SEQ_LEN, "ping": SEQ_LEN + STAMP_LEN}[payload]
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """What pkt-gen's frame options ask for.
+
+    ``length`` is ``-l`` (frame length without CRC and without the virtio-net
+    header).  ``min_length`` is a second ``-l``: when non-zero, every frame
+    gets its own random length in ``[min_length, length)`` (pkt-gen draws one
+    length per batch and leaves the lengths in the headers stale; here each
+    frame's headers and checksums match its length).
+    """
+
+    src_mac: bytes = b"\x00" * 6
+    dst_mac: bytes = b"\xff" * 6
+    src: IPRange = field(default_factory=lambda: IPRange.parse(DEFAULT_SRC))
+    dst: IPRange = field(default_factory=lambda: IPRange.parse(DEFAULT_DST))
+    length: int = 60
+    min_length: int = 0
+    random_src: bool = False
+    random_dst: bool = False
+    vnet_hdr_len: int = 0
+    payload: PayloadKind = "plain"
+
+    def __post_init__(self) -> None:
+        if len(self.src_mac) != 6 or len(self.dst_mac) != 6:
+            raise FrameSpecError("MAC addresses are 6 bytes")
+        if self.vnet_hdr_len not in VNET_HDR_LENS:
+            raise FrameSpecError(
+                f"-H {self.vnet_hdr_len}: virtio-net header length must be 0, 10 or 12"
+            )
+        lo = min_frame_len(self.payload)
+        if self.length < lo or self.length > 0xFFFF:
+            raise FrameSpecError(
+                f"-l {self.length}: an IPv4/UDP frame for -f {self._mode_word()} needs "
+                f"{lo}..65535 bytes"
+            )
+        if self.min_length:
+            if self.min_length < lo or self.min_length > self.length:
+                raise FrameSpecError(
+                    f"-l {self.min_length}: the minimum size must be in {lo}..{self.length}"
+                )
+
+    def _mode_word(self) -> str:
+        return {"plain": "tx", "seq": "txseq", "ping": "ping"}[self.payload]
+
+    @property
+    def varies(self) -> bool:
+        """True when consecutive frames differ (so TX must patch every frame)."""
+        return (
+            not self.src.is_single
+            or not self.dst.is_single
+            or self.random_src
+            or self.random_dst
+            or self.payload != "plain"
+            or self.random_length
+        )
+
+    @property
+    def random_length(self) -> bool:
+        return bool(self.min_length) and self.min_length < self.length
+
+    @property
+    def max_slot_len(self) -> int:
+        """Bytes a buffer must hold: virtio-net header plus the longest frame."""
+        return self.vnet_hdr_len + self.length
+
+
+def _fold(s: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Fold a one's-complement sum (below 2**48) to 16 bits."""
+    for _ in range(3):
+        s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
+    return s
+
+
+def _words32(v: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Sum of the two 16-bit halves of 32-bit values."""
+    return (v >> np.uint64(16)) + (v & np.uint64(0xFFFF))
+
+
+def _payload_pattern(n: int) -> npt.NDArray[np.uint8]:
+    reps = n // len(PAYLOAD_TEXT) + 1
+    return np.frombuffer(PAYLOAD_TEXT * reps, dtype=np.uint8)[:n].copy()
+
+
+@dataclass
+class FrameBatch:
+    """The per-packet fields of a batch (host byte order) and the slot lengths."""
+
+    src: npt.NDArray[np.uint32]
+    dst: npt.NDArray[np.uint32]
+    sport: npt.NDArray[np.uint16]
+    dport: npt.NDArray[np.uint16]
+    length: npt.NDArray[np.uint16]  # Ethernet frame length (no vnet header)
+    slot_len: npt.NDArray[np.uint16]  # what goes into slot.len: vnet header + frame
+    seq: npt.NDArray[np.uint32]
+    ip_sum: npt.NDArray[np.uint16]
+    udp_sum: npt.NDArray[np.uint16]
+    patch: npt.NDArray[np.void] = field(repr=False)  # _PATCH_DTYPE records
+    stamp: npt.NDArray[np.uint64] | None = None  # ping send times (ns)
+
+    def __len__(self) -> int:
+        return int(self.src.shape[0])
+
+
+class FrameGen:
+    """Frames for one pkt-gen thread: a template plus vectorised per-batch patches.
+
+    ``next_batch(n)`` returns the fields of the next ``n`` packets of the walk;
+    ``write(bufs, rows, batch)`` patches them into buffers that already hold
+    the template (``init_rows``); ``frames(n)`` returns complete frames in a
+    fresh array (tests, AF_PACKET senders).
+    """
+
+    def __init__(self, spec: FrameSpec, seed: int | None = None) -> None:
+        self.spec = spec
+        self._rng = np.random.default_rng(seed)
+        self._k = 0  # index of the next packet of the walk
+        self._seq = 0  # next sequence number (txseq/ping), 32-bit wrapping
+        # -Z: the destination last drawn and the carry count it belongs to.
+        self._dst_carries = 0
+        self._dst_last = (spec.dst.start, spec.dst.port0)
+        self.vh = spec.vnet_hdr_len
+        self.patch_len = PATCH_LEN_NOSEQ if spec.payload == "plain" else PATCH_LEN_SEQ
+        # Constant parts of the checksums (everything but addresses, ports,
+        # lengths and payload).
+        self._ip_const = np.uint64(
+            (_IP_VER_IHL << 8 | _IP_TOS) + _IP_FRAG_DF + (_IP_TTL << 8 | _IPPROTO_UDP)
+        )
+        self._udp_const = np.uint64(_IPPROTO_UDP)
+        self.template = self._build_template()
+
+    # -- template -----------------------------------------------------------
+
+    def _build_template(self) -> npt.NDArray[np.uint8]:
+        s = self.spec
+        t = np.zeros(self.vh + s.length, dtype=np.uint8)
+        e = t[self.vh :]
+        e[0:6] = np.frombuffer(s.dst_mac, np.uint8)
+        e[6:12] = np.frombuffer(s.src_mac, np.uint8)
+        e[12:14] = (0x08, 0x00)
+        e[14] = _IP_VER_IHL
+        e[15] = _IP_TOS
+        pay = _payload_pattern(s.length - OFF_PAYLOAD)
+        # Sequence and stamp bytes are zero in the template; their words are
+        # added to the UDP checksum per packet.
+        if s.payload != "plain":
+            pay[:SEQ_LEN] = 0
+        if s.payload == "ping":
+            pay[SEQ_LEN : SEQ_LEN + STAMP_LEN] = 0
+        e[OFF_PAYLOAD:] = pay
+        # Weighted prefix sums of the payload bytes: element m is the 16-bit
+        # word sum (unfolded) of the first m payload bytes (an odd last byte
+        # is a high byte), so any frame length's payload sum is one lookup.
+        weights = np.where(np.arange(pay.shape[0]) % 2 == 0, 256, 1).astype(np.uint64)
+        self._pay_prefix = np.concatenate(
+            [np.zeros(1, np.uint64), np.cumsum(pay.astype(np.uint64) * weights, dtype=np.uint64)]
+        )
+        # Headers and checksums of packet 0 (range starts, full length),
+        # without advancing the walk.
+        b = self._fields(
+            np.zeros(1, np.int64),
+            np.full(1, s.length, np.uint16),
+            np.zeros(1, np.uint32),
+            np.zeros(1, np.uint64) if s.payload == "ping" else None,
+            template_only=True,
+        )
+        e[PATCH_OFFSET : PATCH_OFFSET + self.patch_len] = b.patch.view(np.uint8)[: self.patch_len]
+        return t
+
+    # -- the walk -----------------------------------------------------------
+
+    def _walk(
+        self, k: npt.NDArray[np.int64], template_only: bool = False
+    ) -> tuple[npt.NDArray[np.int64], ...]:
+        s, d = self.spec.src, self.spec.dst
+        n = k.shape[0]
+        first = k == 0
+        if self.spec.random_src and not template_only:
+            src = self._rng.integers(0, 1 << 32, n, dtype=np.int64)
+            sport = self._rng.integers(0, 1 << 16, n, dtype=np.int64)
+            src[first] = s.start
+            sport[first] = s.port0
+            carries = k  # every step of a random source carries into dst
+        else:
+            sport = s.port0 + k % s.n_ports
+            q = k // s.n_ports
+            src = s.start + q % s.n_addrs
+            carries = q // s.n_addrs
+        if self.spec.random_dst and not template_only:
+            dst, dport = self._random_dst(carries)
+        else:
+            dport = d.port0 + carries % d.n_ports
+            dst = d.start + (carries // d.n_ports) % d.n_addrs
+        return src, sport, dst, dport
+
+    def _random_dst(
+        self, carries: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        # carries is non-decreasing; each new carry count draws a new random
+        # destination, carry count 0 keeps the range start.
+        last = self._dst_carries
+        new = np.unique(carries[carries > last])
+        keys = np.concatenate([[last], new])
+        addrs = np.concatenate(
+            [[self._dst_last[0]], self._rng.integers(0, 1 << 32, new.shape[0], dtype=np.int64)]
+        )
+        ports = np.concatenate(
+            [[self._dst_last[1]], self._rng.integers(0, 1 << 16, new.shape[0], dtype=np.int64)]
+        )
+        idx = np.searchsorted(keys, carries)
+        self._dst_carries = int(keys[-1])
+        self._dst_last = (int(addrs[-1]), int(ports[-1]))
+        return addrs[idx], ports[idx]
+
+    def _fields(
+        self,
+        k: npt.NDArray[np.int64],
+        length: npt.NDArray[np.uint16],
+        seq: npt.NDArray[np.uint32],
+        stamp: npt.NDArray[np.uint64] | None,
+        template_only: bool = False,
+    ) -> FrameBatch:
+        src, sport, dst, dport = self._walk(k, template_only)
+        src_u = src.astype(np.uint64)
+        dst_u = dst.astype(np.uint64)
+        sport_u = sport.astype(np.uint64)
+        dport_u = dport.astype(np.uint64)
+        flen = length.astype(np.uint64)
+        ip_len = flen - np.uint64(ETH_HLEN)
+        ulen = ip_len - np.uint64(IP_HLEN)
+        addr_words = _words32(src_u) + _words32(dst_u)
+
+        ip_sum = np.uint64(0xFFFF) - _fold(self._ip_const + ip_len + addr_words)
+
+        pay_len = (ulen - np.uint64(UDP_HLEN)).astype(np.int64)
+        usum = self._udp_const + addr_words + ulen + sport_u + dport_u + ulen
+        usum = usum + self._pay_prefix[pay_len]
+        if self.spec.payload != "plain":
+            usum = usum + _words32(seq.astype(np.uint64))
+        if stamp is not None:
+            st = stamp.astype(np.uint64)
+            usum = usum + _words32(st >> np.uint64(32)) + _words32(st & np.uint64(0xFFFFFFFF))
+        udp_sum = np.uint64(0xFFFF) - _fold(usum)
+        # RFC 768: a computed zero is sent as all ones (zero means "no checksum").
+        udp_sum[udp_sum == 0] = 0xFFFF
+
+        patch = np.zeros(k.shape[0], dtype=_PATCH_DTYPE)
+        patch["ip_len"] = ip_len
+        patch["ip_off"] = _IP_FRAG_DF
+        patch["ip_ttl"] = _IP_TTL
+        patch["ip_p"] = _IPPROTO_UDP
+        patch["ip_sum"] = ip_sum
+        patch["src"] = src_u
+        patch["dst"] = dst_u
+        patch["sport"] = sport_u
+        patch["dport"] = dport_u
+        patch["ulen"] = ulen
+        patch["usum"] = udp_sum
+        patch["seq"] = seq
+        return FrameBatch(
+            src=src_u.astype(np.uint32),
+            dst=dst_u.astype(np.uint32),
+            sport=sport_u.astype(np.uint16),
+            dport=dport_u.astype(np.uint16),
+            length=length.astype(np.uint16),
+            slot_len=(length.astype(np.uint32) + self.vh).astype(np.uint16),
+            seq=seq.astype(np.uint32),
+            ip_sum=ip_sum.astype(np.uint16),
+            udp_sum=udp_sum.astype(np.uint16),
+            patch=patch,
+            stamp=stamp,
+        )
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def packets_done(self) -> int:
+        """How many packets of the walk were handed out so far."""
+        return self._k
+
+    def next_batch(self, n: int, stamp: npt.NDArray[np.uint64] | None = None) -> FrameBatch:
+        """Fields of the next ``n`` packets; advances the walk and the sequence.
+
+        ``stamp`` (ping only) is the send time in ns of each packet, which
+        goes into the payload and into the UDP checksum.
+        """
+        if n < 0:
+            raise ValueError(f"negative batch size {n}")
+        if stamp is not None and self.spec.payload != "ping":
+            raise ValueError("stamp is only carried by ping frames")
+        k = np.arange(self._k, self._k + n, dtype=np.int64)
+        s = self.spec
+        if s.random_length:
+            length = self._rng.integers(s.min_length, s.length, n).astype(np.uint16)
+        else:
+            length = np.full(n, s.length, dtype=np.uint16)
+        seq = ((np.arange(n, dtype=np.uint64) + np.uint64(self._seq)) & np.uint64(0xFFFFFFFF))
+        if s.payload == "ping" and stamp is None:
+            stamp = np.zeros(n, np.uint64)
+        b = self._fields(k, length, seq.astype(np.uint32), stamp)
+        self._k += n
+        self._seq = (self._seq + n) & 0xFFFFFFFF
+        return b
+
+    def init_rows(self, bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer]) -> None:
+        """Copy the template (packet 0, full length) into ``bufs[rows]``."""
+        bufs[rows, : self.template.shape[0]] = self.template
+
+    def write(
+        self,
+        bufs: npt.NDArray[np.uint8],
+        rows: npt.NDArray[np.integer],
+        batch: FrameBatch,
+    ) -> None:
+        """Patch the changing bytes of ``batch`` into ``bufs[rows]`` (rows hold the template).
+
+        Also writes the ping stamp when the batch has one.  ``rows`` and the
+        batch have the same length.
+        """
+        off = self.vh + PATCH_OFFSET
+        view = batch.patch.view(np.uint8).reshape(len(batch), _PATCH_DTYPE.itemsize)
+        bufs[rows, off : off + self.patch_len] = view[:, : self.patch_len]
+        if batch.stamp is not None:
+            off = self.vh + OFF_STAMP
+            bufs[rows, off : off + STAMP_LEN] = (
+                batch.stamp.astype(">u8").view(np.uint8).reshape(-1, STAMP_LEN)
+            )
+
+    def frames(
+        self, n: int
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16], FrameBatch]:
+        """The next ``n`` complete frames in a new array ``(n, max_slot_len)``.
+
+        Returns the array, each frame's slot length (vnet header included)
+        and the batch.
+        """
+        b = self.next_batch(n)
+        out = np.empty((n, self.template.shape[0]), dtype=np.uint8)
+        rows = np.arange(n)
+        self.init_rows(out, rows)
+        self.write(out, rows, b)
+        return out, b.slot_len, b
+
+
+# -- receive side helpers ------------------------------------------------------
+
+
+def read_seq(
+    bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer], vnet_hdr_len: int = 0
+) -> npt.NDArray[np.uint32]:
+    """The 32-bit big-endian sequence numbers of frames in ``bufs[rows]``."""
+    off = vnet_hdr_len + OFF_SEQ
+    b = bufs[rows, off : off + SEQ_LEN].astype(np.uint32)
+    return (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+
+
+def read_stamp(
+    bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer], vnet_hdr_len: int = 0
+) -> npt.NDArray[np.uint64]:
+    """The 64-bit big-endian ping stamps of frames in ``bufs[rows]``."""
+    off = vnet_hdr_len + OFF_STAMP
+    raw = np.ascontiguousarray(bufs[rows, off : off + STAMP_LEN])
+    return raw.view(">u8").reshape(-1).astype(np.uint64)
+
+
+@dataclass
+class SeqTracker:
+    """Sequence-number accounting for rxseq on one ring, vectorised per batch.
+
+    Like pkt-gen, a packet whose number differs from the expected one is a
+    *gap* when it is ahead (by less than 2**31) and *out of order* otherwise;
+    the expectation then follows the packet.  ``lost`` is the exact count of
+    numbers in ``[first, highest]`` never received (duplicates aside), from
+    numbers unwrapped to 64 bits, so reordering does not inflate it.
+    """
+
+    received: int = 0
+    gaps: int = 0
+    gap_packets: int = 0
+    out_of_order: int = 0
+    first: int | None = None
+    highest: int = 0
+    _last_ext: int = 0
+    _last: int = 0
+
+    def update(self, seqs: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
+        """Account a batch; returns a mask of the packets that were not the expected one."""
+        n = int(seqs.shape[0])
+        if n == 0:
+            return np.zeros(0, np.bool_)
+        s = seqs.astype(np.uint32)
+        if self.first is None:
+            self.first = int(s[0])
+            self._last = (int(s[0]) - 1) & 0xFFFFFFFF
+            self._last_ext = self.first - 1
+            self.highest = self.first - 1
+        prev = np.empty(n, np.uint32)
+        prev[0] = self._last
+        prev[1:] = s[:-1]
+        delta = (s - prev - np.uint32(1)).astype(np.uint32)  # 0 when in sequence
+        ahead = (delta != 0) & (delta < np.uint32(0x7FFFFFFF))
+        behind = delta >= np.uint32(0x7FFFFFFF)
+        self.gaps += int(ahead.sum())
+        self.gap_packets += int(delta[ahead].astype(np.int64).sum())
+        self.out_of_order += int(behind.sum())
+        step = (s - prev).astype(np.uint32).view(np.int32).astype(np.int64)
+        ext = self._last_ext + np.cumsum(step)
+        self.highest = max(self.highest, int(ext.max()))
+        self._last_ext = int(ext[-1])
+        self._last = int(s[-1])
+        self.received += n
+        return ahead | behind
+
+    @property
+    def lost(self) -> int:
+        if self.first is None:
+            return 0
+        return max(0, self.highest - self.first + 1 - self.received)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "lost": self.lost,
+            "gaps": self.gaps,
+            "gap_packets": self.gap_packets,
+            "out_of_order": self.out_of_order,
+            "first": -1 if self.first is None else self.first,
+            "highest": (self.highest & 0xFFFFFFFF) if self.first is not None else -1,
+        }

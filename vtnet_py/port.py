@@ -1,0 +1,390 @@
+"""netmap ports over AF_XDP: ``open_port("netmap:eth0")`` and the Port object.
+
+A port owns one AF_XDP socket per queue it binds, all on one Memory (UMEM), and exposes
+them as netmap rings. Opening is a sequence of acquire steps (device read, memory,
+steering program, sockets, rings, queue claims, epoll); each has an undo step, and
+``close`` (also on a half-built port) runs them in reverse. What survives a crash is only
+what the kernel keeps for a live fd, so kill -9 returns every queue to the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Any
+
+import numpy as np
+
+from .device_netlink import read_device
+from .device_policy import refuse_default_route
+from .errors import (
+    BusyError,
+    DeviceError,
+    InterfaceChangedError,
+    PortClosedError,
+    UnsupportedError,
+    VtnetError,
+)
+from .memory import Memory
+from .netns import netns as enter_netns
+from .portname import PortSpec, RegMode, parse_port_name
+from .ring import FREE, Ring, krx, ktx
+from .steer import Steering
+from .xsk import XskSocket, ring_sizes
+
+DEFAULT_RX_SLOTS = 1024
+DEFAULT_TX_SLOTS = 1024
+ETH_OVERHEAD = 14 + 4 + 4  # Ethernet header, one VLAN tag, FCS room the MTU does not count
+MAX_FRAGS = 18  # MAX_SKB_FRAGS + 1: the most a copy-mode AF_XDP TX frame may span
+
+
+class Port:
+    """An open netmap port. Create with :func:`open_port`."""
+
+    def __init__(self, spec: PortSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.ifname = spec.ifname
+        self.ifindex = 0
+        self.tx_rings: list[Ring] = []
+        self.rx_rings: list[Ring] = []
+        self.zerocopy = False
+        self.xdp_mode: str | None = None
+        self.frags = False
+        self.memory: Memory | None = None
+        self._own_memory = False
+        self._sockets: list[XskSocket] = []
+        self._claimed: list[int] = []
+        self._steering: Steering | None = None
+        self._epoll: select.epoll | None = None
+        self._poller: Any = None
+        self._rx_fds: dict[int, XskSocket] = {}
+        self._closed = False
+
+    # --- public ---------------------------------------------------------------------------
+    @property
+    def bufs(self) -> np.ndarray:
+        """All buffers of the port's memory: row ``buf_idx`` is that buffer (zero copy)."""
+        return self._mem().bufs
+
+    def buf(self, buf_idx: int) -> np.ndarray:
+        """Buffer ``buf_idx`` as a writable uint8 array of nr_buf_size bytes (no copy)."""
+        mem = self._mem()
+        if not 0 <= buf_idx < mem.nbufs:
+            raise IndexError(f"{self.name}: buf_idx {buf_idx} out of range 0..{mem.nbufs - 1}")
+        return mem.bufs[buf_idx]
+
+    @property
+    def nr_buf_size(self) -> int:
+        return self._mem().nr_buf_size
+
+    def fileno(self) -> int:
+        """An epoll fd, readable when an RX ring has frames waiting (for a TX-only port:
+        when a TX ring has room), usable with select/poll/asyncio add_reader."""
+        if self._epoll is None:
+            raise PortClosedError(f"{self.name}: port is closed")
+        return self._epoll.fileno()
+
+    def rxsync(self) -> int:
+        """rxsync every RX ring; returns the number of new frames."""
+        self._check_open()
+        return sum(r.rxsync() for r in self.rx_rings)
+
+    def txsync(self) -> int:
+        """txsync every TX ring; returns the number of slots handed to the kernel."""
+        self._check_open()
+        return sum(r.txsync() for r in self.tx_rings)
+
+    def poll(self, rx: bool = True, tx: bool = False, timeout: float | None = None) -> bool:
+        """netmap's poll(): push every TX ring, sync the RX rings if ``rx``, and wait up to
+        ``timeout`` seconds (None: forever) until an RX ring has frames (``rx``) or a TX
+        ring has room (``tx``). Returns whether that happened. An interface that went away
+        or down raises InterfaceChangedError."""
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for r in self.tx_rings:
+                r.txsync()
+            if rx:
+                for r in self.rx_rings:
+                    r.rxsync()
+            if (rx and any(r.cur != r.tail for r in self.rx_rings)) or \
+                    (tx and any(r.cur != r.tail for r in self.tx_rings)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._wait(rx, tx, deadline)
+
+    def _wait(self, rx: bool, tx: bool, deadline: float | None) -> None:
+        if self._poller is None:
+            self._poller = select.poll()
+            for s in self._sockets:
+                self._poller.register(s.fileno(), select.POLLIN | select.POLLOUT)
+        ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        if tx and any(r.tx_pending() for r in self.tx_rings):
+            ms = 1 if ms < 0 else min(ms, 1)  # completions need reaping, not a wakeup
+        want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0)
+        for s in self._sockets:
+            self._poller.modify(s.fileno(), want | select.POLLERR)
+        for fd, ev in self._poller.poll(ms):
+            if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                s = next((x for x in self._sockets if x.fileno() == fd), None)
+                where = f"queue {s.queue}" if s else f"fd {fd}"
+                raise InterfaceChangedError(f"{self.name}: {self.ifname} {where}: the socket "
+                                            f"reports an error (interface down or gone)")
+
+    def stats(self) -> dict[str, Any]:
+        """Per-ring library counters and the kernel's AF_XDP statistics."""
+        self._check_open()
+        out: dict[str, Any] = {"port": self.name, "zerocopy": self.zerocopy,
+                               "xdp_mode": self.xdp_mode, "frags": self.frags, "rings": []}
+        for r in self.rx_rings + self.tx_rings:
+            d = {"ring": r.ring_id, "kind": "tx" if r.is_tx else "rx", "queue": r.queue,
+                 "head": r.head, "cur": r.cur, "tail": r.tail, **r.stats}
+            d["kernel"] = r._xsk.statistics()
+            out["rings"].append(d)
+        return out
+
+    def check_invariant(self) -> dict[str, int]:
+        """Raise InvariantError unless every buffer of the memory is in exactly one place."""
+        return self._mem().check_invariant()
+
+    def owner_of(self, queue: int) -> int:
+        """pid recorded as owner of ``queue`` in the steering program (0: the kernel)."""
+        return self._steering.owner_of(queue) if self._steering else 0
+
+    def close(self) -> None:
+        """Give every queue back to the kernel and release all resources (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._steering is not None:
+            for q in self._claimed:
+                with suppress(OSError, VtnetError):
+                    self._steering.unclaim(q)
+        self._claimed.clear()
+        for s in self._sockets:
+            s.close()
+        mem = self.memory
+        if mem is not None:
+            rings = self.rx_rings + self.tx_rings
+            for r in rings:  # this port's buffers, wherever they are now, become free
+                held, _, _ = r.held_unchecked()
+                mem.pool.owner[held] = FREE
+                mem.pool.owner[mem.pool.owner == (ktx(r._kid) if r.is_tx else krx(r._kid))] = FREE
+            mem.remove_rings(rings)
+            mem.users -= 1
+            if self._own_memory:
+                mem.close()
+        self._sockets.clear()
+        if self._steering is not None:
+            self._steering.release()
+            self._steering = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        self._poller = None
+
+    def __enter__(self) -> Port:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            if not self._closed:
+                self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Port {self.name} rx_rings={len(self.rx_rings)} tx_rings={len(self.tx_rings)}"
+                f"{' closed' if self._closed else ''}>")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PortClosedError(f"{self.name}: port is closed")
+
+    def _mem(self) -> Memory:
+        if self.memory is None or self._closed:
+            raise PortClosedError(f"{self.name}: port is closed")
+        return self.memory
+
+
+def _queues(spec: PortSpec, nrx: int, ntx: int) -> Iterator[tuple[int, bool, bool]]:
+    """(queue, bind rx, bind tx) for every queue the port takes."""
+    want_rx, want_tx = spec.rx, spec.tx
+    if spec.mode is RegMode.ONE_NIC:
+        assert spec.ring_id is not None
+        q = spec.ring_id
+        yield q, want_rx and q < nrx, want_tx and q < ntx
+        return
+    for q in range(max(nrx if want_rx else 0, ntx if want_tx else 0)):
+        yield q, want_rx and q < nrx, want_tx and q < ntx
+
+
+def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
+              mode: str | None = None, frags: bool | None = None,
+              memory: Memory | None = None, force: bool = False) -> Port:
+    """Open a netmap port by name (netmap's grammar, see vtnet_py.portname).
+
+    ``netns`` opens an interface of that network namespace. ``zerocopy`` is "auto" (zero
+    copy where the driver offers it), "on" (refuse otherwise) or "off". ``mode`` forces
+    native or generic XDP. ``frags`` asks for multi-buffer frames (NS_MOREFRAG); None
+    turns it on when the MTU does not fit one buffer. ``memory`` shares another port's
+    buffers (zero-copy forwarding by buf_idx swap). ``force`` allows the interface that
+    carries the default route. On failure nothing is left behind.
+    """
+    if zerocopy not in ("auto", "on", "off"):
+        raise ValueError(f"{name}: zerocopy must be auto, on or off, not {zerocopy!r}")
+    if mode not in (None, "native", "generic"):
+        raise ValueError(f"{name}: mode must be native or generic, not {mode!r}")
+    spec = parse_port_name(name)
+    if spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW):
+        raise UnsupportedError(f"{name}: host rings (^, *, +) are not yet supported by "
+                               f"vtnetmap")
+    port = Port(spec)
+    try:
+        with enter_netns(netns):
+            _build(port, spec, zerocopy, mode, frags, memory, force)
+    except BaseException:
+        port.close()
+        raise
+    return port
+
+
+def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: bool | None,
+           memory: Memory | None, force: bool) -> None:
+    name = spec.name
+    info = read_device(spec.ifname)
+    refuse_default_route(info, force)
+    port.ifindex = info.ifindex
+    nrx, ntx = info.rx_queues, info.tx_queues
+    for key, have in (("rx-rings", nrx), ("tx-rings", ntx)):
+        asked = spec.effective_rx_rings if key == "rx-rings" else spec.effective_tx_rings
+        if asked is not None and asked != have:
+            raise UnsupportedError(
+                f"{name}: @conf:{key}={asked} but {spec.ifname} has {have}; the number of "
+                f"queues is the device's (change it with `vtnetmap attach --rings N`)")
+    if spec.mode is RegMode.ONE_NIC:
+        assert spec.ring_id is not None
+        if spec.ring_id >= max(nrx, ntx):
+            raise DeviceError(f"{name}: {spec.ifname} has no queue {spec.ring_id} "
+                              f"({nrx} rx / {ntx} tx queues)")
+    rx_slots = spec.effective_rx_slots or DEFAULT_RX_SLOTS
+    tx_slots = spec.effective_tx_slots or DEFAULT_TX_SLOTS
+    plan = list(_queues(spec, nrx, ntx))
+    if not any(r or t for _, r, t in plan):
+        raise DeviceError(f"{name}: no ring to bind on {spec.ifname}")
+    need = sum((rx_slots if r else 0) + (tx_slots if t else 0) for _, r, t in plan)
+
+    mem = memory
+    if mem is None:
+        mem = Memory(need)
+        port._own_memory = True
+    port.memory = mem
+    mem.users += 1
+    frame_max = info.mtu + ETH_OVERHEAD
+    if frags is None:
+        frags = frame_max > mem.nr_buf_size
+    elif not frags and frame_max > mem.nr_buf_size and any(r for _, r, _ in plan):
+        raise UnsupportedError(f"{name}: {spec.ifname} MTU {info.mtu} does not fit one "
+                               f"{mem.nr_buf_size}-byte buffer; open with frags=True")
+    port.frags = frags
+    first_free = mem.allocate(need, name)
+
+    if any(r for _, r, _ in plan):
+        port._steering = Steering.acquire(spec.ifname, info.ifindex, mode=mode, frags=frags)
+        port.xdp_mode = port._steering.mode
+    port._epoll = select.epoll()
+    next_buf = first_free
+    for q, want_rx, want_tx in plan:
+        if not (want_rx or want_tx):
+            continue
+        sizes = ring_sizes(rx_slots if want_rx else 0, tx_slots if want_tx else 0)
+        sock = _bind_retrying(port, spec.ifname, info.ifindex, q, mem, sizes, zerocopy,
+                              frags, name)
+        port._sockets.append(sock)
+        port.zerocopy = sock.zerocopy
+        kid = mem.add_socket(sock)
+        rings = []
+        if want_rx:
+            r = Ring(port_name=name, ring_id=len(port.rx_rings), queue=q, is_tx=False,
+                     host=False, num_slots=rx_slots, pool=mem.pool, xsk=sock, kid=kid,
+                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS)
+            next_buf += rx_slots
+            port.rx_rings.append(r)
+            rings.append(r)
+        if want_tx:
+            t = Ring(port_name=name, ring_id=len(port.tx_rings), queue=q, is_tx=True,
+                     host=False, num_slots=tx_slots, pool=mem.pool, xsk=sock, kid=kid,
+                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS)
+            next_buf += tx_slots
+            port.tx_rings.append(t)
+            rings.append(t)
+        mem.add_rings(rings)
+        if want_rx:
+            assert port._steering is not None
+            port._steering.claim(q, sock.fileno())
+            port._claimed.append(q)
+            port._epoll.register(sock.fileno(), select.EPOLLIN)
+    if not port.rx_rings:
+        for s in port._sockets:
+            port._epoll.register(s.fileno(), select.EPOLLOUT)
+
+
+BUSY_RETRY_S = 1.0  # the kernel frees a closed socket's queue in deferred work
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _bind_retrying(port: Port, ifname: str, ifindex: int, q: int, mem: Memory, sizes: Any,
+                   zerocopy: str, frags: bool, name: str) -> XskSocket:
+    """Bind, and when the queue is busy but no live process owns it (a socket closed a
+    moment ago, whose queue the kernel releases in deferred work), try again briefly."""
+    deadline = time.monotonic() + BUSY_RETRY_S
+    while True:
+        try:
+            return _bind(ifname, ifindex, q, mem, sizes, zerocopy, frags, name)
+        except BusyError as exc:
+            owner = port.owner_of(q)
+            if owner and owner != os.getpid() and _pid_alive(owner):
+                raise BusyError(f"{name}: {ifname} queue {q} is busy: owned by pid "
+                                f"{owner}") from exc
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _bind(ifname: str, ifindex: int, q: int, mem: Memory, sizes: Any, zerocopy: str,
+          frags: bool, name: str) -> XskSocket:
+    """Bind queue ``q``: zero copy first when "auto", copy mode if the driver refuses."""
+    if mem.share_socket() is not None:
+        tries = [False]  # the mode is inherited from the socket that registered the UMEM
+    else:
+        tries = [True, False] if zerocopy == "auto" else [zerocopy == "on"]
+    for i, zc in enumerate(tries):
+        try:
+            return XskSocket(ifname=ifname, ifindex=ifindex, queue=q, umem=mem.umem,
+                             share_with=mem.share_socket(), sizes=sizes, zerocopy=zc,
+                             frags=frags)
+        except UnsupportedError as exc:
+            if zc and i + 1 < len(tries) and "zero-copy" in str(exc):
+                continue
+            raise UnsupportedError(f"{name}: {exc}") from exc
+        except DeviceError as exc:
+            raise type(exc)(f"{name}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+__all__ = ["Port", "open_port"]

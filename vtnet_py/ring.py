@@ -1,0 +1,406 @@
+"""netmap rings on top of AF_XDP sockets: the data path.
+
+A netmap ring is an array of slots (netmap_slot: buf_idx, len, flags, ptr) with three
+indices. ``[head, tail)`` belongs to the application, everything else to the kernel, and
+one slot is always left empty so that head == tail means "nothing for the user".
+
+RX: every slot the user releases (``[hwcur, head)`` at rxsync) gives its buffer to the
+kernel through the socket's FILL ring; frames the kernel delivers on the RX ring are
+written into slots ``[tail, ...)`` with the buf_idx they arrived in. TX: slots the user
+hands over (``[hwcur, head)`` at txsync) become TX descriptors; buffers the kernel returns
+on the COMPLETION ring come back into the slots after ``tail`` and tail advances. The TX
+slot at ``tail`` is netmap's empty hole; slots ``(tail, hwcur)`` are in flight.
+
+Every UMEM chunk is in exactly one place. ``BufferPool.owner`` says where (free, held by
+a ring slot, or given to the kernel by a given socket as FILL/RX or TX/COMPLETION), every
+transition checks the state it expects, and ``check_invariant`` proves the whole picture.
+All work is done per batch with numpy; there is no per-frame Python loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import _kernel as K
+from .errors import InterfaceChangedError, InvariantError, RingError
+
+if TYPE_CHECKING:
+    from .xsk import XskSocket
+
+# sys/net/netmap.h: slot flags
+NS_BUF_CHANGED = 0x0001
+NS_REPORT = 0x0002
+NS_FORWARD = 0x0004
+NS_NO_LEARN = 0x0008
+NS_INDIRECT = 0x0010
+NS_MOREFRAG = 0x0020
+# ring flags
+NR_TIMESTAMP = 0x0002
+NR_FORWARD = 0x0004
+
+SLOT_DTYPE = np.dtype([("buf_idx", "<u4"), ("len", "<u2"), ("flags", "<u2"), ("ptr", "<u8")])
+
+# BufferPool.owner codes
+FREE = 0
+APP = 1  # in a ring slot (user part, the TX hole, or not yet submitted)
+
+
+def krx(kid: int) -> int:
+    """Owner code: given to the kernel for RX by socket ``kid`` (FILL ring, RX ring)."""
+    return 2 + 2 * kid
+
+
+def ktx(kid: int) -> int:
+    """Owner code: given to the kernel for TX by socket ``kid`` (TX ring, COMPLETION)."""
+    return 3 + 2 * kid
+
+
+class BufferPool:
+    """Who holds each UMEM chunk; shared by every ring of a port."""
+
+    def __init__(self, nchunks: int, chunk_size: int, buf_offset: int):
+        self.nchunks = nchunks
+        self.chunk_size = chunk_size
+        self.buf_offset = buf_offset  # where a netmap buffer starts inside its chunk
+        self.owner = np.zeros(nchunks, dtype=np.int32)
+        self._stamp = np.full(nchunks, -1, dtype=np.int64)
+        self._arange = np.arange(max(nchunks, 1), dtype=np.int64)
+
+    def move(self, bufs: np.ndarray, expect: int, new: int, who: str, user: bool) -> None:
+        """Move ``bufs`` from owner ``expect`` to ``new`` after checking all of them.
+
+        ``user`` says the buf_idx values came from the application (a bad one is a
+        RingError) or from the kernel (a bad one breaks the invariant). Nothing changes
+        when the check fails.
+        """
+        n = bufs.size
+        if n == 0:
+            return
+        err = RingError if user else InvariantError
+        if int(bufs.max()) >= self.nchunks:
+            bad = int(bufs[bufs >= self.nchunks][0])
+            raise err(f"{who}: buf_idx {bad} out of range (the port has {self.nchunks} buffers)")
+        state = self.owner[bufs]
+        wrong = state != expect
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            raise err(f"{who}: buf_idx {int(bufs[i])} is not {self.describe(expect)} "
+                      f"but {self.describe(int(state[i]))}")
+        self._stamp[bufs] = self._arange[:n]
+        dup = self._stamp[bufs] != self._arange[:n]
+        if dup.any():
+            i = int(np.flatnonzero(dup)[0])
+            raise err(f"{who}: buf_idx {int(bufs[i])} appears twice in one batch")
+        self.owner[bufs] = new
+
+    @staticmethod
+    def describe(code: int) -> str:
+        if code == FREE:
+            return "free"
+        if code == APP:
+            return "in a ring slot"
+        kid, tx = divmod(code - 2, 2)
+        return f"with the kernel for {'TX' if tx else 'RX'} on socket {kid}"
+
+    def count(self, code: int) -> int:
+        return int(np.count_nonzero(self.owner == code))
+
+
+class Ring:
+    """One netmap ring (RX or TX) of a port, backed by one AF_XDP socket's rings."""
+
+    def __init__(self, *, port_name: str, ring_id: int, queue: int, is_tx: bool, host: bool,
+                 num_slots: int, pool: BufferPool, xsk: XskSocket, kid: int,
+                 first_buf: int, frags: bool, max_frags: int):
+        self.port_name = port_name
+        self.ring_id = ring_id
+        self.queue = queue
+        self.is_tx = is_tx
+        self.is_host = host
+        self.num_slots = num_slots
+        self.nr_buf_size = pool.chunk_size - pool.buf_offset
+        self.flags = 0  # netmap ring flags: NR_FORWARD, NR_TIMESTAMP
+        self.slot = np.zeros(num_slots, dtype=SLOT_DTYPE)
+        self._bi = self.slot["buf_idx"]
+        self._len = self.slot["len"]
+        self._fl = self.slot["flags"]
+        self._pos = np.arange(2 * num_slots, dtype=np.intp) % num_slots
+        self._pool = pool
+        self._xsk = xsk
+        self._kid = kid
+        self._frags = frags
+        self._max_frags = max_frags
+        self._what = f"{port_name} {'TX' if is_tx else 'RX'} ring {ring_id} (queue {queue})"
+        self.stats = {"frames": 0, "bytes": 0, "syncs": 0, "kicks": 0, "kick_retry": 0,
+                      "refused": 0}
+        bufs = np.arange(first_buf, first_buf + num_slots, dtype=np.uint32)
+        self._bi[:] = bufs
+        self.head = self.cur = self._hwcur = 0
+        if is_tx:
+            self._tail = num_slots - 1  # all slots but the hole are the user's
+            self._inflight = 0
+            pool.owner[bufs] = APP
+        else:
+            self._tail = 0
+            # every buffer of an RX ring starts on the FILL ring, as a NIC's do
+            pool.owner[bufs] = krx(kid)
+            fill = xsk.fill
+            assert fill is not None and fill.free() >= num_slots
+            fill.desc[fill.slots(num_slots)] = bufs.astype(np.uint64) * pool.chunk_size
+            fill.submit(num_slots)
+            self._kernel_rx = num_slots
+
+    # --- what netmap users call ---------------------------------------------------------
+    @property
+    def tail(self) -> int:
+        return self._tail
+
+    def next(self, i: int, n: int = 1) -> int:
+        """nm_ring_next, generalised: the slot ``n`` after ``i``."""
+        return (i + n) % self.num_slots
+
+    def space(self) -> int:
+        """nm_ring_space: slots between cur and tail (frames to read / slots to fill)."""
+        return (self._tail - self.cur) % self.num_slots
+
+    def empty(self) -> bool:
+        return self.cur == self._tail
+
+    def tx_pending(self) -> bool:
+        """nm_tx_pending: transmissions handed to the kernel and not yet completed."""
+        return self.next(self._tail) != self.head
+
+    def slots_from_head(self, n: int) -> np.ndarray:
+        """Slot indices head .. head+n-1 (mod num_slots), for batch work on ``slot``."""
+        if not 0 <= n <= self.num_slots:
+            raise RingError(f"{self._what}: {n} slots asked for, the ring has {self.num_slots}")
+        return self._pos[self.head: self.head + n]
+
+    def slots_from(self, start: int, n: int) -> np.ndarray:
+        return self._pos[start % self.num_slots: start % self.num_slots + n]
+
+    @property
+    def hwcur(self) -> int:
+        return self._hwcur
+
+    # --- sync -----------------------------------------------------------------------------
+    def _check_indices(self) -> None:
+        """netmap's *_prologue: head and cur must lie in [hwcur, tail]. On violation netmap
+        reinitialises the ring; we do the same (head = cur = hwcur, nothing moved)."""
+        n = self.num_slots
+        h, c, hw, t = self.head, self.cur, self._hwcur, self._tail
+        ok = (isinstance(h, int | np.integer) and isinstance(c, int | np.integer)
+              and 0 <= h < n and 0 <= c < n
+              and (h - hw) % n <= (t - hw) % n and (c - h) % n <= (t - h) % n)
+        if not ok:
+            self.head = self.cur = hw
+            self.stats["refused"] += 1
+            raise RingError(f"{self._what}: head {h} / cur {c} outside [hwcur {hw}, tail {t}]; "
+                            f"ring reset to head = cur = {hw}, nothing sent or released")
+
+    def rxsync(self) -> int:
+        """Release ``[hwcur, head)`` to the kernel, then take what arrived. Returns the
+        number of new frames."""
+        self._check_indices()
+        n = self.num_slots
+        xsk = self._xsk
+        fill, rx = xsk.fill, xsk.rx
+        if fill is None or rx is None:
+            raise InterfaceChangedError(f"{self._what}: socket closed")
+        self.stats["syncs"] += 1
+        hw = self._hwcur
+        released = (self.head - hw) % n
+        if released:
+            idx = self._pos[hw: hw + released]
+            bufs = self._bi[idx]
+            self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+", user=True)
+            fill.desc[fill.slots(released)] = bufs.astype(np.uint64) * self._pool.chunk_size
+            fill.submit(released)
+            self._kernel_rx += released
+            self._fl[idx] = 0
+            self._hwcur = self.head
+            if fill.needs_wakeup():
+                xsk.wake_rx()
+        busy = (self._tail - self.head) % n
+        got = min(rx.available(), n - 1 - busy)
+        if got:
+            kpos = rx.slots(got)
+            desc = rx.desc[kpos]
+            addr = desc["addr"]
+            chunk = self._pool.chunk_size
+            bufs = (addr // chunk).astype(np.uint32)
+            self._pool.move(bufs, krx(self._kid), APP, f"{self._what} RX ring", user=False)
+            rx.release(got)
+            self._kernel_rx -= got
+            t = self._tail
+            idx = self._pos[t: t + got]
+            lens = desc["len"]
+            self._bi[idx] = bufs
+            self._len[idx] = lens
+            self._fl[idx] = np.where(desc["options"] & K.XDP_PKT_CONTD, NS_MOREFRAG, 0)
+            self._tail = (t + got) % n
+            self.stats["frames"] += got
+            self.stats["bytes"] += int(lens.sum())
+            off = addr - bufs.astype(np.uint64) * chunk
+            if (off != K.XDP_PACKET_HEADROOM).any():
+                raise InvariantError(f"{self._what}: the kernel placed a frame at offset "
+                                     f"{int(off[off != K.XDP_PACKET_HEADROOM][0])} of its "
+                                     f"buffer, expected {K.XDP_PACKET_HEADROOM}")
+        return got
+
+    def txsync(self) -> int:
+        """Hand ``[hwcur, head)`` to the kernel, push it out, reclaim completions.
+
+        Returns the number of slots submitted. A batch with a bad slot (buf_idx out of
+        range or not the ring's, len 0 or over nr_buf_size, a fragment chain too long) is
+        refused whole: RingError, the ring reset to head = cur = hwcur, nothing sent.
+        """
+        self._check_indices()
+        n = self.num_slots
+        xsk = self._xsk
+        tx = xsk.tx
+        if tx is None:
+            raise InterfaceChangedError(f"{self._what}: socket closed")
+        self.stats["syncs"] += 1
+        hw = self._hwcur
+        new = (self.head - hw) % n
+        sent = 0
+        report = False
+        if new:
+            idx = self._pos[hw: hw + new]
+            flags = self._fl[idx]
+            more = (flags & NS_MOREFRAG) != 0
+            count = new
+            if more[-1]:
+                # an unfinished fragment chain waits for its last slot
+                ends = np.flatnonzero(~more)
+                count = int(ends[-1]) + 1 if ends.size else 0
+                if new - count >= self._max_frags:
+                    self._refuse(f"slot {hw}: NS_MOREFRAG chain of {new - count} slots never "
+                                 f"ends (at most {self._max_frags} fragments per frame)")
+            if count:
+                sent = self._submit(idx[:count], more[:count], flags[:count])
+                report = bool((flags[:count] & NS_REPORT).any())
+        self._push(report)
+        self._reap()
+        return sent
+
+    def _refuse(self, why: str) -> None:
+        hw = self._hwcur
+        self.head = self.cur = hw
+        self.stats["refused"] += 1
+        raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, nothing sent")
+
+    def _submit(self, idx: np.ndarray, more: np.ndarray, flags: np.ndarray) -> int:
+        count = idx.size
+        hw = self._hwcur
+        bufs = self._bi[idx]
+        lens = self._len[idx]
+        if more.any():
+            if not self._frags:
+                self._refuse(f"slot {hw}+: NS_MOREFRAG on a port opened without multi-buffer "
+                             f"support (open it with frags=True)")
+            # longest run of consecutive MOREFRAG slots + its last slot
+            starts = np.flatnonzero(np.diff(np.concatenate(([0], more.astype(np.int8)))) == 1)
+            stops = np.flatnonzero(np.diff(np.concatenate((more.astype(np.int8), [0]))) == -1)
+            if starts.size and int((stops - starts).max()) + 1 > self._max_frags:
+                self._refuse(f"a frame of more than {self._max_frags} fragments")
+        bad_len = (lens == 0) | (lens > self.nr_buf_size)
+        if bad_len.any():
+            i = int(np.flatnonzero(bad_len)[0])
+            self._refuse(f"slot {int(idx[i])}: len {int(lens[i])} outside 1..{self.nr_buf_size}")
+        try:
+            self._pool.move(bufs, APP, ktx(self._kid), f"{self._what} slot {hw}+", user=True)
+        except RingError as exc:
+            self._refuse(str(exc).split(": ", 1)[1])
+        tx = self._xsk.tx
+        assert tx is not None
+        kpos = tx.slots(count)
+        chunk = self._pool.chunk_size
+        tx.desc["addr"][kpos] = bufs.astype(np.uint64) * chunk + K.XDP_PACKET_HEADROOM
+        tx.desc["len"][kpos] = lens
+        tx.desc["options"][kpos] = more.astype(np.uint32) * K.XDP_PKT_CONTD
+        tx.submit(count)
+        self._fl[idx] = flags & ~np.uint16(NS_BUF_CHANGED)
+        self._hwcur = (hw + count) % self.num_slots
+        self._inflight += count
+        self.stats["frames"] += count
+        self.stats["bytes"] += int(lens.sum())
+        return count
+
+    def _push(self, report: bool) -> None:
+        """Make the kernel consume the TX ring. Copy mode sends at most a few dozen frames
+        per sendto(), so kick while it makes progress; a transient refusal (EAGAIN, ENOBUFS,
+        EBUSY) is counted and retried at the next sync."""
+        xsk = self._xsk
+        tx = xsk.tx
+        assert tx is not None
+        while tx.pending() and (report or tx.needs_wakeup()):
+            before = int(tx.consumer[0])
+            err = xsk.kick_tx()
+            self.stats["kicks"] += 1
+            if int(tx.consumer[0]) == before:
+                if err:
+                    self.stats["kick_retry"] += 1
+                break
+
+    def _reap(self) -> None:
+        comp = self._xsk.comp
+        assert comp is not None
+        got = comp.available()
+        if not got:
+            return
+        chunk = self._pool.chunk_size
+        bufs = (comp.desc[comp.slots(got)] // chunk).astype(np.uint32)
+        self._pool.move(bufs, ktx(self._kid), APP, f"{self._what} COMPLETION ring", user=False)
+        comp.release(got)
+        first = self._tail + 1
+        inflight_idx = self._pos[first: first + self._inflight]
+        head_part = inflight_idx[:got]
+        if not np.array_equal(self._bi[head_part], bufs):
+            # completions out of submission order: the completed buffers fill the first
+            # slots, the still-in-flight ones keep their order behind them
+            current = self._bi[inflight_idx]
+            rest = current[~np.isin(current, bufs)]
+            self._bi[inflight_idx] = np.concatenate((bufs, rest))
+        self._inflight -= got
+        self._tail = (self._tail + got) % self.num_slots
+
+    # --- the invariant --------------------------------------------------------------------
+    def held_unchecked(self) -> tuple[np.ndarray, int, int]:
+        """Like held(), without checking anything (for teardown)."""
+        n = self.num_slots
+        if self.is_tx:
+            # not yet submitted [hwcur, head), the user's [head, tail) and the hole at tail
+            span = (self._tail - self._hwcur) % n + 1
+            return self._bi[self._pos[self._hwcur: self._hwcur + span]], 0, 0
+        held = (self._tail - self._hwcur) % n
+        return self._bi[self._pos[self._hwcur: self._hwcur + held]], 0, 0
+
+    def held(self) -> tuple[np.ndarray, int, int]:
+        """(buf_idx held in slots, count expected with the kernel for RX, for TX)."""
+        n = self.num_slots
+        if self.is_tx:
+            # user part [head, tail), the hole at tail, not-yet-submitted [hwcur, head)
+            t = self._tail
+            user = self._pos[self.head: self.head + (t - self.head) % n]
+            pending = self._pos[self._hwcur: self._hwcur + (self.head - self._hwcur) % n]
+            idx = np.concatenate((user, [t], pending)).astype(np.intp)
+            inflight = self._pos[t + 1: t + 1 + self._inflight]
+            if (self._hwcur - t - 1) % n != self._inflight:
+                raise InvariantError(f"{self._what}: {self._inflight} in flight but slots "
+                                     f"({t}, {self._hwcur}) count {(self._hwcur - t - 1) % n}")
+            inflight_bufs = self._bi[inflight]
+            if not (self._pool.owner[inflight_bufs] == ktx(self._kid)).all():
+                raise InvariantError(f"{self._what}: an in-flight slot's buffer is not with "
+                                     f"the kernel")
+            return self._bi[idx], 0, self._inflight
+        # [hwcur, head) was released by the user but not yet synced: still in the slots
+        held = (self._tail - self._hwcur) % n
+        idx = self._pos[self._hwcur: self._hwcur + held]
+        if self._kernel_rx + held != n:
+            raise InvariantError(f"{self._what}: {self._kernel_rx} buffers with the kernel + "
+                                 f"{held} in slots != {n} slots")
+        return self._bi[idx], self._kernel_rx, 0

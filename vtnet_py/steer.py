@@ -1,0 +1,243 @@
+"""The steering XDP program on an interface: attach it, join it, hand queues to sockets.
+
+One program per interface serves every netmap port on it, in every process: it redirects
+a queue's frames to the AF_XDP socket in ``xsks[queue]`` and passes the others to the
+kernel. It is attached with a BPF link, and each process using it holds an fd of that link:
+the kernel detaches the program when the last holder closes it, kill -9 included, so an
+interface is never left steering frames to a dead process. A second process finds the
+program through the interface's XDP program id, checks it is ours by name, and takes fds
+of its link and maps by id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from . import _bpfsys as bpf
+from . import _kernel as K
+from .bpfbuild import compile_image, instantiate
+from .errors import BusyError, DeviceError, PrivilegeError, UnsupportedError
+
+log = logging.getLogger("vtnet_py")
+
+PROG_NAME = "vtnm_steer"
+PROG_NAME_FRAGS = "vtnm_steer_mb"  # the same program, loaded as multi-buffer aware
+MODE_FLAGS = {"native": K.XDP_FLAGS_DRV_MODE, "generic": K.XDP_FLAGS_SKB_MODE}
+MAX_QUEUES = 256
+
+
+def xdp_attachment(ifindex: int) -> tuple[int, str | None]:
+    """(program id, mode) of the XDP program on ``ifindex`` in the current netns."""
+    with IPRoute() as ipr:
+        try:
+            links = ipr.get_links(ifindex)
+        except Exception as exc:  # pyroute2 raises NetlinkError(errno)
+            raise DeviceError(f"interface index {ifindex}: {exc}") from exc
+    xdp = links[0].get_attr("IFLA_XDP") if links else None
+    if not xdp:
+        return 0, None
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
+    attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
+    mode = {1: "native", 2: "generic", 3: "offload", 4: "multi"}.get(attached)
+    return int(prog_id), mode
+
+
+@dataclass
+class _Held:
+    link_fd: int
+    prog_fd: int
+    xsks_fd: int
+    owners_fd: int
+    prog_id: int
+    mode: str | None
+    frags: bool
+
+
+class Steering:
+    """This process's handle on the steering program of one interface (refcounted)."""
+
+    _registry: dict[tuple[int, int], Steering] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, key: tuple[int, int], ifname: str, held: _Held):
+        self._key = key
+        self.ifname = ifname
+        self._held: _Held | None = held
+        self._refs = 0
+        self.prog_id = held.prog_id
+        self.mode = held.mode
+        self.frags = held.frags
+
+    @classmethod
+    def acquire(cls, ifname: str, ifindex: int, *, mode: str | None, frags: bool) -> Steering:
+        """Attach the program to ``ifname`` (or join the one already there).
+
+        ``mode`` None tries native XDP first, then generic. Raises BusyError when another,
+        foreign XDP program is on the interface. Leaves nothing behind on failure.
+        """
+        key = (os.stat("/proc/thread-self/ns/net").st_ino, ifindex)
+        with cls._lock:
+            st = cls._registry.get(key)
+            if st is None:
+                st = cls(key, ifname, _attach_or_join(ifname, ifindex, mode, frags))
+                cls._registry[key] = st
+            elif frags and not st.frags:
+                raise UnsupportedError(
+                    f"{ifname}: the steering program in use is not multi-buffer aware; close "
+                    f"the ports on {ifname} (or `vtnetmap detach {ifname}`) and open with "
+                    f"frags first")
+            st._refs += 1
+            return st
+
+    def claim(self, queue: int, sock_fd: int) -> None:
+        """Steer ``queue`` to the socket: from now on the kernel sees none of its frames."""
+        held = self._live()
+        bpf.map_update(held.owners_fd, ctypes.c_uint32(queue), ctypes.c_uint32(os.getpid()))
+        bpf.map_update(held.xsks_fd, ctypes.c_uint32(queue), ctypes.c_uint32(sock_fd))
+
+    def unclaim(self, queue: int) -> None:
+        """Give ``queue`` back to the kernel (closing the socket does this too)."""
+        held = self._held
+        if held is None:
+            return
+        bpf.map_delete(held.xsks_fd, ctypes.c_uint32(queue))
+        bpf.map_update(held.owners_fd, ctypes.c_uint32(queue), ctypes.c_uint32(0))
+
+    def owner_of(self, queue: int) -> int:
+        held = self._live()
+        v = ctypes.c_uint32(0)
+        bpf.map_lookup(held.owners_fd, ctypes.c_uint32(queue), v)
+        return int(v.value)
+
+    def _live(self) -> _Held:
+        if self._held is None:
+            raise DeviceError(f"{self.ifname}: steering program released")
+        return self._held
+
+    def release(self) -> None:
+        """Drop one reference; the last one closes our fds (and, if we were the last
+        holder of the link anywhere, the kernel detaches the program)."""
+        with self._lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            self._registry.pop(self._key, None)
+            held, self._held = self._held, None
+        if held is not None:
+            for fd in (held.xsks_fd, held.owners_fd, held.prog_fd, held.link_fd):
+                if fd >= 0:
+                    os.close(fd)
+
+
+def _attach_or_join(ifname: str, ifindex: int, mode: str | None, frags: bool) -> _Held:
+    last: Exception | None = None
+    for _ in range(8):  # bounded: each round loses only to a concurrent attach or exit
+        prog_id, cur_mode = xdp_attachment(ifindex)
+        try:
+            if prog_id == 0:
+                return _attach(ifname, ifindex, mode, frags)
+            return _join(ifname, ifindex, prog_id, cur_mode, frags)
+        except _Retry as exc:
+            last = exc
+            continue
+    raise BusyError(f"{ifname}: could not attach or join the steering program: {last}")
+
+
+class _Retry(Exception):
+    pass
+
+
+def _attach(ifname: str, ifindex: int, mode: str | None, frags: bool) -> _Held:
+    image = compile_image("steer.c", (PROG_NAME,), (f"-DVTNM_MAX_QUEUES={MAX_QUEUES}",))
+    name = PROG_NAME_FRAGS if frags else PROG_NAME
+    prog = instantiate(image, PROG_NAME, K.BPF_PROG_TYPE_XDP, name=name,
+                       prog_flags=K.BPF_F_XDP_HAS_FRAGS if frags else 0,
+                       expected_attach_type=K.BPF_XDP)
+    try:
+        modes = [mode] if mode else ["native", "generic"]
+        for i, m in enumerate(modes):
+            try:
+                link = bpf.link_create(prog.prog_fd, ifindex, K.BPF_XDP, MODE_FLAGS[m])
+            except OSError as exc:
+                if exc.errno == errno.EBUSY or exc.errno == errno.EEXIST:
+                    raise _Retry(f"{ifname} got an XDP program meanwhile") from exc
+                if exc.errno == errno.EPERM:
+                    raise PrivilegeError(f"{ifname}: attaching XDP needs CAP_NET_ADMIN and "
+                                         f"CAP_BPF") from exc
+                if i + 1 < len(modes) and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    log.warning("vtnetmap: %s has no native XDP (%s); using generic (SKB) "
+                                "XDP, which is much slower", ifname, exc.strerror)
+                    continue
+                why = exc.strerror
+                if exc.errno == errno.EINVAL and frags is False:
+                    why += " (an MTU too large for single-buffer XDP? open with frags=True)"
+                raise UnsupportedError(f"{ifname}: attaching XDP in {m} mode refused: "
+                                       f"{why}") from exc
+            held = _Held(link_fd=link, prog_fd=prog.prog_fd, xsks_fd=prog.maps["xsks"],
+                         owners_fd=prog.maps["owners"], prog_id=bpf.prog_info(prog.prog_fd)[0].id,
+                         mode=m, frags=frags)
+            return held
+        raise AssertionError("unreachable")
+    except BaseException:
+        prog.close()
+        raise
+
+
+def _join(ifname: str, ifindex: int, prog_id: int, cur_mode: str | None, frags: bool) -> _Held:
+    try:
+        prog_fd = bpf.prog_fd_by_id(prog_id)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise _Retry("program went away") from exc
+        raise
+    fds = [prog_fd]
+    try:
+        info, map_ids = bpf.prog_info(prog_fd)
+        name = info.name.decode()
+        if name not in (PROG_NAME, PROG_NAME_FRAGS):
+            raise BusyError(f"{ifname} already has an XDP program (id {prog_id}, name "
+                            f"{name!r}) that is not vtnetmap's; detach it first")
+        if frags and name != PROG_NAME_FRAGS:
+            raise UnsupportedError(
+                f"{ifname}: the steering program attached (id {prog_id}) is not multi-buffer "
+                f"aware; close the other ports on {ifname} (or `vtnetmap detach {ifname}`)")
+        maps: dict[str, int] = {}
+        for mid in map_ids:
+            mfd = bpf.map_fd_by_id(mid)
+            fds.append(mfd)
+            maps[bpf.map_info(mfd).name.decode()] = mfd
+        if "xsks" not in maps or "owners" not in maps:
+            raise BusyError(f"{ifname}: XDP program {prog_id} is named like vtnetmap's but "
+                            f"lacks its maps")
+        link_fd = -1
+        for lid in bpf.link_ids():
+            try:
+                lfd = bpf.link_fd_by_id(lid)
+            except OSError:
+                continue
+            li = bpf.link_info(lfd)
+            if li.type == K.BPF_LINK_TYPE_XDP and li.prog_id == prog_id:
+                link_fd = lfd
+                break
+            os.close(lfd)
+        if link_fd < 0:
+            # attached without a link (a pinned `vtnetmap attach`), or the link just died
+            prog_now, _ = xdp_attachment(ifindex)
+            if prog_now != prog_id:
+                raise _Retry("program detached while joining")
+        fds.append(link_fd)
+        return _Held(link_fd=link_fd, prog_fd=prog_fd, xsks_fd=maps["xsks"],
+                     owners_fd=maps["owners"], prog_id=prog_id, mode=cur_mode,
+                     frags=name == PROG_NAME_FRAGS)
+    except BaseException:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+        raise
