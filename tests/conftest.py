@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from nettest import VethPair, _why, make_veth_pair, remove_veth_pair
 
 

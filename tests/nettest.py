@@ -11,7 +11,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest

@@ -12,10 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from nettest import VethPair, kernel
 
 from vtnet_py import BusyError, RingError, UnsupportedError, open_port
-
-from nettest import VethPair, kernel
 
 pytestmark = kernel
 

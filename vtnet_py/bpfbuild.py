@@ -110,11 +110,11 @@ def find_kernel_headers() -> Path | None:
             ver = item[0].name[len("linux-headers-"):].split("-")[0]
             return [int(x) for x in ver.split(".") if x.isdigit()]
 
-        arch_dir, common = max(candidates, key=version_key)
+        arch_dir, common_dir = max(candidates, key=version_key)
         merged = cache_dir() / f"kheaders-{arch_dir.name}"
         stamp = merged / ".vtnetmap-merged"
         if not stamp.exists():
-            sources = [arch_dir] + ([common] if common else [])
+            sources = [arch_dir] + ([common_dir] if common_dir else [])
             _merge_tree(merged, sources)
             stamp.write_text(" ".join(str(s) for s in sources) + "\n")
         if not _headers_said:
@@ -216,7 +216,7 @@ def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
     if headers is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers)
     try:
-        from bcc import BPF  # type: ignore[import-not-found]
+        from bcc import BPF
     except ImportError as exc:
         raise UnsupportedError("bcc is not importable: install Debian's python3-bpfcc and use "
                                "a venv made with --system-site-packages") from exc
@@ -235,7 +235,7 @@ def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
                 if fd not in maps:
                     maps[fd] = _spec_of(fd)
         extra = []
-        from bcc.libbcc import lib  # type: ignore[import-not-found]
+        from bcc.libbcc import lib
         for i in range(lib.bpf_num_tables(b.module)):
             fd = lib.bpf_table_fd_id(b.module, i)
             if fd >= 0 and fd not in maps:

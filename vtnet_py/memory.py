@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _kernel as K
 from .errors import InvariantError, UnsupportedError
 from .ring import APP, FREE, BufferPool, krx, ktx
 from .xsk import CHUNK_SIZE, Umem, XskSocket, _close_mmap
-from . import _kernel as K
 
 
 class Memory:

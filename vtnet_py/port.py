@@ -131,8 +131,8 @@ class Port:
             self._poller.modify(s.fileno(), want | select.POLLERR)
         for fd, ev in self._poller.poll(ms):
             if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                s = next((x for x in self._sockets if x.fileno() == fd), None)
-                where = f"queue {s.queue}" if s else f"fd {fd}"
+                bad = next((x for x in self._sockets if x.fileno() == fd), None)
+                where = f"queue {bad.queue}" if bad else f"fd {fd}"
                 raise InterfaceChangedError(f"{self.name}: {self.ifname} {where}: the socket "
                                             f"reports an error (interface down or gone)")
 
@@ -142,8 +142,9 @@ class Port:
         out: dict[str, Any] = {"port": self.name, "zerocopy": self.zerocopy,
                                "xdp_mode": self.xdp_mode, "frags": self.frags, "rings": []}
         for r in self.rx_rings + self.tx_rings:
-            d = {"ring": r.ring_id, "kind": "tx" if r.is_tx else "rx", "queue": r.queue,
-                 "head": r.head, "cur": r.cur, "tail": r.tail, **r.stats}
+            d: dict[str, Any] = {"ring": r.ring_id, "kind": "tx" if r.is_tx else "rx",
+                                 "queue": r.queue, "head": r.head, "cur": r.cur,
+                                 "tail": r.tail, **r.stats}
             d["kernel"] = r._xsk.statistics()
             out["rings"].append(d)
         return out

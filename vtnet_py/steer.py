@@ -175,7 +175,7 @@ def _attach(ifname: str, ifindex: int, mode: str | None, frags: bool) -> _Held:
                     log.warning("vtnetmap: %s has no native XDP (%s); using generic (SKB) "
                                 "XDP, which is much slower", ifname, exc.strerror)
                     continue
-                why = exc.strerror
+                why = exc.strerror or str(exc)
                 if exc.errno == errno.EINVAL and frags is False:
                     why += " (an MTU too large for single-buffer XDP? open with frags=True)"
                 raise UnsupportedError(f"{ifname}: attaching XDP in {m} mode refused: "

@@ -145,7 +145,11 @@ class XskSocket:
                  frags: bool):
         self.ifname = ifname
         self.queue = queue
-        self.fill = self.comp = self.rx = self.tx = None  # type: KernelRing | None  # type: ignore
+        self.fill: KernelRing | None = None
+        self.comp: KernelRing | None = None
+        self.rx: KernelRing | None = None
+        self.tx: KernelRing | None = None
+        self.zerocopy = False
         self.sock: socket.socket | None = None
         where = f"{ifname} queue {queue}"
         try:
@@ -199,10 +203,9 @@ class XskSocket:
             flags = K.XDP_USE_NEED_WAKEUP | (K.XDP_ZEROCOPY if zerocopy else K.XDP_COPY)
             if frags:
                 flags |= K.XDP_USE_SG
-        assert share_with is None or share_with.sock is not None
         sa = K.sockaddr_xdp(sxdp_family=K.AF_XDP, sxdp_flags=flags, sxdp_ifindex=ifindex,
                             sxdp_queue_id=self.queue,
-                            sxdp_shared_umem_fd=share_with.sock.fileno() if share_with else 0)
+                            sxdp_shared_umem_fd=share_with.fileno() if share_with else 0)
         if K.libc.bind(fd, ctypes.byref(sa), ctypes.sizeof(sa)) != 0:
             err = ctypes.get_errno()
             self._raise_bind(err, where, zerocopy, frags)
@@ -239,7 +242,7 @@ class XskSocket:
         st = K.xdp_statistics()
         raw = self.sock.getsockopt(K.SOL_XDP, K.XDP_STATISTICS, ctypes.sizeof(st))
         st = K.xdp_statistics.from_buffer_copy(raw.ljust(ctypes.sizeof(st), b"\0"))
-        return {name: int(getattr(st, name)) for name, _ in K.xdp_statistics._fields_}
+        return {f[0]: int(getattr(st, f[0])) for f in K.xdp_statistics._fields_}
 
     def kick_tx(self) -> int:
         """Ask the kernel to process the TX ring (sendto with no data).

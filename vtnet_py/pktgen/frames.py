@@ -362,13 +362,17 @@ class FrameGen:
 
     def _walk(
         self, k: npt.NDArray[np.int64], template_only: bool = False
-    ) -> tuple[npt.NDArray[np.int64], ...]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         s, d = self.spec.src, self.spec.dst
         n = k.shape[0]
         first = k == 0
+        src: np.ndarray
+        sport: np.ndarray
+        dst: np.ndarray
+        dport: np.ndarray
         if self.spec.random_src and not template_only:
-            src = self._rng.integers(0, 1 << 32, n, dtype=np.int64)
-            sport = self._rng.integers(0, 1 << 16, n, dtype=np.int64)
+            src = np.asarray(self._rng.integers(0, 1 << 32, n, dtype=np.int64))
+            sport = np.asarray(self._rng.integers(0, 1 << 16, n, dtype=np.int64))
             src[first] = s.start
             sport[first] = s.port0
             carries = k  # every step of a random source carries into dst
@@ -542,7 +546,8 @@ def read_seq(
     """The 32-bit big-endian sequence numbers of frames in ``bufs[rows]``."""
     off = vnet_hdr_len + OFF_SEQ
     b = bufs[rows, off : off + SEQ_LEN].astype(np.uint32)
-    return (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+    out = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+    return out.astype(np.uint32, copy=False)
 
 
 def read_stamp(

@@ -4,7 +4,10 @@ The shapes are pkt-gen's, so scripts written against pkt-gen keep working:
 
 periodic (stderr, with pkt-gen's ``D()`` prefix ``SSS.UUUUUU func [line]``)::
 
-    123.456789 main_thread [0] 1.234 Mpps (1.234 Mpkts 592.320 Mbps in 1000123 usec) 512.00 avg_batch 99999 min_space
+    123.456789 main_thread [0] 1.234 Mpps (1.234 Mpkts 592.320 Mbps in 1000123 usec) \
+        512.00 avg_batch 99999 min_space
+
+(one line; broken here)
 
 with ``-A`` the window statistics sit between ``pps`` and ``(`` exactly as
 pkt-gen prints them (``[avg/std 1.234 M/5.678 K pps](``, no space);

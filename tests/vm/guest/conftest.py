@@ -43,9 +43,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import guestlib
+import pytest
 
 PROFILE_DEFAULT = "main"
 _results_fd: int | None = None

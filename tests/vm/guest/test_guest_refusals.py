@@ -9,9 +9,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import guestlib
+import pytest
 from guestlib import XDP_ATTACHED_DRV, Kmsg
 
 pytestmark = pytest.mark.vm_profile("refusals")

@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 import guestlib
+import pytest
 from guestlib import XDP_ATTACHED_DRV, XDP_ATTACHED_SKB, Kmsg
 
 MTU_TOO_LARGE = "virtio_net: MTU too large to enable XDP."

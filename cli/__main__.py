@@ -1,0 +1,4 @@
+"""`python -m vtnetmap_cli`: the same as the `vtnetmap` command."""
+from .main import main
+
+main()
