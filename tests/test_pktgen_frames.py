@@ -318,3 +318,20 @@ def test_seq_tracker_in_order_is_clean() -> None:
     t = SeqTracker()
     feed(t, list(range(1000)), 128)
     assert (t.lost, t.gaps, t.out_of_order) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("payload", ["plain", "seq", "ping"])
+def test_precomputed_walk_equals_direct_computation(
+    payload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = FrameSpec(src=IPRange.parse("10.0.0.1:1-10.0.0.3:4"),
+                     dst=IPRange.parse("10.1.0.1:7-10.1.0.2:7"), payload=payload)  # type: ignore[arg-type]
+    fast = FrameGen(spec)
+    assert fast._table is not None and fast._table.shape[0] == 24
+    monkeypatch.setattr("vtnet_py.pktgen.frames.TABLE_MAX", 0)
+    slow = FrameGen(spec)
+    assert slow._table is None
+    for n in (1, 23, 50):
+        a, la, _ = fast.frames(n)
+        b, lb, _ = slow.frames(n)
+        assert np.array_equal(a, b) and np.array_equal(la, lb)

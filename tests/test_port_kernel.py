@@ -238,3 +238,67 @@ def test_port_fd_is_pollable(veth: VethPair) -> None:
         veth.send_on_queue([frame(mac_a, mac_b, 7)], 1)
         assert select.select([port], [], [], 2.0)[0] == [port]
         assert receive(port, 1)[0][0] == 1
+
+
+def test_vnet_header_prepended_on_rx_and_stripped_on_tx(veth: VethPair) -> None:
+    mac_a, mac_b = veth.mac("a"), veth.mac("b")
+    s = veth.raw_socket("b")
+    s.settimeout(2.0)
+    with open_port(f"netmap:{veth.a}-0", netns=veth.ns_a, vnet_hdr=12) as port:
+        assert port.nr_buf_size == port.rx_rings[0].nr_buf_size
+        port.buf(int(port.rx_rings[0].slot["buf_idx"][0]))[:12] = 0xAA  # must be zeroed
+        sent = frame(mac_a, mac_b, 5)
+        veth.send_on_queue([sent], 0)
+        got = []
+        deadline = time.monotonic() + 3
+        rx = port.rx_rings[0]
+        while not got and time.monotonic() < deadline:
+            port.poll(rx=True, timeout=0.2)
+            for i in rx.slots_from_head(rx.space()):
+                data = bytes(port.buf(int(rx.slot["buf_idx"][i]))[: int(rx.slot["len"][i])])
+                if data[12 + 12: 12 + 14] == ETHERTYPE:
+                    got.append(data)
+            rx.head = rx.cur = rx.tail
+        assert got == [bytes(12) + sent]
+
+        tx = port.tx_rings[0]
+        out = [frame(mac_b, mac_a, 40 + i) for i in range(3)]
+        for k, (i, f) in enumerate(zip(tx.slots_from_head(3), out, strict=True)):
+            hdr = bytearray(12)
+            if k == 1:
+                hdr[0] = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM: offloads are off, refused
+            data = bytes(hdr) + f
+            port.buf(int(tx.slot["buf_idx"][i]))[: len(data)] = np.frombuffer(data, np.uint8)
+            tx.slot["len"][i] = len(data)
+        tx.head = tx.cur = tx.next(tx.head, 3)
+        port.txsync()
+        received = []
+        while len(received) < 2:
+            data = s.recv(4096)
+            if data[12:14] == ETHERTYPE:
+                received.append(data)
+        assert received == [out[0], out[2]]
+        port.txsync()
+        assert tx.stats["hdr_refused"] == 1
+        assert tx.space() == tx.num_slots - 1  # the refused slot came back too
+        port.check_invariant()
+    s.close()
+
+
+def test_interface_deleted_while_open_fails_the_next_poll(veth: VethPair) -> None:
+    from vtnet_py import InterfaceChangedError
+
+    port = open_port(f"netmap:{veth.a}", netns=veth.ns_a)
+    try:
+        veth.sh_b(f"ip link del {veth.b}")  # takes the peer, a, with it
+        t0 = time.monotonic()
+        with pytest.raises(InterfaceChangedError, match=veth.a):
+            port.poll(rx=True, timeout=5.0)
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(InterfaceChangedError):  # and it stays failed
+            port.rxsync()
+    finally:
+        port.close()
+    fds = os.listdir("/proc/self/fd")
+    assert not any("xdp" in os.readlink(f"/proc/self/fd/{fd}") for fd in fds
+                   if os.path.exists(f"/proc/self/fd/{fd}"))

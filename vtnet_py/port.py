@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -31,10 +32,11 @@ from .errors import (
 from .memory import Memory
 from .netns import netns as enter_netns
 from .portname import PortSpec, RegMode, parse_port_name
-from .ring import FREE, Ring, krx, ktx
+from .ring import FREE, VNET_HDR_LENS, Ring, krx, ktx
 from .steer import Steering
 from .xsk import XskSocket, ring_sizes
 
+HEALTH_SLICE_MS = 100  # longest sleep in poll() between checks that the sockets are bound
 DEFAULT_RX_SLOTS = 1024
 DEFAULT_TX_SLOTS = 1024
 ETH_OVERHEAD = 14 + 4 + 4  # Ethernet header, one VLAN tag, FCS room the MTU does not count
@@ -54,6 +56,8 @@ class Port:
         self.zerocopy = False
         self.xdp_mode: str | None = None
         self.frags = False
+        self.vnet_hdr = 0
+        self._bufs: np.ndarray | None = None
         self.memory: Memory | None = None
         self._own_memory = False
         self._sockets: list[XskSocket] = []
@@ -63,23 +67,28 @@ class Port:
         self._poller: Any = None
         self._rx_fds: dict[int, XskSocket] = {}
         self._closed = False
+        self._failed = ""
 
     # --- public ---------------------------------------------------------------------------
     @property
     def bufs(self) -> np.ndarray:
-        """All buffers of the port's memory: row ``buf_idx`` is that buffer (zero copy)."""
-        return self._mem().bufs
+        """All buffers of the port's memory: row ``buf_idx`` is that buffer (zero copy).
+        With a virtio-net header the row starts with the header."""
+        mem = self._mem()
+        if self._bufs is None:
+            self._bufs = mem.umem.chunks[:, mem.umem.chunk_size - self.nr_buf_size:]
+        return self._bufs
 
     def buf(self, buf_idx: int) -> np.ndarray:
         """Buffer ``buf_idx`` as a writable uint8 array of nr_buf_size bytes (no copy)."""
         mem = self._mem()
         if not 0 <= buf_idx < mem.nbufs:
             raise IndexError(f"{self.name}: buf_idx {buf_idx} out of range 0..{mem.nbufs - 1}")
-        return mem.bufs[buf_idx]
+        return self.bufs[buf_idx]
 
     @property
     def nr_buf_size(self) -> int:
-        return self._mem().nr_buf_size
+        return self._mem().nr_buf_size + self.vnet_hdr
 
     def fileno(self) -> int:
         """An epoll fd, readable when an RX ring has frames waiting (for a TX-only port:
@@ -129,12 +138,27 @@ class Port:
         want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0)
         for s in self._sockets:
             self._poller.modify(s.fileno(), want | select.POLLERR)
-        for fd, ev in self._poller.poll(ms):
+        # An AF_XDP socket whose device is unregistered reports no poll event at all (it is
+        # simply unbound, with sk_err = ENETDOWN), so sleep in slices and look at SO_ERROR.
+        ms = HEALTH_SLICE_MS if ms < 0 else min(ms, HEALTH_SLICE_MS)
+        events = self._poller.poll(ms)
+        for fd, ev in events:
             if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 bad = next((x for x in self._sockets if x.fileno() == fd), None)
                 where = f"queue {bad.queue}" if bad else f"fd {fd}"
                 raise InterfaceChangedError(f"{self.name}: {self.ifname} {where}: the socket "
                                             f"reports an error (interface down or gone)")
+        if not events:
+            self._check_sockets()
+
+    def _check_sockets(self) -> None:
+        """Raise InterfaceChangedError if the kernel unbound a socket (device gone)."""
+        for s in self._sockets:
+            err = s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if s.sock else 0
+            if err:
+                self._failed = (f"{self.name}: {self.ifname} queue {s.queue}: "
+                                f"{os.strerror(err)} (the interface went away); close the port")
+                raise InterfaceChangedError(self._failed)
 
     def stats(self) -> dict[str, Any]:
         """Per-ring library counters and the kernel's AF_XDP statistics."""
@@ -188,6 +212,7 @@ class Port:
             self._epoll.close()
             self._epoll = None
         self._poller = None
+        self._bufs = None
 
     def __enter__(self) -> Port:
         return self
@@ -207,6 +232,8 @@ class Port:
     def _check_open(self) -> None:
         if self._closed:
             raise PortClosedError(f"{self.name}: port is closed")
+        if self._failed:
+            raise InterfaceChangedError(self._failed)
 
     def _mem(self) -> Memory:
         if self.memory is None or self._closed:
@@ -228,7 +255,8 @@ def _queues(spec: PortSpec, nrx: int, ntx: int) -> Iterator[tuple[int, bool, boo
 
 def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
               mode: str | None = None, frags: bool | None = None,
-              memory: Memory | None = None, force: bool = False) -> Port:
+              memory: Memory | None = None, force: bool = False,
+              vnet_hdr: int = 0) -> Port:
     """Open a netmap port by name (netmap's grammar, see vtnet_py.portname).
 
     ``netns`` opens an interface of that network namespace. ``zerocopy`` is "auto" (zero
@@ -236,8 +264,13 @@ def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
     native or generic XDP. ``frags`` asks for multi-buffer frames (NS_MOREFRAG); None
     turns it on when the MTU does not fit one buffer. ``memory`` shares another port's
     buffers (zero-copy forwarding by buf_idx swap). ``force`` allows the interface that
-    carries the default route. On failure nothing is left behind.
+    carries the default route. ``vnet_hdr`` (10 or 12) gives every slot a virtio-net
+    header, as netmap's NETMAP_REQ_PORT_HDR_SET: zeroed on RX, stripped on TX, where a
+    header asking for checksum or segmentation offload is refused per slot (counted in
+    the ring's ``hdr_refused``). On failure nothing is left behind.
     """
+    if vnet_hdr not in VNET_HDR_LENS:
+        raise ValueError(f"{name}: vnet_hdr must be one of {VNET_HDR_LENS}, not {vnet_hdr!r}")
     if zerocopy not in ("auto", "on", "off"):
         raise ValueError(f"{name}: zerocopy must be auto, on or off, not {zerocopy!r}")
     if mode not in (None, "native", "generic"):
@@ -249,7 +282,7 @@ def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
     port = Port(spec)
     try:
         with enter_netns(netns):
-            _build(port, spec, zerocopy, mode, frags, memory, force)
+            _build(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr)
     except BaseException:
         port.close()
         raise
@@ -257,7 +290,7 @@ def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
 
 
 def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: bool | None,
-           memory: Memory | None, force: bool) -> None:
+           memory: Memory | None, force: bool, vnet_hdr: int) -> None:
     name = spec.name
     info = read_device(spec.ifname)
     refuse_default_route(info, force)
@@ -293,7 +326,11 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
     elif not frags and frame_max > mem.nr_buf_size and any(r for _, r, _ in plan):
         raise UnsupportedError(f"{name}: {spec.ifname} MTU {info.mtu} does not fit one "
                                f"{mem.nr_buf_size}-byte buffer; open with frags=True")
+    if frags and vnet_hdr:
+        raise UnsupportedError(f"{name}: a virtio-net header with multi-buffer frames is not "
+                               f"supported (lower the MTU of {spec.ifname} or drop the header)")
     port.frags = frags
+    port.vnet_hdr = vnet_hdr
     first_free = mem.allocate(need, name)
 
     if any(r for _, r, _ in plan):
@@ -314,14 +351,16 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
         if want_rx:
             r = Ring(port_name=name, ring_id=len(port.rx_rings), queue=q, is_tx=False,
                      host=False, num_slots=rx_slots, pool=mem.pool, xsk=sock, kid=kid,
-                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS)
+                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS,
+                     chunks=mem.umem.chunks, vnet_hdr=vnet_hdr)
             next_buf += rx_slots
             port.rx_rings.append(r)
             rings.append(r)
         if want_tx:
             t = Ring(port_name=name, ring_id=len(port.tx_rings), queue=q, is_tx=True,
                      host=False, num_slots=tx_slots, pool=mem.pool, xsk=sock, kid=kid,
-                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS)
+                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS,
+                     chunks=mem.umem.chunks, vnet_hdr=vnet_hdr)
             next_buf += tx_slots
             port.tx_rings.append(t)
             rings.append(t)

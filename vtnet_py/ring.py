@@ -36,6 +36,9 @@ NS_FORWARD = 0x0004
 NS_NO_LEARN = 0x0008
 NS_INDIRECT = 0x0010
 NS_MOREFRAG = 0x0020
+# include/uapi/linux/virtio_net.h: struct virtio_net_hdr.flags
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VNET_HDR_LENS = (0, 10, 12)  # none; legacy header; with num_buffers (mergeable / v1)
 # ring flags
 NR_TIMESTAMP = 0x0002
 NR_FORWARD = 0x0004
@@ -113,14 +116,21 @@ class Ring:
 
     def __init__(self, *, port_name: str, ring_id: int, queue: int, is_tx: bool, host: bool,
                  num_slots: int, pool: BufferPool, xsk: XskSocket, kid: int,
-                 first_buf: int, frags: bool, max_frags: int):
+                 first_buf: int, frags: bool, max_frags: int,
+                 chunks: np.ndarray | None = None, vnet_hdr: int = 0):
         self.port_name = port_name
         self.ring_id = ring_id
         self.queue = queue
         self.is_tx = is_tx
         self.is_host = host
         self.num_slots = num_slots
-        self.nr_buf_size = pool.chunk_size - pool.buf_offset
+        # With a virtio-net header (netmap's NETMAP_REQ_PORT_HDR_SET) the buffer starts
+        # that many bytes before the frame: RX prepends a zeroed header, TX strips it.
+        self._hdr = vnet_hdr
+        self._buf_off = K.XDP_PACKET_HEADROOM - vnet_hdr
+        self._chunks = chunks
+        self._local_done: list[np.ndarray] = []
+        self.nr_buf_size = pool.chunk_size - self._buf_off
         self.flags = 0  # netmap ring flags: NR_FORWARD, NR_TIMESTAMP
         self.slot = np.zeros(num_slots, dtype=SLOT_DTYPE)
         self._bi = self.slot["buf_idx"]
@@ -134,7 +144,7 @@ class Ring:
         self._max_frags = max_frags
         self._what = f"{port_name} {'TX' if is_tx else 'RX'} ring {ring_id} (queue {queue})"
         self.stats = {"frames": 0, "bytes": 0, "syncs": 0, "kicks": 0, "kick_retry": 0,
-                      "refused": 0}
+                      "refused": 0, "hdr_refused": 0}
         bufs = np.arange(first_buf, first_buf + num_slots, dtype=np.uint32)
         self._bi[:] = bufs
         self.head = self.cur = self._hwcur = 0
@@ -238,6 +248,10 @@ class Ring:
             idx = self._pos[t: t + got]
             lens = desc["len"]
             self._bi[idx] = bufs
+            if self._hdr:
+                assert self._chunks is not None
+                self._chunks[bufs, self._buf_off: K.XDP_PACKET_HEADROOM] = 0
+                lens = lens + self._hdr
             self._len[idx] = lens
             self._fl[idx] = np.where(desc["options"] & K.XDP_PKT_CONTD, NS_MOREFRAG, 0)
             self._tail = (t + got) % n
@@ -307,26 +321,40 @@ class Ring:
             stops = np.flatnonzero(np.diff(np.concatenate((more.astype(np.int8), [0]))) == -1)
             if starts.size and int((stops - starts).max()) + 1 > self._max_frags:
                 self._refuse(f"a frame of more than {self._max_frags} fragments")
-        bad_len = (lens == 0) | (lens > self.nr_buf_size)
+        bad_len = (lens <= self._hdr) | (lens > self.nr_buf_size)
         if bad_len.any():
             i = int(np.flatnonzero(bad_len)[0])
-            self._refuse(f"slot {int(idx[i])}: len {int(lens[i])} outside 1..{self.nr_buf_size}")
+            self._refuse(f"slot {int(idx[i])}: len {int(lens[i])} outside "
+                         f"{self._hdr + 1}..{self.nr_buf_size}")
         try:
             self._pool.move(bufs, APP, ktx(self._kid), f"{self._what} slot {hw}+", user=True)
         except RingError as exc:
             self._refuse(str(exc).split(": ", 1)[1])
         tx = self._xsk.tx
         assert tx is not None
-        kpos = tx.slots(count)
+        if self._hdr:
+            # offloads are off, so a header asking for a checksum or segmentation would
+            # go out corrupt: such slots are refused one by one, counted, and come back
+            # at the next reap as if completed
+            assert self._chunks is not None
+            hdr = self._chunks[bufs, self._buf_off: self._buf_off + 2]
+            bad = ((hdr[:, 0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0) | (hdr[:, 1] != 0)
+            if bad.any():
+                self._local_done.append(bufs[bad])
+                self.stats["hdr_refused"] += int(bad.sum())
+                keep = ~bad
+                bufs, lens, more = bufs[keep], lens[keep], more[keep]
+            lens = lens - self._hdr
+        kpos = tx.slots(bufs.size)
         chunk = self._pool.chunk_size
         tx.desc["addr"][kpos] = bufs.astype(np.uint64) * chunk + K.XDP_PACKET_HEADROOM
         tx.desc["len"][kpos] = lens
         tx.desc["options"][kpos] = more.astype(np.uint32) * K.XDP_PKT_CONTD
-        tx.submit(count)
+        tx.submit(bufs.size)
         self._fl[idx] = flags & ~np.uint16(NS_BUF_CHANGED)
         self._hwcur = (hw + count) % self.num_slots
         self._inflight += count
-        self.stats["frames"] += count
+        self.stats["frames"] += bufs.size
         self.stats["bytes"] += int(lens.sum())
         return count
 
@@ -349,13 +377,17 @@ class Ring:
     def _reap(self) -> None:
         comp = self._xsk.comp
         assert comp is not None
-        got = comp.available()
-        if not got:
+        kgot = comp.available()
+        if not kgot and not self._local_done:
             return
         chunk = self._pool.chunk_size
-        bufs = (comp.desc[comp.slots(got)] // chunk).astype(np.uint32)
+        bufs = (comp.desc[comp.slots(kgot)] // chunk).astype(np.uint32)
+        if self._local_done:
+            bufs = np.concatenate([bufs, *self._local_done])
+            self._local_done.clear()
+        got = bufs.size
         self._pool.move(bufs, ktx(self._kid), APP, f"{self._what} COMPLETION ring", user=False)
-        comp.release(got)
+        comp.release(kgot)
         first = self._tail + 1
         inflight_idx = self._pos[first: first + self._inflight]
         head_part = inflight_idx[:got]

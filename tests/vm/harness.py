@@ -387,6 +387,9 @@ def _guest_script(cfg: VmConfig, results: Path, extra_macs: Sequence[str], comma
         "VTVM_EXTRA_IFACES": " ".join(f"eth{i + 1}" for i in range(len(extra_macs))),
         "PATH": f"{REPO / '.venv' / 'bin'}:{_GUEST_PATH}",
         "PYTHONDONTWRITEBYTECODE": "1",  # the repository is read-only in the guest
+        # A per-scenario time limit set on the host applies in the guest too.
+        **({"VTVM_TEST_TIMEOUT": os.environ["VTVM_TEST_TIMEOUT"]}
+           if "VTVM_TEST_TIMEOUT" in os.environ else {}),
         **cfg.env,
     }
     exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())

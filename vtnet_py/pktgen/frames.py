@@ -71,29 +71,19 @@ PAYLOAD_TEXT = b"vtnetmap pkt-gen payload over AF_XDP, netmap rings from Python.
 
 PayloadKind = Literal["plain", "seq", "ping"]
 
-# The fields of a frame that change from one packet to the next, bytes 16..46
-# of the Ethernet frame, as one big-endian record so a batch is written with
-# a single fancy-indexed assignment.
-_PATCH_DTYPE = np.dtype(
-    [
-        ("ip_len", ">u2"),
-        ("ip_id", ">u2"),
-        ("ip_off", ">u2"),
-        ("ip_ttl", "u1"),
-        ("ip_p", "u1"),
-        ("ip_sum", ">u2"),
-        ("src", ">u4"),
-        ("dst", ">u4"),
-        ("sport", ">u2"),
-        ("dport", ">u2"),
-        ("ulen", ">u2"),
-        ("usum", ">u2"),
-        ("seq", ">u4"),
-    ]
-)
+# The bytes of a frame that change from one packet to the next are bytes 16..46
+# of the Ethernet frame: 15 big-endian 16-bit words.  A batch is built as an
+# (n, 15) uint16 matrix, byte-swapped once, and written with one fancy-indexed
+# assignment.
+W_IP_LEN, W_IP_ID, W_IP_OFF, W_TTL_P, W_IP_SUM = range(5)
+W_SRC_HI, W_SRC_LO, W_DST_HI, W_DST_LO = range(5, 9)
+W_SPORT, W_DPORT, W_ULEN, W_USUM, W_SEQ_HI, W_SEQ_LO = range(9, 15)
+N_WORDS = 15
 PATCH_OFFSET = OFF_IP_LEN
 PATCH_LEN_NOSEQ = OFF_PAYLOAD - OFF_IP_LEN  # 26
 PATCH_LEN_SEQ = PATCH_LEN_NOSEQ + SEQ_LEN  # 30
+# Walks with at most this many distinct positions are precomputed once.
+TABLE_MAX = 1 << 16
 
 
 class FrameSpecError(ValueError):
@@ -275,31 +265,61 @@ def _payload_pattern(n: int) -> npt.NDArray[np.uint8]:
 
 @dataclass
 class FrameBatch:
-    """The per-packet fields of a batch (host byte order) and the slot lengths."""
+    """The changing words of a batch and the slot lengths.
 
-    src: npt.NDArray[np.uint32]
-    dst: npt.NDArray[np.uint32]
-    sport: npt.NDArray[np.uint16]
-    dport: npt.NDArray[np.uint16]
+    ``words`` is (n, 15) uint16 in host order (see ``W_*``); the address and
+    port properties decode it (tests, diagnostics).
+    """
+
+    words: npt.NDArray[np.uint16] = field(repr=False)
     length: npt.NDArray[np.uint16]  # Ethernet frame length (no vnet header)
     slot_len: npt.NDArray[np.uint16]  # what goes into slot.len: vnet header + frame
-    seq: npt.NDArray[np.uint32]
-    ip_sum: npt.NDArray[np.uint16]
-    udp_sum: npt.NDArray[np.uint16]
-    patch: npt.NDArray[np.void] = field(repr=False)  # _PATCH_DTYPE records
     stamp: npt.NDArray[np.uint64] | None = None  # ping send times (ns)
 
     def __len__(self) -> int:
-        return int(self.src.shape[0])
+        return int(self.words.shape[0])
+
+    def _u32(self, hi: int) -> npt.NDArray[np.uint32]:
+        w = self.words.astype(np.uint32)
+        return (w[:, hi] << 16) | w[:, hi + 1]
+
+    @property
+    def src(self) -> npt.NDArray[np.uint32]:
+        return self._u32(W_SRC_HI)
+
+    @property
+    def dst(self) -> npt.NDArray[np.uint32]:
+        return self._u32(W_DST_HI)
+
+    @property
+    def sport(self) -> npt.NDArray[np.uint16]:
+        return self.words[:, W_SPORT]
+
+    @property
+    def dport(self) -> npt.NDArray[np.uint16]:
+        return self.words[:, W_DPORT]
+
+    @property
+    def seq(self) -> npt.NDArray[np.uint32]:
+        return self._u32(W_SEQ_HI)
+
+    def patch_bytes(self, patch_len: int) -> npt.NDArray[np.uint8]:
+        """The words as wire bytes, (n, patch_len)."""
+        be = self.words.astype(">u2")
+        return be.view(np.uint8).reshape(len(self), 2 * N_WORDS)[:, :patch_len]
 
 
 class FrameGen:
     """Frames for one pkt-gen thread: a template plus vectorised per-batch patches.
 
-    ``next_batch(n)`` returns the fields of the next ``n`` packets of the walk;
-    ``write(bufs, rows, batch)`` patches them into buffers that already hold
-    the template (``init_rows``); ``frames(n)`` returns complete frames in a
-    fresh array (tests, AF_PACKET senders).
+    ``next_batch(n)`` returns the changing words of the next ``n`` packets of
+    the walk; ``write(bufs, rows, batch)`` patches them into buffers that
+    already hold the template (``init_rows``); ``frames(n)`` returns complete
+    frames in a fresh array (tests, AF_PACKET senders).
+
+    Walks of fixed-length frames with at most TABLE_MAX positions (the common
+    case) are computed once into a table; a batch is then one ``take`` plus
+    the sequence words and their checksum adjustment.
     """
 
     def __init__(self, spec: FrameSpec, seed: int | None = None) -> None:
@@ -318,7 +338,32 @@ class FrameGen:
             (_IP_VER_IHL << 8 | _IP_TOS) + _IP_FRAG_DF + (_IP_TTL << 8 | _IPPROTO_UDP)
         )
         self._udp_const = np.uint64(_IPPROTO_UDP)
+        self._row0 = np.zeros(N_WORDS, np.uint16)
+        self._row0[W_IP_OFF] = _IP_FRAG_DF
+        self._row0[W_TTL_P] = _IP_TTL << 8 | _IPPROTO_UDP
         self.template = self._build_template()
+        self._table: npt.NDArray[np.uint16] | None = None
+        self._table_usum: npt.NDArray[np.uint64] | None = None
+        period = self.period
+        if (
+            period is not None
+            and period <= TABLE_MAX
+            and not spec.random_length
+        ):
+            k = np.arange(period, dtype=np.int64)
+            n = period
+            words, usum = self._compute(
+                k, np.full(n, spec.length, np.uint16), None, None, template_only=True
+            )
+            self._table, self._table_usum = words, usum
+
+    @property
+    def period(self) -> int | None:
+        """Packets after which the walk repeats (None with -z/-Z)."""
+        s = self.spec
+        if s.random_src or s.random_dst:
+            return None
+        return s.src.n_ports * s.src.n_addrs * s.dst.n_ports * s.dst.n_addrs
 
     # -- template -----------------------------------------------------------
 
@@ -348,14 +393,11 @@ class FrameGen:
         )
         # Headers and checksums of packet 0 (range starts, full length),
         # without advancing the walk.
-        b = self._fields(
-            np.zeros(1, np.int64),
-            np.full(1, s.length, np.uint16),
-            np.zeros(1, np.uint32),
-            np.zeros(1, np.uint64) if s.payload == "ping" else None,
-            template_only=True,
+        words, usum = self._compute(
+            np.zeros(1, np.int64), np.full(1, s.length, np.uint16), None, None, template_only=True
         )
-        e[PATCH_OFFSET : PATCH_OFFSET + self.patch_len] = b.patch.view(np.uint8)[: self.patch_len]
+        b = FrameBatch(words, np.full(1, s.length, np.uint16), np.zeros(1, np.uint16))
+        e[PATCH_OFFSET : PATCH_OFFSET + self.patch_len] = b.patch_bytes(self.patch_len)[0]
         return t
 
     # -- the walk -----------------------------------------------------------
@@ -365,12 +407,12 @@ class FrameGen:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         s, d = self.spec.src, self.spec.dst
         n = k.shape[0]
-        first = k == 0
         src: np.ndarray
         sport: np.ndarray
         dst: np.ndarray
         dport: np.ndarray
         if self.spec.random_src and not template_only:
+            first = k == 0
             src = np.asarray(self._rng.integers(0, 1 << 32, n, dtype=np.int64))
             sport = np.asarray(self._rng.integers(0, 1 << 16, n, dtype=np.int64))
             src[first] = s.start
@@ -407,64 +449,69 @@ class FrameGen:
         self._dst_last = (int(addrs[-1]), int(ports[-1]))
         return addrs[idx], ports[idx]
 
-    def _fields(
+    def _compute(
         self,
         k: npt.NDArray[np.int64],
         length: npt.NDArray[np.uint16],
-        seq: npt.NDArray[np.uint32],
+        seq: npt.NDArray[np.uint64] | None,
         stamp: npt.NDArray[np.uint64] | None,
         template_only: bool = False,
-    ) -> FrameBatch:
+    ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint64]]:
+        """Words of packets ``k`` and their unfolded UDP sums without seq/stamp words."""
         src, sport, dst, dport = self._walk(k, template_only)
+        n = k.shape[0]
         src_u = src.astype(np.uint64)
         dst_u = dst.astype(np.uint64)
-        sport_u = sport.astype(np.uint64)
-        dport_u = dport.astype(np.uint64)
-        flen = length.astype(np.uint64)
-        ip_len = flen - np.uint64(ETH_HLEN)
+        ip_len = length.astype(np.uint64) - np.uint64(ETH_HLEN)
         ulen = ip_len - np.uint64(IP_HLEN)
         addr_words = _words32(src_u) + _words32(dst_u)
-
-        ip_sum = np.uint64(0xFFFF) - _fold(self._ip_const + ip_len + addr_words)
-
-        pay_len = (ulen - np.uint64(UDP_HLEN)).astype(np.int64)
-        usum = self._udp_const + addr_words + ulen + sport_u + dport_u + ulen
-        usum = usum + self._pay_prefix[pay_len]
-        if self.spec.payload != "plain":
-            usum = usum + _words32(seq.astype(np.uint64))
-        if stamp is not None:
-            st = stamp.astype(np.uint64)
-            usum = usum + _words32(st >> np.uint64(32)) + _words32(st & np.uint64(0xFFFFFFFF))
-        udp_sum = np.uint64(0xFFFF) - _fold(usum)
-        # RFC 768: a computed zero is sent as all ones (zero means "no checksum").
-        udp_sum[udp_sum == 0] = 0xFFFF
-
-        patch = np.zeros(k.shape[0], dtype=_PATCH_DTYPE)
-        patch["ip_len"] = ip_len
-        patch["ip_off"] = _IP_FRAG_DF
-        patch["ip_ttl"] = _IP_TTL
-        patch["ip_p"] = _IPPROTO_UDP
-        patch["ip_sum"] = ip_sum
-        patch["src"] = src_u
-        patch["dst"] = dst_u
-        patch["sport"] = sport_u
-        patch["dport"] = dport_u
-        patch["ulen"] = ulen
-        patch["usum"] = udp_sum
-        patch["seq"] = seq
-        return FrameBatch(
-            src=src_u.astype(np.uint32),
-            dst=dst_u.astype(np.uint32),
-            sport=sport_u.astype(np.uint16),
-            dport=dport_u.astype(np.uint16),
-            length=length.astype(np.uint16),
-            slot_len=(length.astype(np.uint32) + self.vh).astype(np.uint16),
-            seq=seq.astype(np.uint32),
-            ip_sum=ip_sum.astype(np.uint16),
-            udp_sum=udp_sum.astype(np.uint16),
-            patch=patch,
-            stamp=stamp,
+        w = np.empty((n, N_WORDS), np.uint16)
+        w[:] = self._row0
+        w[:, W_IP_LEN] = ip_len
+        w[:, W_IP_SUM] = np.uint64(0xFFFF) - _fold(self._ip_const + ip_len + addr_words)
+        w[:, W_SRC_HI] = src_u >> np.uint64(16)
+        w[:, W_SRC_LO] = src_u & np.uint64(0xFFFF)
+        w[:, W_DST_HI] = dst_u >> np.uint64(16)
+        w[:, W_DST_LO] = dst_u & np.uint64(0xFFFF)
+        w[:, W_SPORT] = sport
+        w[:, W_DPORT] = dport
+        w[:, W_ULEN] = ulen
+        pay_len = (ulen - np.uint64(UDP_HLEN)).astype(np.intp)
+        usum = (
+            self._udp_const
+            + addr_words
+            + (ulen << np.uint64(1))
+            + sport.astype(np.uint64)
+            + dport.astype(np.uint64)
+            + self._pay_prefix[pay_len]
         )
+        self._finish(w, usum, seq, stamp)
+        return w, usum
+
+    @staticmethod
+    def _finish(
+        w: npt.NDArray[np.uint16],
+        usum: npt.NDArray[np.uint64],
+        seq: npt.NDArray[np.uint64] | None,
+        stamp: npt.NDArray[np.uint64] | None,
+    ) -> None:
+        """Put the sequence words in, and the UDP checksum over ``usum`` plus seq/stamp."""
+        total = usum
+        if seq is not None:
+            hi = seq >> np.uint64(16)
+            lo = seq & np.uint64(0xFFFF)
+            w[:, W_SEQ_HI] = hi
+            w[:, W_SEQ_LO] = lo
+            total = total + hi + lo
+        else:
+            w[:, W_SEQ_HI] = 0
+            w[:, W_SEQ_LO] = 0
+        if stamp is not None:
+            total = total + _words32(stamp >> np.uint64(32)) + _words32(stamp & np.uint64(0xFFFFFFFF))
+        usum_f = np.uint64(0xFFFF) - _fold(total)
+        # RFC 768: a computed zero is sent as all ones (zero means "no checksum").
+        usum_f[usum_f == 0] = 0xFFFF
+        w[:, W_USUM] = usum_f
 
     # -- public -------------------------------------------------------------
 
@@ -474,7 +521,7 @@ class FrameGen:
         return self._k
 
     def next_batch(self, n: int, stamp: npt.NDArray[np.uint64] | None = None) -> FrameBatch:
-        """Fields of the next ``n`` packets; advances the walk and the sequence.
+        """Changing words of the next ``n`` packets; advances the walk and the sequence.
 
         ``stamp`` (ping only) is the send time in ns of each packet, which
         goes into the payload and into the UDP checksum.
@@ -483,19 +530,36 @@ class FrameGen:
             raise ValueError(f"negative batch size {n}")
         if stamp is not None and self.spec.payload != "ping":
             raise ValueError("stamp is only carried by ping frames")
-        k = np.arange(self._k, self._k + n, dtype=np.int64)
         s = self.spec
-        if s.random_length:
-            length = self._rng.integers(s.min_length, s.length, n).astype(np.uint16)
-        else:
-            length = np.full(n, s.length, dtype=np.uint16)
-        seq = ((np.arange(n, dtype=np.uint64) + np.uint64(self._seq)) & np.uint64(0xFFFFFFFF))
         if s.payload == "ping" and stamp is None:
             stamp = np.zeros(n, np.uint64)
-        b = self._fields(k, length, seq.astype(np.uint32), stamp)
+        seq = None
+        if s.payload != "plain":
+            seq = (np.arange(self._seq, self._seq + n, dtype=np.uint64)) & np.uint64(0xFFFFFFFF)
+        if self._table is not None and self._table_usum is not None:
+            length = np.full(n, s.length, np.uint16)
+            period = self._table.shape[0]
+            if period == 1:
+                w = np.empty((n, N_WORDS), np.uint16)
+                w[:] = self._table[0]
+                usum = np.full(n, self._table_usum[0], np.uint64)
+            else:
+                pos = np.arange(self._k, self._k + n, dtype=np.int64) % period
+                w = self._table.take(pos, axis=0)
+                usum = self._table_usum.take(pos)
+            if seq is not None or stamp is not None:
+                self._finish(w, usum, seq, stamp)
+        else:
+            k = np.arange(self._k, self._k + n, dtype=np.int64)
+            if s.random_length:
+                length = self._rng.integers(s.min_length, s.length, n).astype(np.uint16)
+            else:
+                length = np.full(n, s.length, dtype=np.uint16)
+            w, _ = self._compute(k, length, seq, stamp)
         self._k += n
         self._seq = (self._seq + n) & 0xFFFFFFFF
-        return b
+        slot_len = length + np.uint16(self.vh) if self.vh else length
+        return FrameBatch(words=w, length=length, slot_len=slot_len, stamp=stamp)
 
     def init_rows(self, bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer]) -> None:
         """Copy the template (packet 0, full length) into ``bufs[rows]``."""
@@ -513,8 +577,7 @@ class FrameGen:
         batch have the same length.
         """
         off = self.vh + PATCH_OFFSET
-        view = batch.patch.view(np.uint8).reshape(len(batch), _PATCH_DTYPE.itemsize)
-        bufs[rows, off : off + self.patch_len] = view[:, : self.patch_len]
+        bufs[rows, off : off + self.patch_len] = batch.patch_bytes(self.patch_len)
         if batch.stamp is not None:
             off = self.vh + OFF_STAMP
             bufs[rows, off : off + STAMP_LEN] = (
@@ -540,23 +603,28 @@ class FrameGen:
 # -- receive side helpers ------------------------------------------------------
 
 
+def field_view(bufs: npt.NDArray[np.uint8], offset: int, dtype: str) -> np.ndarray:
+    """A 1-D view of one big-endian field at ``offset`` in every row of ``bufs``.
+
+    ``field_view(bufs, 42, ">u4")[rows]`` gathers that field of many buffers
+    with one 1-D fancy index, several times faster than a 2-D byte gather.
+    """
+    size = np.dtype(dtype).itemsize
+    return bufs[:, offset : offset + size].view(dtype)[:, 0]
+
+
 def read_seq(
     bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer], vnet_hdr_len: int = 0
 ) -> npt.NDArray[np.uint32]:
     """The 32-bit big-endian sequence numbers of frames in ``bufs[rows]``."""
-    off = vnet_hdr_len + OFF_SEQ
-    b = bufs[rows, off : off + SEQ_LEN].astype(np.uint32)
-    out = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
-    return out.astype(np.uint32, copy=False)
+    return field_view(bufs, vnet_hdr_len + OFF_SEQ, ">u4")[rows].astype(np.uint32)
 
 
 def read_stamp(
     bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer], vnet_hdr_len: int = 0
 ) -> npt.NDArray[np.uint64]:
     """The 64-bit big-endian ping stamps of frames in ``bufs[rows]``."""
-    off = vnet_hdr_len + OFF_STAMP
-    raw = np.ascontiguousarray(bufs[rows, off : off + STAMP_LEN])
-    return raw.view(">u8").reshape(-1).astype(np.uint64)
+    return field_view(bufs, vnet_hdr_len + OFF_STAMP, ">u8")[rows].astype(np.uint64)
 
 
 @dataclass
@@ -590,6 +658,15 @@ class SeqTracker:
             self._last = (int(s[0]) - 1) & 0xFFFFFFFF
             self._last_ext = self.first - 1
             self.highest = self.first - 1
+        # Fast path: the batch continues the sequence exactly (uint32 wraps).
+        if int(s[0]) == (self._last + 1) & 0xFFFFFFFF and (
+            n == 1 or bool((np.diff(s) == np.uint32(1)).all())
+        ):
+            self.received += n
+            self._last_ext += n
+            self.highest = max(self.highest, self._last_ext)
+            self._last = int(s[-1])
+            return np.zeros(n, np.bool_)
         prev = np.empty(n, np.uint32)
         prev[0] = self._last
         prev[1:] = s[:-1]

@@ -109,14 +109,14 @@ class Kmsg:
     """Kernel log lines written after construction (dmesg, read as text)."""
 
     def __init__(self) -> None:
-        self.start = len(self._all())
+        self.start = len(self.all_lines())
 
     @staticmethod
-    def _all() -> list[str]:
+    def all_lines() -> list[str]:
         return run(["dmesg"], check=True).stdout.splitlines()
 
     def new_lines(self) -> list[str]:
-        return self._all()[self.start:]
+        return self.all_lines()[self.start:]
 
 
 def build_xdp_pass(dest_dir: Path) -> Path:
