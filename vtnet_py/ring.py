@@ -98,6 +98,18 @@ class BufferPool:
             raise err(f"{who}: buf_idx {int(bufs[i])} appears twice in one batch")
         self.owner[bufs] = new
 
+    def returned(self, bufs: np.ndarray, expect: int, new: int, who: str) -> None:
+        """Buffers the kernel handed back (RX or COMPLETION ring): each must be one we gave
+        that socket (else InvariantError, nothing changed). The cheap half of move():
+        the kernel reports every address once and inside the UMEM; check_invariant()
+        re-proves uniqueness for tests."""
+        state = self.owner[bufs]
+        if (state != expect).any():
+            i = int(np.flatnonzero(state != expect)[0])
+            raise InvariantError(f"{who}: buf_idx {int(bufs[i])} is not "
+                                 f"{self.describe(expect)} but {self.describe(int(state[i]))}")
+        self.owner[bufs] = new
+
     @staticmethod
     def describe(code: int) -> str:
         if code == FREE:
@@ -138,6 +150,8 @@ class Ring:
         self._fl = self.slot["flags"]
         self._pos = np.arange(2 * num_slots, dtype=np.intp) % num_slots
         self._pool = pool
+        self._shift = pool.chunk_size.bit_length() - 1  # chunks are a power of two
+        self._chunk_mask = np.uint64(pool.chunk_size - 1)
         self._xsk = xsk
         self._kid = kid
         self._frags = frags
@@ -223,29 +237,26 @@ class Ring:
         hw = self._hwcur
         released = (self.head - hw) % n
         if released:
-            idx = self._pos[hw: hw + released]
-            bufs = self._bi[idx]
+            bufs = self._bi[self._span(hw, released)]
             self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+", user=True)
-            fill.desc[fill.slots(released)] = bufs.astype(np.uint64) * self._pool.chunk_size
+            fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
             fill.submit(released)
             self._kernel_rx += released
-            self._fl[idx] = 0
             self._hwcur = self.head
             if fill.needs_wakeup():
                 xsk.wake_rx()
         busy = (self._tail - self.head) % n
         got = min(rx.available(), n - 1 - busy)
         if got:
-            kpos = rx.slots(got)
-            desc = rx.desc[kpos]
+            desc = rx.desc[rx.slots(got)]  # a view while the span does not wrap
             addr = desc["addr"]
-            chunk = self._pool.chunk_size
-            bufs = (addr // chunk).astype(np.uint32)
-            self._pool.move(bufs, krx(self._kid), APP, f"{self._what} RX ring", user=False)
-            rx.release(got)
-            self._kernel_rx -= got
+            bufs = (addr >> self._shift).astype(np.uint32)
+            if ((addr & self._chunk_mask) != K.XDP_PACKET_HEADROOM).any():
+                raise InvariantError(f"{self._what}: the kernel placed a frame at an offset "
+                                     f"other than {K.XDP_PACKET_HEADROOM} in its buffer")
+            self._pool.returned(bufs, krx(self._kid), APP, f"{self._what} RX ring")
             t = self._tail
-            idx = self._pos[t: t + got]
+            idx = self._span(t, got)
             lens = desc["len"]
             self._bi[idx] = bufs
             if self._hdr:
@@ -253,16 +264,23 @@ class Ring:
                 self._chunks[bufs, self._buf_off: K.XDP_PACKET_HEADROOM] = 0
                 lens = lens + self._hdr
             self._len[idx] = lens
-            self._fl[idx] = np.where(desc["options"] & K.XDP_PKT_CONTD, NS_MOREFRAG, 0)
+            if self._frags:
+                self._fl[idx] = (desc["options"] & K.XDP_PKT_CONTD) * NS_MOREFRAG
+            else:
+                self._fl[idx] = 0
+            self.stats["bytes"] += int(lens.sum())
+            rx.release(got)  # only now: desc may be a view of the kernel's ring
+            self._kernel_rx -= got
             self._tail = (t + got) % n
             self.stats["frames"] += got
-            self.stats["bytes"] += int(lens.sum())
-            off = addr - bufs.astype(np.uint64) * chunk
-            if (off != K.XDP_PACKET_HEADROOM).any():
-                raise InvariantError(f"{self._what}: the kernel placed a frame at offset "
-                                     f"{int(off[off != K.XDP_PACKET_HEADROOM][0])} of its "
-                                     f"buffer, expected {K.XDP_PACKET_HEADROOM}")
         return got
+
+    def _span(self, start: int, count: int) -> slice | np.ndarray:
+        """Slots start .. start+count-1 (mod num_slots): a slice when they do not wrap
+        (numpy then works on views), else an index array."""
+        if start + count <= self.num_slots:
+            return slice(start, start + count)
+        return self._pos[start: start + count]
 
     def txsync(self) -> int:
         """Hand ``[hwcur, head)`` to the kernel, push it out, reclaim completions.
@@ -283,8 +301,7 @@ class Ring:
         sent = 0
         report = False
         if new:
-            idx = self._pos[hw: hw + new]
-            flags = self._fl[idx]
+            flags = self._fl[self._span(hw, new)]
             more = (flags & NS_MOREFRAG) != 0
             count = new
             if more[-1]:
@@ -295,8 +312,9 @@ class Ring:
                     self._refuse(f"slot {hw}: NS_MOREFRAG chain of {new - count} slots never "
                                  f"ends (at most {self._max_frags} fragments per frame)")
             if count:
-                sent = self._submit(idx[:count], more[:count], flags[:count])
                 report = bool((flags[:count] & NS_REPORT).any())
+                sent = self._submit(self._span(hw, count), count, more[:count],
+                                    flags[:count])
         self._push(report)
         self._reap()
         return sent
@@ -307,8 +325,8 @@ class Ring:
         self.stats["refused"] += 1
         raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, nothing sent")
 
-    def _submit(self, idx: np.ndarray, more: np.ndarray, flags: np.ndarray) -> int:
-        count = idx.size
+    def _submit(self, idx: slice | np.ndarray, count: int, more: np.ndarray,
+                flags: np.ndarray) -> int:
         hw = self._hwcur
         bufs = self._bi[idx]
         lens = self._len[idx]
@@ -324,7 +342,7 @@ class Ring:
         bad_len = (lens <= self._hdr) | (lens > self.nr_buf_size)
         if bad_len.any():
             i = int(np.flatnonzero(bad_len)[0])
-            self._refuse(f"slot {int(idx[i])}: len {int(lens[i])} outside "
+            self._refuse(f"slot {(hw + i) % self.num_slots}: len {int(lens[i])} outside "
                          f"{self._hdr + 1}..{self.nr_buf_size}")
         try:
             self._pool.move(bufs, APP, ktx(self._kid), f"{self._what} slot {hw}+", user=True)
@@ -346,8 +364,7 @@ class Ring:
                 bufs, lens, more = bufs[keep], lens[keep], more[keep]
             lens = lens - self._hdr
         kpos = tx.slots(bufs.size)
-        chunk = self._pool.chunk_size
-        tx.desc["addr"][kpos] = bufs.astype(np.uint64) * chunk + K.XDP_PACKET_HEADROOM
+        tx.desc["addr"][kpos] = (bufs.astype(np.uint64) << self._shift) + K.XDP_PACKET_HEADROOM
         tx.desc["len"][kpos] = lens
         tx.desc["options"][kpos] = more.astype(np.uint32) * K.XDP_PKT_CONTD
         tx.submit(bufs.size)
@@ -380,18 +397,16 @@ class Ring:
         kgot = comp.available()
         if not kgot and not self._local_done:
             return
-        chunk = self._pool.chunk_size
-        bufs = (comp.desc[comp.slots(kgot)] // chunk).astype(np.uint32)
+        bufs = (comp.desc[comp.slots(kgot)] >> self._shift).astype(np.uint32)
         if self._local_done:
             bufs = np.concatenate([bufs, *self._local_done])
             self._local_done.clear()
         got = bufs.size
-        self._pool.move(bufs, ktx(self._kid), APP, f"{self._what} COMPLETION ring", user=False)
+        self._pool.returned(bufs, ktx(self._kid), APP, f"{self._what} COMPLETION ring")
         comp.release(kgot)
-        first = self._tail + 1
-        inflight_idx = self._pos[first: first + self._inflight]
-        head_part = inflight_idx[:got]
-        if not np.array_equal(self._bi[head_part], bufs):
+        first = (self._tail + 1) % self.num_slots
+        if not np.array_equal(self._bi[self._span(first, got)], bufs):
+            inflight_idx = self._pos[first: first + self._inflight]
             # completions out of submission order: the completed buffers fill the first
             # slots, the still-in-flight ones keep their order behind them
             current = self._bi[inflight_idx]

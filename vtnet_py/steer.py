@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import threading
+from contextlib import suppress
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -23,7 +24,13 @@ from pyroute2 import IPRoute
 from . import _bpfsys as bpf
 from . import _kernel as K
 from .bpfbuild import compile_image, instantiate
-from .errors import BusyError, DeviceError, PrivilegeError, UnsupportedError
+from .errors import (
+    BusyError,
+    DeviceError,
+    InterfaceChangedError,
+    PrivilegeError,
+    UnsupportedError,
+)
 
 log = logging.getLogger("vtnet_py")
 
@@ -88,6 +95,11 @@ class Steering:
             if st is None:
                 st = cls(key, ifname, _attach_or_join(ifname, ifindex, mode, frags))
                 cls._registry[key] = st
+            elif not st.still_attached():
+                raise InterfaceChangedError(
+                    f"{ifname}: the steering program this process uses (id {st.prog_id}) was "
+                    f"detached meanwhile (`vtnetmap detach {ifname}`?); close this process's "
+                    f"ports on {ifname}, then open again")
             elif frags and not st.frags:
                 raise UnsupportedError(
                     f"{ifname}: the steering program in use is not multi-buffer aware; close "
@@ -115,6 +127,18 @@ class Steering:
         v = ctypes.c_uint32(0)
         bpf.map_lookup(held.owners_fd, ctypes.c_uint32(queue), v)
         return int(v.value)
+
+    def still_attached(self) -> bool:
+        """False once our link was detached from the interface (BPF_LINK_DETACH by
+        `vtnetmap detach`, or the interface went away): one bpf() call, no netlink.
+        True while unknown (a program joined without a link)."""
+        held = self._held
+        if held is None or held.link_fd < 0:
+            return held is not None
+        try:
+            return bool(bpf.link_info(held.link_fd).ifindex)
+        except OSError:
+            return False
 
     def _live(self) -> _Held:
         if self._held is None:
@@ -241,3 +265,40 @@ def _join(ifname: str, ifindex: int, prog_id: int, cur_mode: str | None, frags: 
             if fd >= 0:
                 os.close(fd)
         raise
+
+
+PIN_NAMES = ("xsks", "owners", "link")  # the link last: a pinned link implies pinned maps
+
+
+def attach_pinned(ifname: str, ifindex: int, mode: str, frags: bool,
+                  pin_dir: str) -> tuple[int, int]:
+    """Attach the steering program to ``ifname`` (current netns) with a BPF link and pin
+    the maps ``xsks``, ``owners`` and then the link in ``pin_dir`` (an existing bpffs
+    directory), files 0600, so the program stays attached after this process exits and
+    ports of any process join it. Returns (program id, link id).
+
+    BusyError when an XDP program is (or gets) attached meanwhile. On failure the pins
+    made here are removed and our fds closed, which detaches the program again.
+    """
+    try:
+        held = _attach(ifname, ifindex, mode, frags)
+    except _Retry as exc:
+        raise BusyError(f"{ifname}: another XDP program was attached meanwhile") from exc
+    fds = {"xsks": held.xsks_fd, "owners": held.owners_fd, "link": held.link_fd}
+    made: list[str] = []
+    try:
+        for name in PIN_NAMES:
+            path = os.path.join(pin_dir, name)
+            bpf.obj_pin(fds[name], path)
+            made.append(path)
+            os.chmod(path, 0o600)
+        return held.prog_id, int(bpf.link_info(held.link_fd).id)
+    except OSError as exc:
+        for path in reversed(made):
+            with suppress(OSError):
+                os.unlink(path)
+        raise DeviceError(f"{ifname}: pinning the steering program in {pin_dir} failed: "
+                          f"{exc.strerror or exc}") from exc
+    finally:
+        for fd in (held.xsks_fd, held.owners_fd, held.prog_fd, held.link_fd):
+            os.close(fd)

@@ -73,8 +73,11 @@ class KernelRing:
     def free(self) -> int:
         return self.size - ((self.cached - int(self.consumer[0])) & U32_WRAP)
 
-    def slots(self, n: int) -> np.ndarray:
+    def slots(self, n: int) -> slice | np.ndarray:
+        """Positions of the next ``n`` entries from our index: a slice unless they wrap."""
         s = self.cached & self.mask
+        if s + n <= self.size:
+            return slice(s, s + n)
         return self.pos[s: s + n]
 
     def submit(self, n: int) -> None:

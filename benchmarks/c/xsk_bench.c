@@ -14,7 +14,9 @@
  *       is filled once with a valid UDP frame, then the loop only writes
  *       descriptors, kicks with sendto() and reaps completions.
  *   xsk_bench drop -i IF [-t SECS]
- *       attach drop_count (native) and count: the in-kernel ceiling.
+ *       attach drop_count (native) and count: the in-kernel ceiling.  The
+ *       rate is over the span in which frames arrived; the run ends half a
+ *       second after they stop, or after SECS.
  *   xsk_bench gen  -i IF [-t SECS] [-l LEN] [-r PPS]
  *       kernel generator: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES
  *       on redirect_out, which sends every frame out of IF.
@@ -451,18 +453,34 @@ static int run_xsk(struct cfg *c, int rx)
 static int run_drop(struct cfg *c)
 {
 	struct worker w;
-	uint64_t s0;
-	double t0, t1;
+	uint64_t s0, v, last = 0;
+	double t0, t, t_first = 0, t_last = 0;
 
 	memset(&w, 0, sizeof(w));
 	load_prog(c, "drop_count", 1);
 	s0 = read_seen();
 	t0 = now_s();
-	while (!stop_flag && now_s() - t0 < c->secs)
-		usleep(10000);
-	t1 = now_s();
+	/* Sample every 5 ms; the rate is over the span in which the count grew,
+	 * and the run ends IDLE_END after traffic stops (or after -t seconds). */
+	while (!stop_flag) {
+		usleep(5000);
+		t = now_s();
+		v = read_seen() - s0;
+		if (v != last) {
+			if (last == 0)
+				t_first = t;
+			t_last = t;
+			last = v;
+		} else if (last && t - t_last >= IDLE_END) {
+			break;
+		}
+		if (t - t0 >= c->secs)
+			break;
+	}
 	w.pkts = read_seen() - s0;
-	print_result(c, &w, t1 - t0, w.pkts);
+	w.t_first = t_first;
+	w.t_last = t_last;
+	print_result(c, &w, t_last > t_first ? t_last - t_first : now_s() - t0, w.pkts);
 	detach();
 	return 0;
 }

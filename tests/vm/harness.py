@@ -51,6 +51,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 VM_DIR = Path(__file__).resolve().parent
 REPO = VM_DIR.parents[1]
@@ -274,15 +275,15 @@ class HostLink:
                 p.wait(timeout=5)
 
     def _serve(self) -> None:
-        conn = None
+        conn: socket.socket | None = None
         while not self._stop.is_set() and time.monotonic() < self.deadline:
+            attempt = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                conn.connect(self.sock_path)
+                attempt.connect(self.sock_path)  # QEMU listens once it has started
+                conn = attempt
                 break
             except OSError:
-                conn.close()
-                conn = None
+                attempt.close()
                 time.sleep(0.1)
         if conn is None:
             return
@@ -316,7 +317,7 @@ class HostLink:
                     except OSError:
                         return
 
-    def _handle(self, req: dict[str, object]) -> dict[str, object]:
+    def _handle(self, req: dict[str, Any]) -> dict[str, object]:
         op = req.get("op")
         if op == "info":
             return {"netns": self.net.ns, "tap": self.net.tap, "host_ip": HOST_IP,
@@ -333,27 +334,27 @@ class HostLink:
                 stats[k.removeprefix("./")] = int(v)
             return {"stats": stats}
         if op == "run":
-            argv = [str(a) for a in req["argv"]]  # type: ignore[union-attr]
-            timeout = float(req.get("timeout_s", 60))  # type: ignore[arg-type]
+            argv = [str(a) for a in req["argv"]]
+            timeout = float(req.get("timeout_s", 60))
             inp = req.get("input")
             proc = subprocess.Popen([*self.net.exec_prefix(), *argv],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)
             return self._finish(proc, timeout, inp.encode() if isinstance(inp, str) else b"")
         if op == "spawn":
-            argv = [str(a) for a in req["argv"]]  # type: ignore[union-attr]
+            argv = [str(a) for a in req["argv"]]
             proc = subprocess.Popen([*self.net.exec_prefix(), *argv],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True)
             self.procs[proc.pid] = proc
             return {"handle": proc.pid}
         if op == "wait":
-            proc = self.procs.pop(int(req["handle"]))  # type: ignore[call-overload]
-            return self._finish(proc, float(req.get("timeout_s", 60)), None)  # type: ignore[arg-type]
+            proc = self.procs.pop(int(req["handle"]))
+            return self._finish(proc, float(req.get("timeout_s", 60)), None)
         if op == "signal":
-            proc = self.procs[int(req["handle"])]  # type: ignore[call-overload]
+            proc = self.procs[int(req["handle"])]
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, int(req.get("sig", signal.SIGTERM)))  # type: ignore[call-overload]
+                os.killpg(proc.pid, int(req.get("sig", signal.SIGTERM)))
             return {"ok": True}
         raise ValueError(f"unknown op {op!r}")
 

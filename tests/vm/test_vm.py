@@ -22,6 +22,12 @@ def _fail_with(run_text: str, result: harness.GuestResult | None, tail: int = 80
     pytest.fail(run_text + ("\n" + result.describe(tail) if result else ""), pytrace=False)
 
 
+def _console_tail(result: harness.GuestResult, tail: int = 4000) -> str:
+    c = result.console
+    return (f"\n--- guest console (last {tail} chars; all files in {result.results_dir}) ---\n"
+            + (c if len(c) <= tail else "...[cut]...\n" + c[-tail:]))
+
+
 def test_guest_scenario(vm_runs: VmRuns, guest_scenario: tuple[str, str]) -> None:
     profile, nodeid = guest_scenario
     if not profile:  # the listing itself failed; nodeid holds its output
@@ -32,11 +38,12 @@ def test_guest_scenario(vm_runs: VmRuns, guest_scenario: tuple[str, str]) -> Non
     outcome, text = run.outcome(nodeid)
     if outcome == "passed":
         return
+    head = f"guest scenario {nodeid} [{profile}]: {outcome}\n"
     if outcome == "missing":
-        text = ("the guest reported no result for this scenario (hang, panic, timeout or a "
-                "collection error in the guest)")
+        # Hang, panic, timeout or a collection error in the guest: show everything.
+        _fail_with(head + "the guest reported no result for this scenario", run.result)
     # A skip inside the harness's guest is a failure too: every scenario can run here.
-    _fail_with(f"guest scenario {nodeid} [{profile}]: {outcome}\n{text}", run.result)
+    pytest.fail(head + text + _console_tail(run.result), pytrace=False)
 
 
 def test_guest_suite_completed(vm_runs: VmRuns, vm_profile_name: str) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -76,9 +77,9 @@ def features(iface: str) -> dict[str, str]:
     return feats
 
 
-def link_info(iface: str) -> dict[str, object]:
+def link_info(iface: str) -> dict[str, Any]:
     info = json.loads(run(["ip", "-d", "-j", "link", "show", "dev", iface], check=True).stdout)
-    return info[0]  # type: ignore[no-any-return]
+    return info[0]
 
 
 def xdp_mode(iface: str) -> int:
@@ -157,7 +158,7 @@ class HostLink:
     def close(self) -> None:
         os.close(self.fd)
 
-    def request(self, op: str, timeout: float = 120, **kw: object) -> dict[str, object]:
+    def request(self, op: str, timeout: float = 120, **kw: object) -> dict[str, Any]:
         self._next += 1
         msg = json.dumps({"id": self._next, "op": op, **kw}).encode() + b"\n"
         view = memoryview(msg)
@@ -178,9 +179,9 @@ class HostLink:
             raise RuntimeError(f"host link {op}: {reply['error']}")
         if reply.get("id") != self._next:
             raise RuntimeError(f"host link: reply {reply.get('id')} for request {self._next}")
-        return reply  # type: ignore[no-any-return]
+        return reply
 
-    def info(self) -> dict[str, object]:
+    def info(self) -> dict[str, Any]:
         return self.request("info")
 
     def run(self, argv: Sequence[str], timeout: float = 60,
@@ -188,16 +189,16 @@ class HostLink:
         """Run on the host (in the namespace) and wait; killed after ``timeout``."""
         r = self.request("run", timeout=timeout + 30, argv=list(argv), timeout_s=timeout,
                          input=input)
-        return subprocess.CompletedProcess(list(argv), int(r["rc"]),  # type: ignore[call-overload]
+        return subprocess.CompletedProcess(list(argv), int(r["rc"]),
                                            str(r["stdout"]), str(r["stderr"]))
 
     def spawn(self, argv: Sequence[str]) -> int:
         """Start on the host in the background; returns a handle for wait/signal."""
-        return int(self.request("spawn", argv=list(argv))["handle"])  # type: ignore[call-overload]
+        return int(self.request("spawn", argv=list(argv))["handle"])
 
     def wait(self, handle: int, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         r = self.request("wait", timeout=timeout + 30, handle=handle, timeout_s=timeout)
-        return subprocess.CompletedProcess([], int(r["rc"]),  # type: ignore[call-overload]
+        return subprocess.CompletedProcess([], int(r["rc"]),
                                            str(r["stdout"]), str(r["stderr"]))
 
     def signal(self, handle: int, sig: int = 15) -> None:
@@ -205,4 +206,4 @@ class HostLink:
 
     def tap_stats(self) -> dict[str, int]:
         """The host TAP's /sys/class/net/<tap>/statistics counters."""
-        return self.request("stats")["stats"]  # type: ignore[return-value]
+        return self.request("stats")["stats"]

@@ -35,8 +35,9 @@ print(n, nbytes, h.hexdigest(), flush=True)
 _HOST_TX = r"""
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dest = (sys.argv[1], int(sys.argv[2]))
 for i in range(int(sys.argv[3])):
-    s.sendto(b"vtvm-h2g-%06d-" % i + bytes([i % 251]) * (64 + i % 700), (sys.argv[1], int(sys.argv[2])))
+    s.sendto(b"vtvm-h2g-%06d-" % i + bytes([i % 251]) * (64 + i % 700), dest)
     if i % 20 == 19:
         time.sleep(0.02)  # a TCG guest drains its RX queue slowly: do not overrun it
 """
