@@ -361,7 +361,7 @@ def main() -> int:
     build()
     results: dict[str, list[dict[str, Any]]] = {}
     errors: list[str] = []
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     with veth_pair() as pair:
         # warm-up: the first port open compiles the steering program with bcc
         warm = start(pair.ns_b, PKTGEN + ["-i", f"netmap:{pair.b}/R", "-f", "rx", "-w", "0",

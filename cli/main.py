@@ -41,3 +41,18 @@ except ImportError:  # pragma: no cover - only while it is being written
     pass
 else:
     main.add_command(pkt_gen, "pkt-gen")
+
+try:  # attach / detach / status live in their own module (issue 3)
+    from .device_cmds import COMMANDS as _DEVICE_COMMANDS
+except ImportError:  # pragma: no cover - only while it is being written
+    pass
+else:
+    for _cmd in _DEVICE_COMMANDS:
+        main.add_command(_cmd)
+
+try:  # bridge lives in its own module (issue 4)
+    from .bridge_cmd import bridge
+except ImportError:  # pragma: no cover - only while it is being written
+    pass
+else:
+    main.add_command(bridge)

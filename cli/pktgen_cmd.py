@@ -126,10 +126,10 @@ def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], bur
     if function in ("rx", "rxseq", "pong") and (random_src or random_dst or len(lengths) > 1):
         raise click.ClickException(f"-z/-Z/second -l: -f {function} does not build frames")
 
+    from vtnet_py.errors import VtnetError
     from vtnet_py.pktgen.engine import Config, PktgenError, Run
     from vtnet_py.pktgen.frames import FrameSpec, FrameSpecError, IPRange, parse_mac
     from vtnet_py.pktgen.report import FRAMING_BITS
-    from vtnet_py.errors import VtnetError
 
     try:
         payload = {"txseq": "seq", "ping": "ping"}.get(function, "plain")

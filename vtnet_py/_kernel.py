@@ -17,6 +17,8 @@ libc.bind.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
 libc.bind.restype = ctypes.c_int
 libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 libc.setns.restype = ctypes.c_int
+libc.unshare.argtypes = (ctypes.c_int,)
+libc.unshare.restype = ctypes.c_int
 
 SYS_bpf = 321  # arch/x86/entry/syscalls/syscall_64.tbl
 CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
@@ -320,6 +322,11 @@ class bpf_link_info(ctypes.Structure):
         ("_rest", ctypes.c_uint64 * 4),
     ]
 
+
+# --- tc: include/uapi/linux/pkt_sched.h ------------------------------------------------
+# TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS): the clsact filter parents
+TC_H_CLSACT_INGRESS = 0xFFFFFFF2
+TC_H_CLSACT_EGRESS = 0xFFFFFFF3
 
 # --- ethtool ioctl: include/uapi/linux/ethtool.h, sockios.h -------------------------------
 SIOCETHTOOL = 0x8946

@@ -24,6 +24,8 @@ import logging
 import os
 import platform
 import struct
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +44,14 @@ IMAGE_FORMAT = 1
 def cache_dir() -> Path:
     """The root-only cache directory (mode 0700), created on first use."""
     d = Path(os.environ.get(CACHE_DIR_ENV, DEFAULT_CACHE_DIR))
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    except PermissionError as exc:
+        # the cache is root's; whoever cannot use it cannot load the program either
+        raise PrivilegeError(f"the BPF program cache {d} belongs to root: loading vtnetmap's "
+                             f"XDP program needs CAP_BPF and CAP_NET_ADMIN (run as root)"
+                             ) from exc
     return d
 
 
@@ -71,7 +79,7 @@ def _merge_tree(dst: Path, sources: list[Path]) -> None:
     """Make ``dst`` a union of ``sources`` out of symlinks: a directory present in more
     than one source becomes a real directory whose entries are merged the same way;
     everything else is a symlink to the first source that has it."""
-    dst.mkdir(parents=True, exist_ok=True)
+    dst.mkdir(mode=0o700, parents=True, exist_ok=True)  # inside the root-only cache
     names: dict[str, list[Path]] = {}
     for src in sources:
         for entry in sorted(os.listdir(src)):
@@ -116,7 +124,9 @@ def find_kernel_headers() -> Path | None:
         if not stamp.exists():
             sources = [arch_dir] + ([common_dir] if common_dir else [])
             _merge_tree(merged, sources)
-            stamp.write_text(" ".join(str(s) for s in sources) + "\n")
+            fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(" ".join(str(s) for s in sources) + "\n")
         if not _headers_said:
             _headers_said = True
             log.warning("vtnetmap: no headers for running kernel %s; compiling BPF against %s "
@@ -181,7 +191,7 @@ def compile_image(source: str, funcs: tuple[str, ...], cflags: tuple[str, ...] =
         path = cache_dir() / f"image-{Path(source).stem}-{key}.json"
         image = _load_image(path)
         if image is None:
-            image = _compile_with_bcc(source, text, funcs, cflags, headers)
+            image = _compile_in_child(source, funcs, cflags, headers)
             tmp = path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -200,15 +210,64 @@ def _image_to_json(image: ProgramImage) -> dict:
 
 def _load_image(path: Path) -> ProgramImage | None:
     try:
-        data = json.loads(path.read_text())
+        return _image_from_json(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _image_from_json(data: dict) -> ProgramImage | None:
+    try:
         if data.get("format") != IMAGE_FORMAT:
             return None
         return ProgramImage(source=data["source"],
                             insns={k: bytes.fromhex(v) for k, v in data["insns"].items()},
                             maps={int(fd): MapSpec(**m) for fd, m in data["maps"].items()},
                             extra_maps=tuple(MapSpec(**m) for m in data["extra_maps"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _compile_in_child(source: str, funcs: tuple[str, ...], cflags: tuple[str, ...],
+                      headers: Path | None) -> ProgramImage:
+    """Run bcc in a child process: bcc (LLVM) crashes when it compiles on a thread other
+    than the main one, and a child also keeps LLVM's memory and any crash out of the
+    caller. The child prints the image as JSON."""
+    env = dict(os.environ)
+    if headers is not None:
+        env["BCC_KERNEL_SOURCE"] = str(headers)
+    args = [sys.executable, "-m", "vtnet_py.bpfbuild", source, ",".join(funcs),
+            *cflags]
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
+    r = subprocess.run(args, capture_output=True, text=True, env=env)
+    if r.returncode == 3:
+        raise PrivilegeError(r.stderr.strip().splitlines()[-1])
+    if r.returncode == 4:
+        raise UnsupportedError(r.stderr.strip().splitlines()[-1])
+    if r.returncode != 0:
+        tail = " | ".join(r.stderr.strip().splitlines()[-6:])
+        raise VtnetError(f"bcc failed to compile {source} (exit {r.returncode}): {tail}")
+    image = _image_from_json(json.loads(r.stdout))
+    if image is None:
+        raise VtnetError(f"bcc child returned no usable image for {source}")
+    return image
+
+
+def _child_main(argv: list[str]) -> int:
+    source, funcs = argv[0], tuple(argv[1].split(","))
+    cflags = tuple(argv[2:])
+    text = (bpf_source_dir() / source).read_text()
+    try:
+        image = _compile_with_bcc(source, text, funcs, cflags, None)
+    except PrivilegeError as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    except UnsupportedError as exc:
+        print(exc, file=sys.stderr)
+        return 4
+    json.dump(_image_to_json(image), sys.stdout)
+    return 0
 
 
 def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
@@ -318,3 +377,7 @@ def instantiate(image: ProgramImage, func: str, prog_type: int, *, name: str,
 
 def u32(value: int) -> ctypes.c_uint32:
     return ctypes.c_uint32(value)
+
+
+if __name__ == "__main__":  # the bcc child of _compile_in_child
+    sys.exit(_child_main(sys.argv[1:]))

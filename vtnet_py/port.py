@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from . import hostrings
+from .attach import DeviceWatch, attached_zerocopy
 from .device_netlink import read_device
 from .device_policy import refuse_default_route
 from .errors import (
@@ -67,7 +69,9 @@ class Port:
         self._poller: Any = None
         self._rx_fds: dict[int, XskSocket] = {}
         self._closed = False
+        self._watch: DeviceWatch | None = None  # notices channel changes (issue 3)
         self._failed = ""
+        self._host: Any = None  # hostrings.HostRings when the port has host rings
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -125,7 +129,15 @@ class Port:
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+            self._check_device()
             self._wait(rx, tx, deadline)
+
+    def _check_device(self) -> None:
+        """Raise InterfaceChangedError when the interface's channels changed since open,
+        it went away, or the steering program was detached (at most every 100 ms; one
+        ioctl on a socket kept from open time, so it reads the port's netns)."""
+        if self._watch is not None:
+            self._watch.check(self._steering)
 
     def _wait(self, rx: bool, tx: bool, deadline: float | None) -> None:
         if self._poller is None:
@@ -170,7 +182,15 @@ class Port:
                                  "queue": r.queue, "head": r.head, "cur": r.cur,
                                  "tail": r.tail, **r.stats}
             d["kernel"] = r._xsk.statistics()
+            # buffers with the kernel (TX: submitted, not yet reaped; RX: on FILL/RX), and
+            # of those what the kernel already handed back that no sync has taken yet
+            # (TX: completions not reaped; RX: frames waiting on the socket's RX ring)
+            kring = r._xsk.comp if r.is_tx else r._xsk.rx
+            d["with_kernel"] = r._inflight if r.is_tx else r._kernel_rx
+            d["waiting"] = kring.available() if kring is not None else 0
             out["rings"].append(d)
+        if self._host is not None:  # TC program and NS_FORWARD counters of the host rings
+            out["host"] = self._host.counters()
         return out
 
     def check_invariant(self) -> dict[str, int]:
@@ -186,6 +206,7 @@ class Port:
         if self._closed:
             return
         self._closed = True
+        hostrings.port_closing(self)  # host side first: the stack's frames stop coming
         if self._steering is not None:
             for q in self._claimed:
                 with suppress(OSError, VtnetError):
@@ -201,6 +222,8 @@ class Port:
                 mem.pool.owner[held] = FREE
                 mem.pool.owner[mem.pool.owner == (ktx(r._kid) if r.is_tx else krx(r._kid))] = FREE
             mem.remove_rings(rings)
+            for r in rings:  # a Ring the application keeps must not keep the UMEM mapped
+                r._chunks = None
             mem.users -= 1
             if self._own_memory:
                 mem.close()
@@ -212,6 +235,9 @@ class Port:
             self._epoll.close()
             self._epoll = None
         self._poller = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self._bufs = None
 
     def __enter__(self) -> Port:
@@ -244,6 +270,8 @@ class Port:
 def _queues(spec: PortSpec, nrx: int, ntx: int) -> Iterator[tuple[int, bool, bool]]:
     """(queue, bind rx, bind tx) for every queue the port takes."""
     want_rx, want_tx = spec.rx, spec.tx
+    if spec.mode in (RegMode.SW, RegMode.ONE_SW):
+        return  # host rings only (hostrings.py)
     if spec.mode is RegMode.ONE_NIC:
         assert spec.ring_id is not None
         q = spec.ring_id
@@ -276,9 +304,6 @@ def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
     if mode not in (None, "native", "generic"):
         raise ValueError(f"{name}: mode must be native or generic, not {mode!r}")
     spec = parse_port_name(name)
-    if spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW):
-        raise UnsupportedError(f"{name}: host rings (^, *, +) are not yet supported by "
-                               f"vtnetmap")
     port = Port(spec)
     try:
         with enter_netns(netns):
@@ -295,6 +320,9 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
     info = read_device(spec.ifname)
     refuse_default_route(info, force)
     port.ifindex = info.ifindex
+    port._watch = DeviceWatch(name, spec.ifname, info.channels)  # made in the port's netns
+    zerocopy = attached_zerocopy(spec.ifname, zerocopy)  # `vtnetmap attach --zerocopy`
+    zerocopy = hostrings.check_request(spec, zerocopy)  # IF*: copy mode, like its host rings
     nrx, ntx = info.rx_queues, info.tx_queues
     for key, have in (("rx-rings", nrx), ("tx-rings", ntx)):
         asked = spec.effective_rx_rings if key == "rx-rings" else spec.effective_tx_rings
@@ -310,9 +338,12 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
     rx_slots = spec.effective_rx_slots or DEFAULT_RX_SLOTS
     tx_slots = spec.effective_tx_slots or DEFAULT_TX_SLOTS
     plan = list(_queues(spec, nrx, ntx))
-    if not any(r or t for _, r, t in plan):
+    host = spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW)
+    if not host and not any(r or t for _, r, t in plan):
         raise DeviceError(f"{name}: no ring to bind on {spec.ifname}")
     need = sum((rx_slots if r else 0) + (tx_slots if t else 0) for _, r, t in plan)
+    if host:  # one host ring pair, after the NIC rings in memory as in the ring lists
+        need += (rx_slots if spec.rx else 0) + (tx_slots if spec.tx else 0)
 
     mem = memory
     if mem is None:
@@ -370,6 +401,8 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
             port._steering.claim(q, sock.fileno())
             port._claimed.append(q)
             port._epoll.register(sock.fileno(), select.EPOLLIN)
+    hostrings.port_built(port, info, mem, rx_slots=rx_slots, tx_slots=tx_slots,
+                         first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS)
     if not port.rx_rings:
         for s in port._sockets:
             port._epoll.register(s.fileno(), select.EPOLLOUT)

@@ -19,6 +19,7 @@ All work is done per batch with numpy; there is no per-frame Python loop.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +28,8 @@ from . import _kernel as K
 from .errors import InterfaceChangedError, InvariantError, RingError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .xsk import XskSocket
 
 # sys/net/netmap.h: slot flags
@@ -144,6 +147,9 @@ class Ring:
         self._local_done: list[np.ndarray] = []
         self.nr_buf_size = pool.chunk_size - self._buf_off
         self.flags = 0  # netmap ring flags: NR_FORWARD, NR_TIMESTAMP
+        # NS_FORWARD transparent mode (set by hostrings on ports with host rings): called
+        # with the slots being released when NR_FORWARD is set
+        self._forward: Callable[[Ring, np.ndarray], None] | None = None
         self.slot = np.zeros(num_slots, dtype=SLOT_DTYPE)
         self._bi = self.slot["buf_idx"]
         self._len = self.slot["len"]
@@ -158,7 +164,7 @@ class Ring:
         self._max_frags = max_frags
         self._what = f"{port_name} {'TX' if is_tx else 'RX'} ring {ring_id} (queue {queue})"
         self.stats = {"frames": 0, "bytes": 0, "syncs": 0, "kicks": 0, "kick_retry": 0,
-                      "refused": 0, "hdr_refused": 0}
+                      "refused": 0, "hdr_refused": 0, "tx_dropped": 0}
         bufs = np.arange(first_buf, first_buf + num_slots, dtype=np.uint32)
         self._bi[:] = bufs
         self.head = self.cur = self._hwcur = 0
@@ -237,6 +243,9 @@ class Ring:
         hw = self._hwcur
         released = (self.head - hw) % n
         if released:
+            if self._forward is not None and self.flags & NR_FORWARD:
+                # NS_FORWARD slots swap buffers with the other side's TX ring first
+                self._forward(self, self._pos[hw: hw + released])
             bufs = self._bi[self._span(hw, released)]
             self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+", user=True)
             fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
@@ -386,6 +395,10 @@ class Ring:
             before = int(tx.consumer[0])
             err = xsk.kick_tx()
             self.stats["kicks"] += 1
+            if err == errno.EBUSY and not xsk.zerocopy:
+                # copy mode: the device refused the frame just taken (NET_XMIT_DROP, e.g.
+                # no carrier); the kernel completes it unsent, so count it as dropped
+                self.stats["tx_dropped"] += 1
             if int(tx.consumer[0]) == before:
                 if err:
                     self.stats["kick_retry"] += 1

@@ -56,12 +56,16 @@
 #define IDLE_END 0.5	/* rx: the run ends after this much silence */
 
 static volatile sig_atomic_t stop_flag;
+/* rx: when any queue last saw a frame (0: none yet); a racy double is fine,
+ * it only decides when idle queues give up. */
+static volatile double rx_last_any;
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
 
 struct cfg {
 	const char *mode, *ifname, *obj;
 	int ifindex, nq, batch, len, busy;
 	uint32_t ring;		/* slots per ring; the UMEM has twice as many frames */
+	int tx_budget;		/* XDP_MAX_TX_SKB_BUDGET (kernel >= 6.17), 0: kernel default */
 	double secs;
 	uint64_t rate;
 };
@@ -244,6 +248,14 @@ static void xsk_open(struct worker *w, int rx)
 	}
 	if (err)
 		die("xsk_socket__create", err);
+	if (!rx && w->cfg->tx_budget) {
+		/* frames a copy-mode sendto() may send (default 32) */
+		int b = w->cfg->tx_budget;
+
+		if (setsockopt(xsk_socket__fd(w->xsk), SOL_XDP, 9 /* XDP_MAX_TX_SKB_BUDGET */,
+			       &b, sizeof(b)))
+			die("setsockopt XDP_MAX_TX_SKB_BUDGET", errno);
+	}
 }
 
 static void xsk_close(struct worker *w)
@@ -277,7 +289,8 @@ static void *rx_loop(void *arg)
 		n = xsk_ring_cons__peek(&w->rx, w->cfg->batch, &ridx);
 		if (n == 0) {
 			t = now_s();
-			if (w->pkts == 0 ? t - start >= w->cfg->secs + 5
+			if (w->pkts == 0 ? (rx_last_any ? t - rx_last_any >= IDLE_END
+							: t - start >= w->cfg->secs + 5)
 					 : t - w->t_last >= IDLE_END || t - w->t_first >= w->cfg->secs)
 				break;
 			if (!w->cfg->busy)
@@ -297,6 +310,7 @@ static void *rx_loop(void *arg)
 		xsk_ring_cons__release(&w->rx, n);
 		/* clock_gettime is a vDSO call: cheap enough once a batch. */
 		w->t_last = now_s();
+		rx_last_any = w->t_last;
 		if (w->pkts == 0)
 			w->t_first = w->t_last;
 		w->pkts += n;
@@ -550,7 +564,7 @@ int main(int argc, char **argv)
 		usage();
 	c.mode = argv[1];
 	optind = 2;
-	while ((ch = getopt_long(argc, argv, "i:o:q:t:b:l:r:s:", lo, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "i:o:q:t:b:l:r:s:k:", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'i': c.ifname = optarg; break;
 		case 'o': c.obj = optarg; break;
@@ -560,6 +574,7 @@ int main(int argc, char **argv)
 		case 'l': c.len = atoi(optarg); break;
 		case 'r': c.rate = strtoull(optarg, NULL, 0); break;
 		case 's': c.ring = strtoul(optarg, NULL, 0); break;
+		case 'k': c.tx_budget = atoi(optarg); break;
 		case 'B': c.busy = 1; break;
 		default: usage();
 		}

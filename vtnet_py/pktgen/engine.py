@@ -15,7 +15,7 @@ bytes a frame, vectorised).  No per-packet Python loop anywhere.
 
 On error a worker prints one line and its port is closed; the final lines are
 still printed for what was counted.  SIGINT/SIGTERM stop the workers at the next
-batch and print the final lines; a second SIGINT interrupts at once.
+batch and print the final lines; a third SIGINT interrupts at once.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ DEFAULT_BURST = {"tx": 512, "rx": 512, "ping": 1, "pong": 1, "txseq": 512, "rxse
 SENDERS = ("tx", "txseq")
 RECEIVERS = ("rx", "rxseq")
 MIN_SPACE_NONE = 99999  # pkt-gen's "not measured in this interval"
+TX_SPINS = 20  # txsyncs tried before blocking in poll when the TX rings are full
 RX_IDLE_S = 1.0  # -W: a receiver stops after this much silence (pkt-gen: 1 s)
 
 # Shared counter fields, one int64 row per worker.
@@ -103,7 +104,8 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.function not in FUNCTIONS:
-            raise PktgenError(f"-f {self.function}: unknown function (one of {', '.join(FUNCTIONS)})")
+            raise PktgenError(f"-f {self.function}: unknown function "
+                              f"(one of {', '.join(FUNCTIONS)})")
         if self.burst == 0:
             self.burst = DEFAULT_BURST[self.function]
         if self.burst < 1:
@@ -208,22 +210,35 @@ class Worker:
     frames_in: int = 0  # share of -n for this worker (0: forever)
     ping_rtts: list[np.ndarray] = field(default_factory=list)
 
-    def run(self) -> None:
+    def open(self) -> Any:
+        """Open this worker's port (in the calling thread: bcc compiles the steering
+        program on first use, which must happen in a main thread); None on failure,
+        after one line on stderr."""
         from .. import open_port  # late: the CLI's --help must not need the core
 
-        self.row[F_RUNNING] = 1
-        if self.cfg.affinity >= 0:
-            cpus = self.cfg.cpus or os.cpu_count() or 1
-            # pid 0 is the calling thread: a worker thread pins only itself
-            os.sched_setaffinity(0, {(self.cfg.affinity + self.index) % cpus})
         try:
-            port = open_port(self.port_name, netns=self.cfg.netns)
+            # -H: the port gives every slot a virtio-net header (zeroed on RX,
+            # stripped on TX), as netmap's NETMAP_REQ_PORT_HDR_SET
+            return open_port(self.port_name, netns=self.cfg.netns,
+                             vnet_hdr=self.cfg.spec.vnet_hdr_len)
         except (VtnetError, OSError) as exc:
             self.out.diag(f"cannot open {self.port_name}: {exc}", func="worker")
             self.row[F_ERR] = 1
             self.row[F_DONE] = 1
             self.row[F_RUNNING] = 0
-            return
+            return None
+
+    def run(self, port: Any = None) -> None:
+        """Run the function on ``port`` (opened here when None); closes the port."""
+        self.row[F_RUNNING] = 1
+        if self.cfg.affinity >= 0:
+            cpus = self.cfg.cpus or os.cpu_count() or 1
+            # pid 0 is the calling thread: a worker thread pins only itself
+            os.sched_setaffinity(0, {(self.cfg.affinity + self.index) % cpus})
+        if port is None:
+            port = self.open()
+            if port is None:
+                return
         try:
             body = {
                 "tx": self._tx,
@@ -286,8 +301,17 @@ class Worker:
         while not self.cancelled() and (n == 0 or sent < n):
             if pacer and tosend <= 0:
                 tosend = pacer.wait(self.cancelled)
-            # netmap poll(POLLOUT): push what was queued, wait for room
-            if not port.poll(rx=False, tx=True, timeout=2.0):
+            # Push what was queued and reap completions (txsync); only when no
+            # ring has room, block in netmap's poll(POLLOUT).  In copy mode the
+            # completions of a push arrive within microseconds, so a few txsyncs
+            # first avoid sleeping a whole poll tick (pkt-gen's BUSYWAIT idea,
+            # bounded).
+            port.txsync()
+            spins = 0
+            while not any(r.space() for r in rings) and spins < TX_SPINS:
+                port.txsync()
+                spins += 1
+            if spins == TX_SPINS and not port.poll(rx=False, tx=True, timeout=2.0):
                 continue
             for r in rings:
                 limit = tosend if pacer else burst
@@ -573,7 +597,7 @@ class Run:
         self.queues = self._facts()
         nw = len(self.names)
         self._shared = mp.RawArray(ctypes.c_int64, nw * NFIELDS + 1)
-        arr = np.frombuffer(self._shared, dtype=np.int64)
+        arr = np.frombuffer(memoryview(self._shared).cast("B"), dtype=np.int64)
         self.rows = arr[: nw * NFIELDS].reshape(nw, NFIELDS)
         self._cancel = arr[nw * NFIELDS:]  # one shared word: 1 = stop
         self.workers: list[Worker] = []
@@ -608,7 +632,9 @@ class Run:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
         self.output.diag(f"received {signal.Signals(signum).name}", func="sigint_h")
-        if self._signals > 1 and signum == signal.SIGINT:
+        # workers see the stop word within one batch or poll timeout (<= 3 s); a
+        # third ^C is for a worker stuck anyway
+        if self._signals > 2 and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.cancel()
 
@@ -642,11 +668,13 @@ class Run:
                            frames_in=per + (cfg.count - per * nw if i == 0 and cfg.count else 0))
                 self.workers.append(w)
             if nw == 1:
-                th = threading.Thread(target=self.workers[0].run, name="pkt-gen-worker",
-                                      daemon=True)
-                self.rows[0, F_RUNNING] = 1
-                th.start()
-                threads.append(th)
+                port = self.workers[0].open()
+                if port is not None:
+                    th = threading.Thread(target=self.workers[0].run, args=(port,),
+                                          name="pkt-gen-worker", daemon=True)
+                    self.rows[0, F_RUNNING] = 1
+                    th.start()
+                    threads.append(th)
             else:
                 ctx = mp.get_context("fork")
                 for i, w in enumerate(self.workers):
@@ -690,7 +718,8 @@ class Run:
                 time.sleep(min(0.05, max(0.0, next_t - time.monotonic())))
             done = not alive()
             p = rep.sample(self._snapshot())
-            if p is not None:
+            # no line for a run that never started (its port did not open)
+            if p is not None and (not done or self.rows[:, F_TIC].any()):
                 self.output.periodic(p)
             if done:
                 return

@@ -281,7 +281,7 @@ class FrameBatch:
 
     def _u32(self, hi: int) -> npt.NDArray[np.uint32]:
         w = self.words.astype(np.uint32)
-        return (w[:, hi] << 16) | w[:, hi + 1]
+        return ((w[:, hi] << np.uint32(16)) | w[:, hi + 1]).astype(np.uint32)
 
     @property
     def src(self) -> npt.NDArray[np.uint32]:
@@ -507,7 +507,8 @@ class FrameGen:
             w[:, W_SEQ_HI] = 0
             w[:, W_SEQ_LO] = 0
         if stamp is not None:
-            total = total + _words32(stamp >> np.uint64(32)) + _words32(stamp & np.uint64(0xFFFFFFFF))
+            hi32, lo32 = stamp >> np.uint64(32), stamp & np.uint64(0xFFFFFFFF)
+            total = total + _words32(hi32) + _words32(lo32)
         usum_f = np.uint64(0xFFFF) - _fold(total)
         # RFC 768: a computed zero is sent as all ones (zero means "no checksum").
         usum_f[usum_f == 0] = 0xFFFF
@@ -617,7 +618,10 @@ def read_seq(
     bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer], vnet_hdr_len: int = 0
 ) -> npt.NDArray[np.uint32]:
     """The 32-bit big-endian sequence numbers of frames in ``bufs[rows]``."""
-    return field_view(bufs, vnet_hdr_len + OFF_SEQ, ">u4")[rows].astype(np.uint32)
+    out: npt.NDArray[np.uint32] = field_view(bufs, vnet_hdr_len + OFF_SEQ, ">u4")[rows].astype(
+        np.uint32
+    )
+    return out
 
 
 def read_stamp(
