@@ -339,7 +339,6 @@ def test_cli_options_and_messages(veth: VethPair, bridge_proc) -> None:
 
 
 def test_poll_timeout_line_when_idle(veth: VethPair, bridge_proc) -> None:
-    veth.sh_a("sysctl -qw net.ipv4.conf.all.arp_announce=0")
     br = bridge_proc(veth.ns_a, ["-w", "0", "-i", f"netmap:{veth.a}"])
     br.wait_for("Ready to go")
     br.wait_for("poll timeout", timeout=8)

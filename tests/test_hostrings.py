@@ -413,3 +413,25 @@ def test_a_stale_helper_of_a_dead_owner_is_removed(veth: VethPair) -> None:
     with pytest.raises(BusyError, match="not vtnetmap's"):
         open_port(f"netmap:{veth.a}^", netns=veth.ns_a)
     run("ip", "-n", veth.ns_a, "link", "del", near)
+
+
+@pytest.mark.parametrize("step", ["_load_programs", "set_divert"])
+def test_a_failed_open_leaves_nothing_behind(veth: VethPair, monkeypatch: pytest.MonkeyPatch,
+                                             step: str) -> None:
+    """A failure late in opening (programs loaded, or just before the egress program is
+    attached) undoes the helper pair, the XDP programs and every attachment."""
+    from vtnet_py import hostrings
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"injected failure in {step}")
+
+    monkeypatch.setattr(hostrings.HostRings, step, boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        open_port(f"netmap:{veth.a}*", netns=veth.ns_a)
+    assert helpers_in(veth.ns_a) == []
+    assert not veth.xdp_attached("a")
+    assert "bpf" not in tc_filters(veth.ns_a, veth.a)
+    assert hostrings._hosts == {} and hostrings._nic_tx == {}
+    monkeypatch.undo()
+    with open_port(f"netmap:{veth.a}*", netns=veth.ns_a) as port:
+        assert port.stats()["host"]["tc"]

@@ -58,7 +58,7 @@ import logging
 import os
 import re
 import select
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -711,8 +711,6 @@ def _forward(src: Ring, idx: np.ndarray, *, dsts: list[Ring], stats: dict[str, i
     stats[key] += done
     stats["forward_dropped"] += int(sel.size) - done
 
-
-ForwardFn = Callable[[Ring, np.ndarray], None]
 
 __all__ = ["HOST_COUNTERS", "HostRings", "check_request", "cleanup_stale", "helper_names",
            "port_built", "port_closing"]
