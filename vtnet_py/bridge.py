@@ -194,6 +194,10 @@ class Bridge:
         if a is not b:
             moved += self.ports_move(self.b2a)
         if moved:
+            # release the emptied RX slots first: in copy mode pushing a big TX batch
+            # takes many sendto() calls, and meanwhile the kernel needs FILL buffers
+            for p in ports:
+                p.rxsync()
             for p in ports:
                 p.txsync()
         return moved

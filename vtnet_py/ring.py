@@ -246,10 +246,14 @@ class Ring:
             if self._forward is not None and self.flags & NR_FORWARD:
                 # NS_FORWARD slots swap buffers with the other side's TX ring first
                 self._forward(self, self._pos[hw: hw + released])
-            bufs = self._bi[self._span(hw, released)]
-            self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+", user=True)
-            fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
-            fill.submit(released)
+            if released == 1:
+                self._release_one(hw)
+            else:
+                bufs = self._bi[self._span(hw, released)]
+                self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+",
+                                user=True)
+                fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
+                fill.submit(released)
             self._kernel_rx += released
             self._hwcur = self.head
             if fill.needs_wakeup():
@@ -284,6 +288,24 @@ class Ring:
             self.stats["frames"] += got
         return got
 
+    def _release_one(self, i: int) -> None:
+        """Give one released RX slot's buffer to FILL with Python scalars (latency)."""
+        b = int(self._bi[i])
+        pool = self._pool
+        state = int(pool.owner[b]) if b < pool.nchunks else -1
+        if state != APP:
+            why = "out of range" if state < 0 else \
+                f"not in a ring slot but {pool.describe(state)}"
+            self.head = self.cur = i
+            self.stats["refused"] += 1
+            raise RingError(f"{self._what} slot {i}: buf_idx {b} {why}; ring reset to "
+                            f"head = cur = {i}, nothing released")
+        pool.owner[b] = krx(self._kid)
+        fill = self._xsk.fill
+        assert fill is not None
+        fill.desc[fill.cached & fill.mask] = b << self._shift
+        fill.submit(1)
+
     def _span(self, start: int, count: int) -> slice | np.ndarray:
         """Slots start .. start+count-1 (mod num_slots): a slice when they do not wrap
         (numpy then works on views), else an index array."""
@@ -309,7 +331,10 @@ class Ring:
         new = (self.head - hw) % n
         sent = 0
         report = False
-        if new:
+        if new == 1 and not self._hdr and not int(self._fl[hw]) & NS_MOREFRAG:
+            report = self._submit_one(hw)
+            sent = 1
+        elif new:
             flags = self._fl[self._span(hw, new)]
             more = (flags & NS_MOREFRAG) != 0
             count = new
@@ -333,6 +358,31 @@ class Ring:
         self.head = self.cur = hw
         self.stats["refused"] += 1
         raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, nothing sent")
+
+    def _submit_one(self, i: int) -> bool:
+        """_submit for one slot with Python scalars (ping/pong latency): the same checks."""
+        b, ln, fl = int(self._bi[i]), int(self._len[i]), int(self._fl[i])
+        if not 0 < ln <= self.nr_buf_size:
+            self._refuse(f"slot {i}: len {ln} outside 1..{self.nr_buf_size}")
+        pool = self._pool
+        if b >= pool.nchunks:
+            self._refuse(f"slot {i}: buf_idx {b} out of range (the port has {pool.nchunks} "
+                         f"buffers)")
+        state = int(pool.owner[b])
+        if state != APP:
+            self._refuse(f"slot {i}: buf_idx {b} is not in a ring slot but "
+                         f"{pool.describe(state)}")
+        pool.owner[b] = ktx(self._kid)
+        tx = self._xsk.tx
+        assert tx is not None
+        tx.desc[tx.cached & tx.mask] = ((b << self._shift) + K.XDP_PACKET_HEADROOM, ln, 0)
+        tx.submit(1)
+        self._fl[i] = fl & ~NS_BUF_CHANGED
+        self._hwcur = (i + 1) % self.num_slots
+        self._inflight += 1
+        self.stats["frames"] += 1
+        self.stats["bytes"] += ln
+        return bool(fl & NS_REPORT)
 
     def _submit(self, idx: slice | np.ndarray, count: int, more: np.ndarray,
                 flags: np.ndarray) -> int:
@@ -410,6 +460,15 @@ class Ring:
         kgot = comp.available()
         if not kgot and not self._local_done:
             return
+        if kgot == 1 and not self._local_done:
+            first = (self._tail + 1) % self.num_slots
+            b = int(comp.desc[comp.cached & comp.mask]) >> self._shift
+            if int(self._bi[first]) == b and int(self._pool.owner[b]) == ktx(self._kid):
+                self._pool.owner[b] = APP  # in order, as expected: the scalar fast path
+                comp.release(1)
+                self._inflight -= 1
+                self._tail = first
+                return
         bufs = (comp.desc[comp.slots(kgot)] >> self._shift).astype(np.uint32)
         if self._local_done:
             bufs = np.concatenate([bufs, *self._local_done])
