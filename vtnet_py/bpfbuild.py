@@ -121,16 +121,20 @@ def find_kernel_headers() -> Path | None:
         arch_dir, common_dir = max(candidates, key=version_key)
         merged = cache_dir() / f"kheaders-{arch_dir.name}"
         stamp = merged / ".vtnetmap-merged"
-        if not stamp.exists():
+        first_time = not stamp.exists()
+        if first_time:
             sources = [arch_dir] + ([common_dir] if common_dir else [])
             _merge_tree(merged, sources)
             fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(" ".join(str(s) for s in sources) + "\n")
         if not _headers_said:
+            # said once: a warning when the merged tree is first made on this machine (or
+            # cache directory), an info line in later processes
             _headers_said = True
-            log.warning("vtnetmap: no headers for running kernel %s; compiling BPF against %s "
-                        "(XDP/TC programs use only stable UAPI)", release, arch_dir.name)
+            log.log(logging.WARNING if first_time else logging.INFO,
+                    "vtnetmap: no headers for running kernel %s; compiling BPF against %s "
+                    "(XDP/TC programs use only stable UAPI)", release, arch_dir.name)
         return merged
 
 

@@ -14,7 +14,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -104,12 +104,14 @@ class Port:
     def rxsync(self) -> int:
         """rxsync every RX ring; returns the number of new frames."""
         self._check_open()
-        return sum(r.rxsync() for r in self.rx_rings)
+        with self._sticky_failure():
+            return sum(r.rxsync() for r in self.rx_rings)
 
     def txsync(self) -> int:
         """txsync every TX ring; returns the number of slots handed to the kernel."""
         self._check_open()
-        return sum(r.txsync() for r in self.tx_rings)
+        with self._sticky_failure():
+            return sum(r.txsync() for r in self.tx_rings)
 
     def poll(self, rx: bool = True, tx: bool = False, timeout: float | None = None) -> bool:
         """netmap's poll(): push every TX ring, sync the RX rings if ``rx``, and wait up to
@@ -119,11 +121,12 @@ class Port:
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            for r in self.tx_rings:
-                r.txsync()
-            if rx:
-                for r in self.rx_rings:
-                    r.rxsync()
+            with self._sticky_failure():
+                for r in self.tx_rings:
+                    r.txsync()
+                if rx:
+                    for r in self.rx_rings:
+                        r.rxsync()
             if (rx and any(r.cur != r.tail for r in self.rx_rings)) or \
                     (tx and any(r.cur != r.tail for r in self.tx_rings)):
                 return True
@@ -131,6 +134,17 @@ class Port:
                 return False
             self._check_device()
             self._wait(rx, tx, deadline)
+
+    @contextmanager
+    def _sticky_failure(self) -> Iterator[None]:
+        """A sync that hit a vanished interface (its sockets unbound by the kernel) marks
+        the port failed for good, so every later call says so; a link that is only down
+        (socket still bound) stays a transient error."""
+        try:
+            yield
+        except InterfaceChangedError:
+            self._check_sockets()
+            raise
 
     def _check_device(self) -> None:
         """Raise InterfaceChangedError when the interface's channels changed since open,
