@@ -53,8 +53,16 @@ def transmit(ifname: str, ns: str, seconds: float) -> None:
             port.poll(rx=False, tx=True, timeout=0.1)
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # `not 0 < x` also refuses nan; inf would never end
+    if not 0 < value <= 86400:
+        raise click.BadParameter(f"{value} is not a duration in (0, 86400] seconds")
+    return value
+
+
 @click.command("demo")
-@click.option("--seconds", "-t", default=5.0, show_default=True, help="how long to run")
+@click.option("--seconds", "-t", default=5.0, show_default=True, callback=_duration,
+              help="how long to run")
 @click.option("--show", default=3, show_default=True, help="packets to print")
 def demo(seconds: float, show: int) -> None:
     """Run the embedded default: a veth between two fresh network namespaces, a netmap

@@ -37,6 +37,9 @@ fi
 # Editable so the tests exercise this tree; tests/test_packaging.py checks a
 # non-editable `pip install .` into a fresh venv as users get it.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# The VM suite (tests/vm): QEMU, the Debian kernel image matching linux-headers-amd64,
+# virtme-ng in tests/vm/.vng-venv, and vagrant for `vagrant validate`.
+tests/vm/setup_vm.sh
 .venv/bin/python -c 'import bcc, numpy, pyroute2, click' \
     || { echo "setup.sh: the venv cannot import bcc/numpy/pyroute2/click" >&2; exit 1; }
 echo "setup.sh: ready (.venv)"

@@ -40,6 +40,9 @@ def netns(name: str | None) -> Iterator[None]:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DeviceError(f"network namespace {name!r} does not exist ({path})") from None
+    except (OSError, ValueError) as exc:  # "ns/" (ENOTDIR), a NUL byte, ...
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise DeviceError(f"network namespace {name!r}: cannot open {path!r}: {why}") from None
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:

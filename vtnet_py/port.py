@@ -120,20 +120,20 @@ class Port:
         or down raises InterfaceChangedError."""
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._sticky_failure():
+        with self._sticky_failure():
+            while True:
                 for r in self.tx_rings:
                     r.txsync()
                 if rx:
                     for r in self.rx_rings:
                         r.rxsync()
-            if (rx and any(r.cur != r.tail for r in self.rx_rings)) or \
-                    (tx and any(r.cur != r.tail for r in self.tx_rings)):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            self._check_device()
-            self._wait(rx, tx, deadline)
+                if (rx and any(r.cur != r.tail for r in self.rx_rings)) or \
+                        (tx and any(r.cur != r.tail for r in self.tx_rings)):
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self._check_device()
+                self._wait(rx, tx, deadline)
 
     @contextmanager
     def _sticky_failure(self) -> Iterator[None]:

@@ -339,6 +339,9 @@ class Ring:
             more = (flags & NS_MOREFRAG) != 0
             count = new
             if more[-1]:
+                if not self._frags:  # no chain can ever go out here: refuse it now
+                    self._refuse(f"slot {hw}+: NS_MOREFRAG on a port opened without "
+                                 f"multi-buffer support (open it with frags=True)")
                 # an unfinished fragment chain waits for its last slot
                 ends = np.flatnonzero(~more)
                 count = int(ends[-1]) + 1 if ends.size else 0

@@ -38,6 +38,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -51,7 +52,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 VM_DIR = Path(__file__).resolve().parent
 REPO = VM_DIR.parents[1]
@@ -148,19 +149,25 @@ class GuestResult:
 
 
 def find_kernel() -> Path:
-    """The vmlinuz whose ABI has headers at /lib/modules/<abi>/build (what bcc uses)."""
+    """The vmlinuz of the ABI that linux-headers-amd64 points at (what setup_vm.sh
+    installs and bcc compiles against); else the newest one with headers in
+    /lib/modules/<abi>/build."""
+    p = subprocess.run(["dpkg-query", "-W", "-f=${Depends}", "linux-headers-amd64"],
+                       capture_output=True, text=True)
+    m = re.search(r"linux-headers-(\d[^ ,()]*-amd64)", p.stdout) if p.returncode == 0 else None
+    if m and (Path("/boot") / f"vmlinuz-{m.group(1)}").is_file():
+        return Path("/boot") / f"vmlinuz-{m.group(1)}"
     mods = Path("/lib/modules")
-    found = sorted(
-        Path("/boot") / f"vmlinuz-{d.name}"
-        for d in (mods.iterdir() if mods.is_dir() else ())
-        if (d / "build").is_dir() and (Path("/boot") / f"vmlinuz-{d.name}").is_file()
-    )
-    if not found:
+    abis = [d.name for d in (mods.iterdir() if mods.is_dir() else ())
+            if (d / "build").is_dir() and (Path("/boot") / f"vmlinuz-{d.name}").is_file()]
+    if not abis:
         raise HarnessError(
             "no /boot/vmlinuz-<abi> with headers in /lib/modules/<abi>/build: "
             "run tests/vm/setup_vm.sh as root"
         )
-    return found[-1]
+    newest = max(abis, key=lambda a: [int(x) if x.isdigit() else -1
+                                      for x in re.split(r"[.-]", a)])
+    return Path("/boot") / f"vmlinuz-{newest}"
 
 
 def check_prerequisites() -> list[str]:
@@ -194,15 +201,53 @@ def _become_subreaper() -> None:
         raise HarnessError(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
 
 
-def _kill_group(pgid: int) -> None:
-    """SIGKILL process group ``pgid`` (ours: started with start_new_session) and reap it."""
+def _kill_group(pgid: int) -> int | None:
+    """SIGKILL process group ``pgid`` (a child of ours started with start_new_session,
+    not yet reaped, so the id cannot have been reused) and reap every member that is or
+    becomes our child (as subreaper we inherit the orphans). Returns the leader's exit
+    code when this call reaped it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+    leader = None
     while True:
         try:
-            os.waitpid(-pgid, 0)
+            pid, status = os.waitpid(-pgid, 0)
         except ChildProcessError:
             break
+        if pid == pgid:
+            leader = os.waitstatus_to_exitcode(status)
+    return leader
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    """Wait until child ``pid`` exits, leaving it unreaped; False at the deadline."""
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class _Drain(threading.Thread):
+    """Reads a pipe to its end in the background (QEMU's console can be large)."""
+
+    def __init__(self, pipe: IO[bytes] | None) -> None:
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.chunks: list[bytes] = []
+        self.start()
+
+    def run(self) -> None:
+        if self.pipe is None:
+            return
+        with self.pipe:
+            fd = self.pipe.fileno()
+            while chunk := os.read(fd, 65536):
+                self.chunks.append(chunk)
+
+    def join(self, timeout: float | None = 30) -> bytes:  # type: ignore[override]
+        super().join(timeout)
+        return b"".join(self.chunks)
 
 
 class TestNetwork:
@@ -274,10 +319,9 @@ class HostLink:
         self._stop.set()
         self._thread.join(timeout=10)
         for p in self.procs.values():
-            if p.poll() is None:
-                _kill_group(p.pid)
-            with contextlib.suppress(Exception):
-                p.wait(timeout=5)
+            # Spawns the guest never waited for: their leaders are unreaped (running or
+            # zombie), so killing each group by its id is safe; then reap it.
+            p.returncode = _kill_group(p.pid)
 
     def _serve(self) -> None:
         conn: socket.socket | None = None
@@ -371,7 +415,8 @@ class HostLink:
             out, err = proc.communicate(input=inp, timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc.pid)
+            _kill_group(proc.pid)  # the leader is still unreaped here
+            proc.returncode = -signal.SIGKILL
             out, err = proc.communicate()
         return {"rc": proc.returncode, "stdout": out.decode(errors="replace"),
                 "stderr": err.decode(errors="replace"), "timed_out": timed_out}
@@ -530,23 +575,19 @@ def boot(command: str, config: VmConfig | None = None, suffix: str | None = None
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=env, cwd="/",
                                     start_new_session=True)
+            out_r, err_r = _Drain(proc.stdout), _Drain(proc.stderr)
             timed_out = False
             try:
                 if link:
                     link.start()
-                try:
-                    out_b, err_b = proc.communicate(timeout=cfg.timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    _kill_group(proc.pid)
-                    out_b, err_b = proc.communicate()
+                timed_out = not _wait_unreaped(proc.pid, t0 + cfg.timeout)
             finally:
-                if proc.poll() is None:
-                    _kill_group(proc.pid)
-                    proc.wait()
-                _kill_group(proc.pid)  # stragglers of the group, if any
+                # The leader is a zombie (or still running after a timeout), so its pid,
+                # which names the group, cannot be reused while we kill the group.
+                proc.returncode = _kill_group(proc.pid)
                 if link:
                     link.close()
+            out_b, err_b = out_r.join(), err_r.join()
             seconds = time.monotonic() - t0
             if link and link.log:
                 (results / "host-link.log").write_text("\n".join(link.log) + "\n")
@@ -559,7 +600,7 @@ def boot(command: str, config: VmConfig | None = None, suffix: str | None = None
     (results / "guest-stdout.txt").write_text(stdout)
     stderr_file = results / "guest-stderr.txt"
     stderr = stderr_file.read_text(errors="replace") if stderr_file.exists() else ""
-    rc = 124 if timed_out else proc.returncode
+    rc = 124 if timed_out else (255 if proc.returncode is None else proc.returncode)
     boot_s = None
     with contextlib.suppress(OSError, ValueError):
         boot_s = float((results / "boot-seconds").read_text())
@@ -574,12 +615,12 @@ def boot(command: str, config: VmConfig | None = None, suffix: str | None = None
 # needs a VM built differently.
 PROFILES: dict[str, VmConfig] = {
     # -smp 2 with 4 queue pairs: XDP gets one TX queue per CPU beside the 2 in use.
-    "main": VmConfig(cpus=2, queues=4, timeout=420),
+    "main": VmConfig(cpus=2, queues=4, timeout=360),
     # The refusal cases that need other QEMU options: -smp 4 with 4 queue pairs (too few
     # for XDP's per-CPU TX queues), a NIC without VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, and a
     # NIC whose device MTU (VIRTIO_NET_F_MTU) is 9000.
     "refusals": VmConfig(
-        cpus=4, queues=4, timeout=240,
+        cpus=4, queues=4, timeout=180,
         extra_nics=(Nic({"ctrl_guest_offloads": "off"}), Nic({"host_mtu": 9000})),
         env={"VTVM_NIC_NO_CTRL_OFFLOADS": "eth1", "VTVM_NIC_HOST_MTU": "eth2"}),
 }

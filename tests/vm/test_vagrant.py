@@ -18,8 +18,9 @@ def _vagrant(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     vagrant = shutil.which("vagrant")
     if vagrant is None:
         pytest.fail("vagrant is not installed: run tests/vm/setup_vm.sh", pytrace=False)
-    env = dict(os.environ, VAGRANT_HOME=str(home), VAGRANT_CHECKPOINT_DISABLE="1",
-               VAGRANT_DEFAULT_PROVIDER="libvirt")
+    # Vagrant's state (~/.vagrant.d, vagrant/.vagrant) goes to the test's temp dir.
+    env = dict(os.environ, VAGRANT_HOME=str(home), VAGRANT_DOTFILE_PATH=str(home / "dot"),
+               VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DEFAULT_PROVIDER="libvirt")
     return subprocess.run([vagrant, *args], cwd=harness.REPO / "vagrant", env=env,
                           capture_output=True, text=True, timeout=120)
 

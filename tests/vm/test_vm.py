@@ -10,7 +10,7 @@ from pathlib import Path
 
 import harness
 import pytest
-from conftest import VmRuns, list_scenarios
+from vmsuite import VmRuns, list_scenarios
 
 pytestmark = pytest.mark.vm
 
