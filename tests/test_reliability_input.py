@@ -566,10 +566,13 @@ def test_releasing_a_buffer_the_kernel_holds_for_tx_is_refused(veth: VethPair) -
         mine = int(rx.slot["buf_idx"][rx.head])
         rx.slot["buf_idx"][rx.head] = inflight
         rx.head = rx.cur = rx.next(rx.head, 1)
+        hw = rx.hwcur
         with pytest.raises(RingError, match="with the kernel for TX"):
             port.rxsync()
-        rx.slot["buf_idx"][rx.hwcur] = mine
-        port.rxsync()  # repaired: the release goes through
+        assert rx.hwcur == hw  # nothing released
+        rx.slot["buf_idx"][hw] = mine  # repaired, released again: it goes through
+        rx.head = rx.cur = rx.next(hw, 1)
+        port.rxsync()
         assert rx.space() == 2
         run("ip", "-n", veth.ns_a, "link", "set", veth.a, "up")
         port.check_invariant()

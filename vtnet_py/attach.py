@@ -128,6 +128,17 @@ def _mkdirs_0700(path: str, stop: str = "/") -> None:
         os.chmod(d, 0o700)
 
 
+def check_ifname(ifname: str) -> None:
+    """Refuse a name Linux could never give an interface (dev_valid_name, and printable)
+    before it is looked up or put into a path: "/" or ".." would reach outside the state
+    and pin directories, and a control character would be echoed into messages."""
+    raw = ifname.encode("utf-8", "replace")
+    if (not ifname or ifname in (".", "..") or len(raw) > 15
+            or any(c in "/:" or c.isspace() or not c.isprintable() for c in ifname)):
+        raise DeviceError(f"{ifname!r} is not a valid interface name (Linux: 1 to 15 bytes, "
+                          f"printable, no '/', ':' or whitespace)")
+
+
 def _bpf_error(ifname: str, what: str, exc: OSError) -> VtnetError:
     if exc.errno in (errno.EPERM, errno.EACCES):
         return PrivilegeError(f"{ifname}: {what} needs root (CAP_BPF, CAP_SYS_ADMIN)")
@@ -452,6 +463,7 @@ def attach(ifname: str, *, rings: int | None = None, mode: str | None = None,
     first. On any failure the device is put back as found, pins and state file removed;
     should putting back fail, the state file stays for ``detach`` and the error says so.
     """
+    check_ifname(ifname)
     if zerocopy not in ("auto", "on", "off"):
         raise ValueError(f"{ifname}: zerocopy must be auto, on or off, not {zerocopy!r}")
     layer = layer or NetlinkDeviceLayer()
@@ -593,6 +605,7 @@ def detach(ifname: str, *, netns: str | None = None, force: bool = False,
     half-done attach (dead attacher) and stale pins. A foreign XDP program is left alone.
     If restoring fails, the state file is kept so that ``detach`` can be run again.
     """
+    check_ifname(ifname)
     layer = layer or NetlinkDeviceLayer()
     with enter_netns(netns), _locked():
         nsino = netns_inode()
@@ -921,6 +934,8 @@ def status(ifname: str | None = None, *, netns: str | None = None,
            ports: Sequence[Port] = (), layer: DeviceLayer | None = None) -> dict[str, Any]:
     """Status of ``ifname``, or of every interface of the netns that vtnetmap uses (has
     its program attached, a state file or pins). Changes nothing."""
+    if ifname is not None:
+        check_ifname(ifname)
     with enter_netns(netns):
         nsino = netns_inode()
         if ifname is not None:

@@ -41,7 +41,8 @@ SYSFS_NET = "/sys/class/net"
 
 
 def no_such_interface(ifname: str) -> DeviceError:
-    return DeviceError(f"interface '{ifname}' does not exist (in this network namespace)")
+    # repr: a name typed by the user may hold control characters; quote, never echo them
+    return DeviceError(f"interface {ifname!r} does not exist (in this network namespace)")
 
 
 def fixed_feature_message(ifname: str, name: str, active: bool) -> str:

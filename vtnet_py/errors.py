@@ -8,7 +8,7 @@
     │   ├── BusyError               a queue or interface is owned by someone else
     │   └── InterfaceChangedError   link gone/down, channels or MTU changed while open
     ├── PrivilegeError (PermissionError)  a capability is missing; names it
-    ├── RingError                   the application broke a ring rule (head/cur, buf_idx, len)
+    ├── RingError                   a ring rule broken (head/cur, buf_idx, len): ring reset
     ├── PortClosedError             the port was closed
     └── InvariantError (AssertionError)   a UMEM frame is not in exactly one place
 
@@ -52,7 +52,8 @@ class PrivilegeError(VtnetError, PermissionError):
 
 
 class RingError(VtnetError):
-    """The application broke a netmap ring rule; the ring is left as before the call."""
+    """The application broke a netmap ring rule; as netmap does, the ring is reset to
+    head = cur = hwcur, and nothing is sent or released."""
 
 
 class PortClosedError(VtnetError):

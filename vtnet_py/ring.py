@@ -250,8 +250,11 @@ class Ring:
                 self._release_one(hw)
             else:
                 bufs = self._bi[self._span(hw, released)]
-                self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+",
-                                user=True)
+                try:
+                    self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+",
+                                    user=True)
+                except RingError as exc:
+                    self._refuse(str(exc).split(": ", 1)[1], "released")
                 fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
                 fill.submit(released)
             self._kernel_rx += released
@@ -356,11 +359,13 @@ class Ring:
         self._reap()
         return sent
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, nothing: str = "sent") -> None:
+        """netmap_ring_reinit's answer to a bad sync: head = cur = hwcur, then the error."""
         hw = self._hwcur
         self.head = self.cur = hw
         self.stats["refused"] += 1
-        raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, nothing sent")
+        raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, "
+                        f"nothing {nothing}")
 
     def _submit_one(self, i: int) -> bool:
         """_submit for one slot with Python scalars (ping/pong latency): the same checks."""
@@ -396,10 +401,10 @@ class Ring:
             if not self._frags:
                 self._refuse(f"slot {hw}+: NS_MOREFRAG on a port opened without multi-buffer "
                              f"support (open it with frags=True)")
-            # longest run of consecutive MOREFRAG slots + its last slot
+            # longest run of consecutive MOREFRAG slots (stop - start + 1) + its last slot
             starts = np.flatnonzero(np.diff(np.concatenate(([0], more.astype(np.int8)))) == 1)
             stops = np.flatnonzero(np.diff(np.concatenate((more.astype(np.int8), [0]))) == -1)
-            if starts.size and int((stops - starts).max()) + 1 > self._max_frags:
+            if starts.size and int((stops - starts).max()) + 2 > self._max_frags:
                 self._refuse(f"a frame of more than {self._max_frags} fragments")
         bad_len = (lens <= self._hdr) | (lens > self.nr_buf_size)
         if bad_len.any():
