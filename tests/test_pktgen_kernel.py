@@ -117,7 +117,9 @@ def chain() -> Iterator[tuple[Pair, str, str, str]]:
             run("ip", "netns", "add", ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
         _link(p.ns_a, p.a, ns_m, m1)
-        _link(ns_m, m2, p.ns_b, p.b)
+        # one queue into B: a redirect from M lands on B's queue (cpu % queues), and
+        # rxseq tracks sequences per ring, as pkt-gen does, so all must arrive on one
+        _link(ns_m, m2, p.ns_b, p.b, queues=1)
         _up(p.ns_a, p.a, p.ip_a)
         _up(p.ns_b, p.b, p.ip_b)
         _up(ns_m, m1, None)

@@ -205,6 +205,9 @@ def read_record(nsino: int, ifname: str) -> AttachRecord | None:
             text = f.read()
     except FileNotFoundError:
         return None
+    except PermissionError as exc:
+        raise PrivilegeError(f"{path} is root-only: reading vtnetmap's state needs root"
+                             ) from exc
     return AttachRecord.from_json(text, path)
 
 
@@ -240,8 +243,12 @@ def _remove_record(nsino: int, ifname: str) -> bool:
 def _locked() -> Iterator[None]:
     """Serialise attach/detach of this host (flock on the state directory; released
     when the fd closes, so a killed attacher never leaves it held)."""
-    _mkdirs_0700(STATE_DIR)
-    fd = os.open(STATE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _mkdirs_0700(STATE_DIR)
+        fd = os.open(STATE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError as exc:
+        raise PrivilegeError(f"{STATE_DIR} is root-only: `vtnetmap attach/detach` need root "
+                             f"(CAP_NET_ADMIN, CAP_BPF)") from exc
     try:
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         while True:
@@ -617,6 +624,15 @@ def detach(ifname: str, *, netns: str | None = None, force: bool = False,
             info = None
         res = _cleanup(ifname, nsino, info, layer, force=force)
         res.messages += sweep_deleted_namespaces(nsino)
+        if info is not None:
+            from .hostrings import cleanup_stale  # hostrings imports the port, which imports us
+
+            try:
+                res.messages += cleanup_stale(ifname)
+            except BusyError as exc:  # host rings open in a live process stay
+                res.messages.append(str(exc))
+            except DeviceError:
+                pass  # the device layer knows the interface, netlink does not (a test double)
         return res
 
 

@@ -274,6 +274,23 @@ def _child_main(argv: list[str]) -> int:
     return 0
 
 
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+
+
+def _has_cap(bit: int) -> bool:
+    """Whether this process has capability ``bit`` in its effective set (True if unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return True
+
+
 def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
                       cflags: tuple[str, ...], headers: Path | None) -> ProgramImage:
     if headers is not None:
@@ -286,9 +303,13 @@ def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
     try:
         b = BPF(text=text, cflags=list(cflags))
     except Exception as exc:  # bcc raises bare Exception
-        if os.geteuid() != 0:
-            raise PrivilegeError(f"compiling {source} with bcc needs CAP_BPF and "
-                                 "CAP_PERFMON (run as root)") from exc
+        # bcc creates the maps while compiling (an XSKMAP needs CAP_NET_ADMIN): root
+        # without these capabilities fails here just like a non-root user
+        admin = _has_cap(CAP_SYS_ADMIN)
+        if os.geteuid() != 0 or not ((_has_cap(CAP_BPF) or admin)
+                                     and (_has_cap(CAP_NET_ADMIN) or admin)):
+            raise PrivilegeError(f"compiling {source} with bcc needs CAP_BPF, CAP_PERFMON "
+                                 "and CAP_NET_ADMIN (run as root)") from exc
         raise VtnetError(f"bcc failed to compile {source}: {exc}") from exc
     try:
         insns = {fn: bytes(b.dump_func(fn.encode())) for fn in funcs}

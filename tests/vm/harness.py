@@ -617,12 +617,16 @@ PROFILES: dict[str, VmConfig] = {
     # -smp 2 with 4 queue pairs: XDP gets one TX queue per CPU beside the 2 in use.
     "main": VmConfig(cpus=2, queues=4, timeout=360),
     # The refusal cases that need other QEMU options: -smp 4 with 4 queue pairs (too few
-    # for XDP's per-CPU TX queues), a NIC without VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, and a
-    # NIC whose device MTU (VIRTIO_NET_F_MTU) is 9000.
+    # for XDP's per-CPU TX queues), a NIC without VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, a
+    # NIC whose device MTU (VIRTIO_NET_F_MTU) is 9000, and a legacy (virtio 0.9.5) NIC
+    # with mergeable buffers but without ANY_LAYOUT (no any_header_sg).
     "refusals": VmConfig(
-        cpus=4, queues=4, timeout=180,
-        extra_nics=(Nic({"ctrl_guest_offloads": "off"}), Nic({"host_mtu": 9000})),
-        env={"VTVM_NIC_NO_CTRL_OFFLOADS": "eth1", "VTVM_NIC_HOST_MTU": "eth2"}),
+        cpus=4, queues=4, timeout=240,
+        extra_nics=(Nic({"ctrl_guest_offloads": "off"}), Nic({"host_mtu": 9000}),
+                    Nic({"disable-modern": "on", "disable-legacy": "off",
+                         "any_layout": "off"})),
+        env={"VTVM_NIC_NO_CTRL_OFFLOADS": "eth1", "VTVM_NIC_HOST_MTU": "eth2",
+             "VTVM_NIC_LEGACY": "eth3"}),
 }
 
 
