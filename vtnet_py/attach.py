@@ -64,7 +64,14 @@ from .errors import (
 )
 from .netns import NETNS_RUN_DIR
 from .netns import netns as enter_netns
-from .steer import MAX_QUEUES, PROG_NAME, PROG_NAME_FRAGS, Steering, attach_pinned
+from .steer import (
+    MAX_QUEUES,
+    PROG_NAME,
+    PROG_NAME_FRAGS,
+    Steering,
+    attach_pinned,
+    xdp_link_fd,
+)
 from .xsk import CHUNK_SIZE
 
 if TYPE_CHECKING:
@@ -382,20 +389,6 @@ def inspect_prog(prog_id: int, ifname: str) -> ProgView | None:
         os.close(fd)
 
 
-def _link_fd_of(prog_id: int) -> int:
-    """An fd of the XDP link that holds ``prog_id``, or -1."""
-    for lid in bpf.link_ids():
-        try:
-            lfd = bpf.link_fd_by_id(lid)
-        except OSError:
-            continue
-        li = bpf.link_info(lfd)
-        if li.type == K.BPF_LINK_TYPE_XDP and li.prog_id == prog_id:
-            return lfd
-        os.close(lfd)
-    return -1
-
-
 @dataclass
 class PinView:
     """The pinned link of an interface: its program and whether it is still attached."""
@@ -711,7 +704,7 @@ def _detach_unpinned(ifname: str, info: DeviceInfo, rec: AttachRecord | None, fo
                         f"by open ports of pid {_describe_pids(live)} (queue "
                         f"{', '.join(str(q) for q, p in sorted(view.owners.items()) if p in live)}"
                         f"); close them, or `vtnetmap detach --force {ifname}`")
-    lfd = _link_fd_of(view.prog_id)
+    lfd = xdp_link_fd(view.prog_id)
     if lfd < 0:
         raise DeviceError(f"{ifname}: vtnetmap's program {view.prog_id} is attached without a "
                           f"BPF link (not by this version); remove it with `ip link set dev "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import hostrings
-from .attach import DeviceWatch, attached_zerocopy
+from .attach import DeviceWatch, attached_zerocopy, pid_alive
 from .device_netlink import read_device
 from .device_policy import refuse_default_route
 from .errors import (
@@ -425,16 +425,6 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
 BUSY_RETRY_S = 1.0  # the kernel frees a closed socket's queue in deferred work
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _bind_retrying(port: Port, ifname: str, ifindex: int, q: int, mem: Memory, sizes: Any,
                    zerocopy: str, frags: bool, name: str) -> XskSocket:
     """Bind, and when the queue is busy but no live process owns it (a socket closed a
@@ -445,7 +435,7 @@ def _bind_retrying(port: Port, ifname: str, ifindex: int, q: int, mem: Memory, s
             return _bind(ifname, ifindex, q, mem, sizes, zerocopy, frags, name)
         except BusyError as exc:
             owner = port.owner_of(q)
-            if owner and owner != os.getpid() and _pid_alive(owner):
+            if owner and owner != os.getpid() and pid_alive(owner):
                 raise BusyError(f"{name}: {ifname} queue {q} is busy: owned by pid "
                                 f"{owner}") from exc
             if time.monotonic() >= deadline:

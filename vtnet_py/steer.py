@@ -176,6 +176,21 @@ def _attach_or_join(ifname: str, ifindex: int, mode: str | None, frags: bool) ->
     raise BusyError(f"{ifname}: could not attach or join the steering program: {last}")
 
 
+def xdp_link_fd(prog_id: int) -> int:
+    """An fd of the XDP link that holds program ``prog_id`` (-1: none, e.g. the program
+    was attached through netlink, or the link just went away)."""
+    for lid in bpf.link_ids():
+        try:
+            lfd = bpf.link_fd_by_id(lid)
+        except OSError:
+            continue
+        li = bpf.link_info(lfd)
+        if li.type == K.BPF_LINK_TYPE_XDP and li.prog_id == prog_id:
+            return lfd
+        os.close(lfd)
+    return -1
+
+
 class _Retry(Exception):
     pass
 
@@ -242,17 +257,7 @@ def _join(ifname: str, ifindex: int, prog_id: int, cur_mode: str | None, frags: 
         if "xsks" not in maps or "owners" not in maps:
             raise BusyError(f"{ifname}: XDP program {prog_id} is named like vtnetmap's but "
                             f"lacks its maps")
-        link_fd = -1
-        for lid in bpf.link_ids():
-            try:
-                lfd = bpf.link_fd_by_id(lid)
-            except OSError:
-                continue
-            li = bpf.link_info(lfd)
-            if li.type == K.BPF_LINK_TYPE_XDP and li.prog_id == prog_id:
-                link_fd = lfd
-                break
-            os.close(lfd)
+        link_fd = xdp_link_fd(prog_id)
         if link_fd < 0:
             # attached without a link (a pinned `vtnetmap attach`), or the link just died
             prog_now, _ = xdp_attachment(ifindex)
