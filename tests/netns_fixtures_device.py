@@ -7,7 +7,6 @@ program attached to them) is deleted when the fixture ends, even if the test fai
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import struct
@@ -19,30 +18,12 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import IPRoute
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from vtnet_py import _bpfsys as bpfsys
+from vtnet_py import _kernel as K
+from vtnet_py.netns import netns
 
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the block with the calling thread inside /run/netns/NAME; always come back."""
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-        os.close(target)
+# The library's own setns helper: the tests enter namespaces the way ports do.
+in_netns = netns
 
 
 def run(*argv: str) -> str:
@@ -115,27 +96,6 @@ def vtdev_ns_factory() -> Iterator[Callable[..., VethNs]]:
         yield make
 
 
-class _ProgLoadAttr(ctypes.Structure):
-    # The leading fields of union bpf_attr for BPF_PROG_LOAD (uapi linux/bpf.h); the
-    # padding keeps the rest zero, as the kernel requires.
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16),
-        ("_rest", ctypes.c_char * 64),
-    ]
-
-
-SYS_BPF = 321  # x86_64
-BPF_PROG_LOAD = 5
-BPF_PROG_TYPE_XDP = 6
 XDP_FLAGS = {"generic": 1 << 1, "native": 1 << 2}
 
 
@@ -145,19 +105,7 @@ def xdp_pass_fd() -> Iterator[int]:
     the bpf() syscall so no compiler is needed. Closed (and so freed) afterwards."""
     require_root()
     insns = struct.pack("<BBhi", 0xB7, 0, 0, 2) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = _ProgLoadAttr(
-        prog_type=BPF_PROG_TYPE_XDP,
-        insn_cnt=len(insns) // 8,
-        insns=ctypes.addressof(code),
-        license=ctypes.addressof(lic),
-        prog_name=b"vtdev_pass",
-    )
-    fd = _libc.syscall(SYS_BPF, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_LOAD: {os.strerror(err)}")
+    fd = bpfsys.prog_load(K.BPF_PROG_TYPE_XDP, insns, "vtdev_pass", license="GPL")
     try:
         yield fd
     finally:
