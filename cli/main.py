@@ -13,7 +13,10 @@ import click
 
 from vtnet_py.errors import VtnetError
 
+from .bridge_cmd import bridge
 from .demo import demo
+from .device_cmds import COMMANDS as DEVICE_COMMANDS
+from .pktgen_cmd import pkt_gen
 
 
 class _Group(click.Group):
@@ -34,25 +37,7 @@ def main(verbose: bool) -> None:
 
 
 main.add_command(demo)
-
-try:  # pkt-gen lives in its own module (issue 5)
-    from .pktgen_cmd import pkt_gen
-except ImportError:  # pragma: no cover - only while it is being written
-    pass
-else:
-    main.add_command(pkt_gen, "pkt-gen")
-
-try:  # attach / detach / status live in their own module (issue 3)
-    from .device_cmds import COMMANDS as _DEVICE_COMMANDS
-except ImportError:  # pragma: no cover - only while it is being written
-    pass
-else:
-    for _cmd in _DEVICE_COMMANDS:
-        main.add_command(_cmd)
-
-try:  # bridge lives in its own module (issue 4)
-    from .bridge_cmd import bridge
-except ImportError:  # pragma: no cover - only while it is being written
-    pass
-else:
-    main.add_command(bridge)
+main.add_command(pkt_gen, "pkt-gen")
+main.add_command(bridge)
+for _cmd in DEVICE_COMMANDS:
+    main.add_command(_cmd)

@@ -107,6 +107,9 @@ def _refuse(flag: str) -> None:
 @click.option("--netns", default=None, metavar="NAME",
               help="open the port in this network namespace")
 @click.option("--seed", default=None, type=int, help="seed for -z/-Z and random lengths")
+@click.option("--live", is_flag=True,
+              help="-f tx generated in the kernel (BPF_PROG_TEST_RUN live XDP frames "
+                   "redirected out of IF; -b is the kernel batch: default 64, at most 256)")
 def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], burst: int,
             src: str, dst: str, src_mac: str | None, dst_mac: str, affinity: int, cpus: int,
             threads: int, report_ms: int, wait_link: int, exit_idle: bool, rate: int,
@@ -114,7 +117,7 @@ def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], bur
             no_normalize: bool, framing: bool, verbose: int, ipv4: bool, ipv6: bool,
             frags: int | None, frag_size: int | None, indirect: bool, pcap: str | None,
             dump: bool, rubbish: bool, test_options: int | None, ring_conf: str | None,
-            as_json: bool, netns: str | None, seed: int | None) -> None:
+            as_json: bool, netns: str | None, seed: int | None, live: bool) -> None:
     for flag, used in (("-6", ipv6), ("-F", frags is not None), ("-M", frag_size is not None),
                        ("-I", indirect), ("-P", pcap is not None), ("-X", dump),
                        ("-r", rubbish), ("-o", test_options is not None),
@@ -131,6 +134,9 @@ def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], bur
     from vtnet_py.pktgen.frames import FrameSpec, FrameSpecError, IPRange, parse_mac
     from vtnet_py.pktgen.report import FRAMING_BITS
 
+    if live:
+        from vtnet_py.pktgen import live as live_mode
+
     try:
         payload = {"txseq": "seq", "ping": "ping"}.get(function, "plain")
         spec = FrameSpec(
@@ -146,14 +152,15 @@ def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], bur
             payload=payload,  # type: ignore[arg-type]
         )
         cfg = Config(
-            port=iface, function=function, count=count, spec=spec, burst=burst,
+            port=iface, function=function, count=count, spec=spec,
+            burst=burst or (live_mode.DEFAULT_BATCH if live else 0),
             threads=threads, report_ms=report_ms, wait_link=float(wait_link),
             forever=not exit_idle, rate=rate, averages=averages,
             normalize=not no_normalize, framing=FRAMING_BITS if framing else 0,
             as_json=as_json, netns=netns, seed=seed, src_mac_given=src_mac is not None,
             affinity=affinity, cpus=cpus,
         )
-        status = Run(cfg).run()
+        status = (live_mode.LiveRun(cfg) if live else Run(cfg)).run()
     except (FrameSpecError, PktgenError, VtnetError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(status)

@@ -39,6 +39,10 @@ def test_non_editable_install_finds_bpf_sources(tmp_path: Path) -> None:
     helped = subprocess.run([str(venv / "bin" / "vtnetmap"), "--help"], cwd=tmp_path,
                             capture_output=True, text=True, env=env)
     assert helped.returncode == 0 and "demo" in helped.stdout
+    for cmd in ("pkt-gen", "bridge", "attach", "detach", "status"):
+        sub = subprocess.run([str(venv / "bin" / "vtnetmap"), cmd, "--help"], cwd=tmp_path,
+                             capture_output=True, text=True, env=env)
+        assert sub.returncode == 0, f"vtnetmap {cmd} --help: {sub.stderr}"
     site = next((venv / "lib").glob("python3*/site-packages"))
     assert not (site / "cli").exists(), "the click front end must not squat `cli`"
     assert (site / "vtnetmap_cli").is_dir()

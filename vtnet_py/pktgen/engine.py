@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import numpy as np
 
@@ -588,6 +588,9 @@ class Worker:
 class Run:
     """Start the workers, report every -T ms, print the final lines."""
 
+    # what each worker is: live.LiveRun swaps in its kernel-side generator
+    worker_class: ClassVar[type[Worker]] = Worker
+
     def __init__(self, cfg: Config, out: TextIO | None = None, err: TextIO | None = None):
         self.cfg = cfg
         self.output = Output(out or sys.stdout, err or sys.stderr, as_json=cfg.as_json,
@@ -664,8 +667,9 @@ class Run:
         try:
             for i, name in enumerate(self.names):
                 self.rows[i, F_MIN_SPACE] = -1
-                w = Worker(cfg, i, name, self.rows[i], self.cancelled, self.output,
-                           frames_in=per + (cfg.count - per * nw if i == 0 and cfg.count else 0))
+                w = self.worker_class(
+                    cfg, i, name, self.rows[i], self.cancelled, self.output,
+                    frames_in=per + (cfg.count - per * nw if i == 0 and cfg.count else 0))
                 self.workers.append(w)
             if nw == 1:
                 port = self.workers[0].open()
