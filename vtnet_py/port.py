@@ -187,8 +187,10 @@ class Port:
                 raise InterfaceChangedError(self._failed)
 
     def stats(self) -> dict[str, Any]:
-        """Per-ring library counters and the kernel's AF_XDP statistics."""
-        self._check_open()
+        """Per-ring library counters and the kernel's AF_XDP statistics (also readable
+        after the interface went away, so the final counters can be reported)."""
+        if self._closed:
+            raise PortClosedError(f"{self.name}: port is closed")
         out: dict[str, Any] = {"port": self.name, "zerocopy": self.zerocopy,
                                "xdp_mode": self.xdp_mode, "frags": self.frags, "rings": []}
         for r in self.rx_rings + self.tx_rings:
