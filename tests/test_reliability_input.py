@@ -39,7 +39,6 @@ from vtnetmap_cli.main import main as cli_main
 from vtnet_py import (
     NS_MOREFRAG,
     InterfaceChangedError,
-    InvariantError,
     RingError,
     VtnetError,
     open_port,
@@ -586,9 +585,6 @@ def test_releasing_a_buffer_the_kernel_holds_for_tx_is_refused(veth: VethPair) -
         port.check_invariant()
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason=(
-    "library gap: a buf_idx copied from a slot of another ring (both the application's) "
-    "is not refused at sync; only check_invariant sees the lost buffer afterwards"))
 def test_a_buffer_in_slots_of_two_rings_is_refused(veth: VethPair) -> None:
     with open_port(f"netmap:{veth.a}-0@conf:slots=64", netns=veth.ns_a) as port:
         rx, tx = port.rx_rings[0], port.tx_rings[0]
@@ -596,15 +592,30 @@ def test_a_buffer_in_slots_of_two_rings_is_refused(veth: VethPair) -> None:
         deadline = time.monotonic() + 3
         while rx.space() < 1 and time.monotonic() < deadline:
             port.poll(rx=True, timeout=0.1)
-        # the TX slot's buffer also goes into the RX slot; the RX slot's own is dropped
+        # the TX slot's buffer also goes into the RX slot (a copy: the RX slot's own
+        # buffer would be lost): refused, and the slot repaired with its own buffer
+        own = int(rx.slot["buf_idx"][rx.head])
         rx.slot["buf_idx"][rx.head] = tx.slot["buf_idx"][tx.head]
         rx.head = rx.cur = rx.next(rx.head, 1)
-        try:
+        with pytest.raises(RingError, match="copied, not swapped"):
             port.rxsync()
-        except RingError:
-            port.check_invariant()
-            return
-        port.check_invariant()  # InvariantError: the gap (xfail)
+        assert int(rx.slot["buf_idx"][rx.hwcur]) == own
+        port.check_invariant()
+        # the same copy into a TX slot, on the vector path (a batch of two)
+        tx.slot["len"][:] = 60
+        own_tx = int(tx.slot["buf_idx"][tx.head + 1])
+        tx.slot["buf_idx"][tx.head + 1] = rx.slot["buf_idx"][rx.hwcur]
+        tx.head = tx.cur = tx.next(tx.head, 2)
+        with pytest.raises(RingError, match="copied, not swapped"):
+            port.txsync()
+        assert int(tx.slot["buf_idx"][tx.hwcur + 1]) == own_tx
+        port.check_invariant()
+        # a swap (both slots exchanged) is fine
+        a, b = int(rx.slot["buf_idx"][rx.hwcur]), int(tx.slot["buf_idx"][tx.hwcur])
+        rx.slot["buf_idx"][rx.hwcur], tx.slot["buf_idx"][tx.hwcur] = b, a
+        rx.head = rx.cur = rx.next(rx.hwcur, 1)
+        port.rxsync()
+        port.check_invariant()
 
 
 def test_morefrag_chains_that_never_end(veth_factory) -> None:

@@ -61,10 +61,12 @@ class Memory:
 
     def add_rings(self, rings: list) -> None:
         self._rings.extend(rings)
+        self.pool.rings = self._rings
 
     def remove_rings(self, rings: list) -> None:
         ids = {id(r) for r in rings}
         self._rings = [r for r in self._rings if id(r) not in ids]
+        self.pool.rings = self._rings
 
     def check_invariant(self) -> dict[str, int]:
         """Prove every buffer is in exactly one place; raises InvariantError if not.

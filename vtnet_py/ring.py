@@ -73,13 +73,39 @@ class BufferPool:
         self.owner = np.zeros(nchunks, dtype=np.int32)
         self._stamp = np.full(nchunks, -1, dtype=np.int64)
         self._arange = np.arange(max(nchunks, 1), dtype=np.int64)
+        # Every ring's slots live in this one table: a ring made with buffers
+        # first_buf .. first_buf+n-1 owns slots first_buf .. first_buf+n-1 of it, so a
+        # slot has one global number. ``where[b]`` is the global slot we last put buffer
+        # b in; a buf_idx the application moved is fine when that slot no longer holds
+        # it (a swap, NS_BUF_CHANGED), and a copy when it still does (two slots, one
+        # buffer), which is refused.
+        self.slots = np.zeros(nchunks, dtype=SLOT_DTYPE)
+        self.where = np.arange(nchunks, dtype=np.int64)
+        self._slot_bufs = self.slots["buf_idx"]
+        self.rings: list[Ring] = []  # every ring on this memory (Memory keeps it)
 
-    def move(self, bufs: np.ndarray, expect: int, new: int, who: str, user: bool) -> None:
+    def restore_slot(self, gslot: int) -> int | None:
+        """Repair a slot the application overwrote with a copy of another slot's buf_idx:
+        put back the buffer we last placed there, if no slot holds it now (so it is not
+        lost). Returns that buffer, or None when it cannot be found."""
+        cands = np.flatnonzero((self.where == gslot) & (self.owner == APP))
+        if cands.size != 1:
+            return None
+        c = int(cands[0])
+        held = [r.held_unchecked()[0] for r in self.rings]
+        if held and (np.concatenate(held) == c).any():
+            return None  # the application moved it to another slot: nothing was lost
+        self._slot_bufs[gslot] = c
+        return c
+
+    def move(self, bufs: np.ndarray, expect: int, new: int, who: str, user: bool,
+             gslots: np.ndarray | None = None) -> None:
         """Move ``bufs`` from owner ``expect`` to ``new`` after checking all of them.
 
         ``user`` says the buf_idx values came from the application (a bad one is a
-        RingError) or from the kernel (a bad one breaks the invariant). Nothing changes
-        when the check fails.
+        RingError) or from the kernel (a bad one breaks the invariant). ``gslots``, the
+        global slots the buffers are taken from, also refuses a buffer still in another
+        slot. Nothing changes when the check fails.
         """
         n = bufs.size
         if n == 0:
@@ -99,6 +125,15 @@ class BufferPool:
         if dup.any():
             i = int(np.flatnonzero(dup)[0])
             raise err(f"{who}: buf_idx {int(bufs[i])} appears twice in one batch")
+        if gslots is not None:
+            rec = self.where[bufs]
+            copied = (rec != gslots) & (self._slot_bufs[rec] == bufs)
+            if copied.any():
+                i = int(np.flatnonzero(copied)[0])
+                exc = err(f"{who}: buf_idx {int(bufs[i])} is still in another slot (global "
+                          f"slot {int(rec[i])}): copied, not swapped")
+                setattr(exc, "copied_gslot", int(gslots[i]))  # noqa: B010 - for _repaired
+                raise exc
         self.owner[bufs] = new
 
     def returned(self, bufs: np.ndarray, expect: int, new: int, who: str) -> None:
@@ -150,11 +185,13 @@ class Ring:
         # NS_FORWARD transparent mode (set by hostrings on ports with host rings): called
         # with the slots being released when NR_FORWARD is set
         self._forward: Callable[[Ring, np.ndarray], None] | None = None
-        self.slot = np.zeros(num_slots, dtype=SLOT_DTYPE)
+        self.slot = pool.slots[first_buf: first_buf + num_slots]
+        self.slot[:] = 0
         self._bi = self.slot["buf_idx"]
         self._len = self.slot["len"]
         self._fl = self.slot["flags"]
         self._pos = np.arange(2 * num_slots, dtype=np.intp) % num_slots
+        self._gpos = self._pos + first_buf  # global slot numbers (BufferPool.slots)
         self._pool = pool
         self._shift = pool.chunk_size.bit_length() - 1  # chunks are a power of two
         self._chunk_mask = np.uint64(pool.chunk_size - 1)
@@ -249,12 +286,13 @@ class Ring:
             if released == 1:
                 self._release_one(hw)
             else:
-                bufs = self._bi[self._span(hw, released)]
+                span = self._span(hw, released)
+                bufs = self._bi[span]
                 try:
                     self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+",
-                                    user=True)
+                                    user=True, gslots=self._gpos[span])
                 except RingError as exc:
-                    self._refuse(str(exc).split(": ", 1)[1], "released")
+                    self._refuse(self._repaired(exc), "released")
                 fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
                 fill.submit(released)
             self._kernel_rx += released
@@ -275,6 +313,7 @@ class Ring:
             idx = self._span(t, got)
             lens = desc["len"]
             self._bi[idx] = bufs
+            self._pool.where[bufs] = self._gpos[idx]
             if self._hdr:
                 assert self._chunks is not None
                 self._chunks[bufs, self._buf_off: K.XDP_PACKET_HEADROOM] = 0
@@ -295,10 +334,19 @@ class Ring:
         """Give one released RX slot's buffer to FILL with Python scalars (latency)."""
         b = int(self._bi[i])
         pool = self._pool
-        state = int(pool.owner[b]) if b < pool.nchunks else -1
-        if state != APP:
-            why = "out of range" if state < 0 else \
-                f"not in a ring slot but {pool.describe(state)}"
+        why = ""
+        if b >= pool.nchunks:
+            why = "out of range"
+        elif int(pool.owner[b]) != APP:
+            why = f"not in a ring slot but {pool.describe(int(pool.owner[b]))}"
+        else:
+            rec = int(pool.where[b])
+            if rec != self._gpos[i] and int(pool.slots["buf_idx"][rec]) == b:
+                why = f"still in another slot (global slot {rec}): copied, not swapped"
+                c = pool.restore_slot(int(self._gpos[i]))
+                if c is not None:
+                    why += f"; the slot's own buffer {c} was put back"
+        if why:
             self.head = self.cur = i
             self.stats["refused"] += 1
             raise RingError(f"{self._what} slot {i}: buf_idx {b} {why}; ring reset to "
@@ -359,6 +407,16 @@ class Ring:
         self._reap()
         return sent
 
+    def _repaired(self, exc: RingError) -> str:
+        """The refusal's reason; for a copied buf_idx, also repair the slot."""
+        why = str(exc).split(": ", 1)[1]
+        g = getattr(exc, "copied_gslot", None)
+        if g is not None:
+            c = self._pool.restore_slot(g)
+            if c is not None:
+                why += f"; the slot's own buffer {c} was put back"
+        return why
+
     def _refuse(self, why: str, nothing: str = "sent") -> None:
         """netmap_ring_reinit's answer to a bad sync: head = cur = hwcur, then the error."""
         hw = self._hwcur
@@ -380,6 +438,12 @@ class Ring:
         if state != APP:
             self._refuse(f"slot {i}: buf_idx {b} is not in a ring slot but "
                          f"{pool.describe(state)}")
+        rec = int(pool.where[b])
+        if rec != self._gpos[i] and int(pool.slots["buf_idx"][rec]) == b:
+            c = pool.restore_slot(int(self._gpos[i]))
+            fixed = f"; the slot's own buffer {c} was put back" if c is not None else ""
+            self._refuse(f"slot {i}: buf_idx {b} is still in another slot (global slot "
+                         f"{rec}): copied, not swapped{fixed}")
         pool.owner[b] = ktx(self._kid)
         tx = self._xsk.tx
         assert tx is not None
@@ -412,9 +476,10 @@ class Ring:
             self._refuse(f"slot {(hw + i) % self.num_slots}: len {int(lens[i])} outside "
                          f"{self._hdr + 1}..{self.nr_buf_size}")
         try:
-            self._pool.move(bufs, APP, ktx(self._kid), f"{self._what} slot {hw}+", user=True)
+            self._pool.move(bufs, APP, ktx(self._kid), f"{self._what} slot {hw}+", user=True,
+                            gslots=self._gpos[idx])
         except RingError as exc:
-            self._refuse(str(exc).split(": ", 1)[1])
+            self._refuse(self._repaired(exc))
         tx = self._xsk.tx
         assert tx is not None
         if self._hdr:
@@ -473,6 +538,7 @@ class Ring:
             b = int(comp.desc[comp.cached & comp.mask]) >> self._shift
             if int(self._bi[first]) == b and int(self._pool.owner[b]) == ktx(self._kid):
                 self._pool.owner[b] = APP  # in order, as expected: the scalar fast path
+                self._pool.where[b] = self._gpos[first]
                 comp.release(1)
                 self._inflight -= 1
                 self._tail = first
@@ -492,6 +558,8 @@ class Ring:
             current = self._bi[inflight_idx]
             rest = current[~np.isin(current, bufs)]
             self._bi[inflight_idx] = np.concatenate((bufs, rest))
+        done = self._span(first, got)
+        self._pool.where[self._bi[done]] = self._gpos[done]
         self._inflight -= got
         self._tail = (self._tail + got) % self.num_slots
 
