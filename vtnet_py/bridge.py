@@ -30,7 +30,7 @@ from .device_netlink import read_device
 from .errors import UnsupportedError
 from .memory import Memory
 from .netns import netns as enter_netns
-from .port import DEFAULT_RX_SLOTS, DEFAULT_TX_SLOTS, Port
+from .port import DEFAULT_RX_SLOTS, DEFAULT_TX_SLOTS, Port, nic_queue_bound
 from .portname import RegMode, parse_port_name
 from .ring import NS_BUF_CHANGED, NS_MOREFRAG, Ring
 
@@ -60,8 +60,8 @@ def buffers_needed(name: str, netns: str | None = None) -> int:
     rx_slots = spec.effective_rx_slots or DEFAULT_RX_SLOTS
     tx_slots = spec.effective_tx_slots or DEFAULT_TX_SLOTS
     per_pair = (rx_slots if spec.rx else 0) + (tx_slots if spec.tx else 0)
-    nic = {RegMode.ALL_NIC: max(info.rx_queues, info.tx_queues), RegMode.ONE_NIC: 1,
-           RegMode.NIC_SW: max(info.rx_queues, info.tx_queues)}.get(spec.mode, 0)
+    pairs = nic_queue_bound(info)  # virtio_net grows its queues when XDP is attached
+    nic = {RegMode.ALL_NIC: pairs, RegMode.ONE_NIC: 1, RegMode.NIC_SW: pairs}.get(spec.mode, 0)
     host = 1 if spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW) else 0
     return (nic + host) * per_pair
 

@@ -9,9 +9,12 @@ what the kernel keeps for a live fd, so kill -9 returns every queue to the kerne
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -20,9 +23,16 @@ from typing import Any
 import numpy as np
 
 from . import hostrings
+from ._kernel import XDP_PACKET_HEADROOM
 from .attach import DeviceWatch, attached_zerocopy, pid_alive
 from .device_netlink import read_device
-from .device_policy import refuse_default_route
+from .device_policy import (
+    check_xdp_preconditions,
+    possible_cpus,
+    refuse_default_route,
+    support_mode,
+)
+from .device_types import DeviceInfo
 from .errors import (
     BusyError,
     DeviceError,
@@ -36,8 +46,12 @@ from .netns import netns as enter_netns
 from .portname import PortSpec, RegMode, parse_port_name
 from .ring import FREE, VNET_HDR_LENS, Ring, krx, ktx
 from .steer import Steering
-from .xsk import XskSocket, ring_sizes
+from .xsk import CHUNK_SIZE, XskSocket, ring_sizes
 
+log = logging.getLogger("vtnet_py")
+
+SIOCGIFHWADDR = 0x8927  # include/uapi/linux/sockios.h
+NR_BUF_SIZE = CHUNK_SIZE - XDP_PACKET_HEADROOM  # a netmap buffer: a UMEM chunk after headroom
 HEALTH_SLICE_MS = 100  # longest sleep in poll() between checks that the sockets are bound
 DEFAULT_RX_SLOTS = 1024
 DEFAULT_TX_SLOTS = 1024
@@ -336,10 +350,39 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
     info = read_device(spec.ifname)
     refuse_default_route(info, force)
     port.ifindex = info.ifindex
-    port._watch = DeviceWatch(name, spec.ifname, info.channels)  # made in the port's netns
     zerocopy = attached_zerocopy(spec.ifname, zerocopy)  # `vtnetmap attach --zerocopy`
     zerocopy = hostrings.check_request(spec, zerocopy)  # IF*: copy mode, like its host rings
-    nrx, ntx = info.rx_queues, info.tx_queues
+    host = spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW)
+    nic_rx = spec.rx and spec.mode not in (RegMode.SW, RegMode.ONE_SW)
+    nr_buf_size = memory.nr_buf_size if memory is not None else NR_BUF_SIZE
+    frame_max = info.mtu + ETH_OVERHEAD
+    if frags is None:
+        frags = frame_max > nr_buf_size
+    elif not frags and frame_max > nr_buf_size and nic_rx:
+        raise UnsupportedError(f"{name}: {spec.ifname} MTU {info.mtu} does not fit one "
+                               f"{nr_buf_size}-byte buffer; open with frags=True")
+    if frags and vnet_hdr:
+        raise UnsupportedError(f"{name}: a virtio-net header with multi-buffer frames is not "
+                               f"supported (lower the MTU of {spec.ifname} or drop the header)")
+    tx_before = _real_queues(info)[1]
+    if nic_rx:
+        if not info.xdp_prog_id:
+            # we attach: refuse what the driver would refuse, in its words, before trying
+            # (a failed native attach must not fall back to generic XDP on virtio_net,
+            # whose generic path changes offloads on the way)
+            mode, why = support_mode(info, mode)
+            if why:
+                log.warning("vtnetmap: %s", why)
+            for warning in check_xdp_preconditions(info, frags=frags, mode=mode):
+                log.warning("vtnetmap: %s", warning)
+        port._steering = Steering.acquire(spec.ifname, info.ifindex, mode=mode, frags=frags)
+        port.xdp_mode = port._steering.mode
+        # attaching XDP can change the queues: virtio_net adds a queue pair per CPU for XDP
+        # transmit, which also receive; the stack's TX queues stay as they were
+        info = read_device(spec.ifname)
+    port._watch = DeviceWatch(name, spec.ifname, info.channels)  # made in the port's netns
+    nrx, ntx = _real_queues(info)
+    ntx = min(ntx, tx_before)
     for key, have in (("rx-rings", nrx), ("tx-rings", ntx)):
         asked = spec.effective_rx_rings if key == "rx-rings" else spec.effective_tx_rings
         if asked is not None and asked != have:
@@ -354,7 +397,6 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
     rx_slots = spec.effective_rx_slots or DEFAULT_RX_SLOTS
     tx_slots = spec.effective_tx_slots or DEFAULT_TX_SLOTS
     plan = list(_queues(spec, nrx, ntx))
-    host = spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW)
     if not host and not any(r or t for _, r, t in plan):
         raise DeviceError(f"{name}: no ring to bind on {spec.ifname}")
     need = sum((rx_slots if r else 0) + (tx_slots if t else 0) for _, r, t in plan)
@@ -367,22 +409,9 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
         port._own_memory = True
     port.memory = mem
     mem.users += 1
-    frame_max = info.mtu + ETH_OVERHEAD
-    if frags is None:
-        frags = frame_max > mem.nr_buf_size
-    elif not frags and frame_max > mem.nr_buf_size and any(r for _, r, _ in plan):
-        raise UnsupportedError(f"{name}: {spec.ifname} MTU {info.mtu} does not fit one "
-                               f"{mem.nr_buf_size}-byte buffer; open with frags=True")
-    if frags and vnet_hdr:
-        raise UnsupportedError(f"{name}: a virtio-net header with multi-buffer frames is not "
-                               f"supported (lower the MTU of {spec.ifname} or drop the header)")
     port.frags = frags
     port.vnet_hdr = vnet_hdr
     first_free = mem.allocate(need, name)
-
-    if any(r for _, r, _ in plan):
-        port._steering = Steering.acquire(spec.ifname, info.ifindex, mode=mode, frags=frags)
-        port.xdp_mode = port._steering.mode
     port._epoll = select.epoll()
     next_buf = first_free
     for q, want_rx, want_tx in plan:
@@ -422,6 +451,47 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
     if not port.rx_rings:
         for s in port._sockets:
             port._epoll.register(s.fileno(), select.EPOLLOUT)
+
+
+def _real_queues(info: DeviceInfo) -> tuple[int, int]:
+    """(RX, TX) queues the kernel really uses: sysfs's queues/rx-* and tx-* where sysfs
+    shows this very device (same name, ifindex and MAC: sysfs belongs to the netns that
+    mounted it), else the channel counts (exact for veth, which reports rx/tx channels).
+    virtio_net with XDP reports its XDP queue pairs as combined channels, but only RX uses
+    them; an AF_XDP socket transmitting on a queue past the real TX queues sends nothing."""
+    base = os.path.join("/sys/class/net", info.ifname)
+    try:
+        with open(os.path.join(base, "ifindex")) as f:
+            same = int(f.read()) == info.ifindex
+        with open(os.path.join(base, "address")) as f:
+            same = same and f.read().strip() == _mac(info.ifname)
+        if same:
+            names = os.listdir(os.path.join(base, "queues"))
+            nrx = sum(n.startswith("rx-") for n in names)
+            ntx = sum(n.startswith("tx-") for n in names)
+            if nrx and ntx:
+                return nrx, ntx
+    except (OSError, ValueError):
+        pass
+    return info.rx_queues, info.tx_queues
+
+
+def _mac(ifname: str) -> str:
+    """The MAC address of ``ifname`` in the calling thread's netns (SIOCGIFHWADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        raw = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
+    return ":".join(f"{b:02x}" for b in raw[18:24])
+
+
+def nic_queue_bound(info: DeviceInfo) -> int:
+    """The most NIC ring pairs a port on ``info`` can get once the steering program is
+    attached (virtio_net then adds up to one queue pair per CPU): for sizing a Memory
+    before any port is open."""
+    n = max(_real_queues(info))
+    if info.driver == "virtio_net" and not info.xdp_prog_id:
+        limit = info.channels.max_combined or n
+        n = max(n, min(limit, n + possible_cpus()))
+    return n
 
 
 BUSY_RETRY_S = 1.0  # the kernel frees a closed socket's queue in deferred work

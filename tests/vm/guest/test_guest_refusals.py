@@ -38,19 +38,17 @@ def test_too_few_queue_pairs_for_xdp_tx(iface: str, xdp_pass_obj: Path) -> None:
     ch = guestlib.channels(iface)
     # This profile is built so that XDP's one TX queue per CPU does not fit.
     assert ch.combined + cpus > ch.max_combined, (ch, cpus)
-    # The kernel prints this warning once per boot (netdev_warn_once), whichever NIC
-    # triggers it: this scenario must be the first XDP attach of its boot with too few
-    # queue pairs, hence first in this file.
-    seen = [ln for ln in Kmsg.all_lines() if "XDP request" in ln]
-    assert not seen, f"the once-per-boot warning was already printed: {seen}"
-    log = Kmsg()
+    # The kernel prints this warning once per boot (netdev_warn_once), whichever attach
+    # triggers it first (vtnetmap's device scenarios may run before this one): look for
+    # it in the whole boot's log.
     r = guestlib.xdp_attach(iface, xdp_pass_obj)
     # virtio_net still attaches, sharing TX queues under a lock, and says so.
     assert r.returncode == 0, r.stderr
     assert guestlib.xdp_mode(iface) == XDP_ATTACHED_DRV
     want = (f"XDP request {ch.combined + cpus} queues but max is {ch.max_combined}. "
             "XDP_TX and XDP_REDIRECT will operate in a slower locked tx mode.")
-    assert any(want in ln for ln in log.new_lines()), log.new_lines()
+    lines = Kmsg.all_lines()
+    assert any(want in ln for ln in lines), [ln for ln in lines if "XDP" in ln]
 
 
 @pytest.mark.usefixtures("detach_all")
