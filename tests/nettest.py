@@ -11,6 +11,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from vtnet_py.netns import netns
 
 ETH_P_ALL = 0x0003
+TEST_ETHERTYPE = b"\x88\xb5"  # IEEE local experimental: nobody else sends it
+PACKET_OUTGOING = 4  # sockaddr_ll.sll_pkttype of a packet socket's own sends
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
 
@@ -128,3 +131,22 @@ def remove_veth_pair(pair: VethPair) -> None:
         run("ip", "netns", "del", ns, check=False)
 
 
+def peer_frames(s: socket.socket, want: int, timeout: float,
+                src: bytes | None = None) -> list[bytes]:
+    """Test frames (TEST_ETHERTYPE, from ``src`` if given) arriving at packet socket ``s``
+    (its own sends excluded), until ``want`` of them or ``timeout`` seconds."""
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            data, addr = s.recvfrom(65536)
+        except TimeoutError:
+            break
+        if (addr[2] != PACKET_OUTGOING and data[12:14] == TEST_ETHERTYPE
+                and (src is None or data[6:12] == src)):
+            out.append(data)
+    return out

@@ -8,12 +8,11 @@ such an MTU fails clearly. Every veth/namespace is removed by the fixture.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel
+from nettest import VethPair, kernel, peer_frames
 
 from vtnet_py import NS_MOREFRAG, UnsupportedError, open_port
 
@@ -28,24 +27,6 @@ def big_frame(dst: bytes, src: bytes, seq: int, size: int) -> bytes:
     rng = np.random.default_rng(seq)
     body = seq.to_bytes(4, "big") + rng.integers(0, 256, size - 18, dtype=np.uint8).tobytes()
     return dst + src + ETHERTYPE + body
-
-
-def peer_frames(s: socket.socket, src: bytes, want: int, timeout: float) -> list[bytes]:
-    """Our test frames from ``src`` seen by raw socket ``s`` within ``timeout``."""
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < want:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        s.settimeout(left)
-        try:
-            data, addr = s.recvfrom(65536)
-        except TimeoutError:
-            break
-        if addr[2] != PACKET_OUTGOING and data[6:12] == src and data[12:14] == ETHERTYPE:
-            out.append(data)
-    return out
 
 
 def receive_chains(port, want: int, timeout: float = 3.0) -> list[tuple[int, list[int], bytes]]:
@@ -131,12 +112,12 @@ def test_tx_morefrag_chain_reaches_the_peer_as_one_frame(jumbo: VethPair) -> Non
             data = big_frame(mac_b, mac_a, 7, 9000)
             assert put_chain(port, tx, data, port.nr_buf_size) == 3
             assert port.txsync() == 3
-            assert peer_frames(s, mac_a, 1, 2.0) == [data]
+            assert peer_frames(s, 1, 2.0, src=mac_a) == [data]
             # fragments need not fill their buffers: 3 x 3000 bytes
             data2 = big_frame(mac_b, mac_a, 8, 9000)
             assert put_chain(port, tx, data2, 3000) == 3
             assert port.txsync() == 3
-            assert peer_frames(s, mac_a, 1, 2.0) == [data2]
+            assert peer_frames(s, 1, 2.0, src=mac_a) == [data2]
             port.txsync()
             assert not tx.tx_pending()
             port.check_invariant()
@@ -158,13 +139,13 @@ def test_unfinished_tx_chain_is_held_until_completed(jumbo: VethPair) -> None:
             assert port.txsync() == 0
             assert port.poll(rx=False, tx=False, timeout=0.1) is False
             assert tx.hwcur == start and tx.head == tx.next(start, 2)
-            assert peer_frames(s, mac_a, 1, 0.3) == []
+            assert peer_frames(s, 1, 0.3, src=mac_a) == []
             port.check_invariant()
             # the last piece completes it: the three slots go out as one frame
             assert put_chain(port, tx, data[2 * nbs:], nbs) == 1
             assert port.txsync() == 3
             assert tx.hwcur == tx.head
-            assert peer_frames(s, mac_a, 2, 1.0) == [data]
+            assert peer_frames(s, 2, 1.0, src=mac_a) == [data]
             port.txsync()
             port.check_invariant()
     finally:

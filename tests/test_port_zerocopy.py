@@ -13,7 +13,7 @@ import socket
 import time
 
 import numpy as np
-from nettest import kernel
+from nettest import kernel, peer_frames
 
 from vtnet_py import NS_BUF_CHANGED, NS_REPORT, Memory, open_port
 
@@ -43,24 +43,6 @@ def frames(dst: bytes, src: bytes, first: int, n: int) -> list[bytes]:
 
 def rewrite(f: bytes, dst: bytes, src: bytes) -> bytes:
     return dst + src + f[12:]
-
-
-def drain_socket(s: socket.socket, src: bytes, want: int, timeout: float) -> list[bytes]:
-    """Test frames from ``src`` seen by raw socket ``s`` (its own sends excluded)."""
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < want:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        s.settimeout(left)
-        try:
-            data, addr = s.recvfrom(65536)
-        except TimeoutError:
-            break
-        if addr[2] != PACKET_OUTGOING and data[6:12] == src and data[12:14] == ETHERTYPE:
-            out.append(data)
-    return out
 
 
 class Forwarder:
@@ -113,7 +95,7 @@ def forward_batches(pair_in, port_in, fw: Forwarder, peer_out: socket.socket,
             port_in.poll(rx=True, timeout=0.1)
             done += fw.step()
         assert done == len(sent), f"batch at {first}: {done} of {len(sent)} received"
-        got = drain_socket(peer_out, out_src, len(sent), 3.0)
+        got = peer_frames(peer_out, len(sent), 3.0, src=out_src)
         assert got == [rewrite(f, out_dst, out_src) for f in sent], f"batch at {first}"
         fw.port_out.check_invariant()
         fw.port_in.check_invariant()
@@ -198,7 +180,7 @@ def test_ns_report_slot_is_completed_by_the_txsync_that_submits_it(veth) -> None
                 in_flight = (tx.hwcur - tx.tail - 1) % tx.num_slots
                 after_tail = (report_slot - tx.tail) % tx.num_slots
                 assert not 0 < after_tail <= in_flight, (round_, tx.tail, report_slot)
-                assert drain_socket(peer, mac_a, len(sent), 2.0) == sent
+                assert peer_frames(peer, len(sent), 2.0, src=mac_a) == sent
                 port.check_invariant()
     finally:
         peer.close()

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel, run
+from nettest import VethPair, kernel, peer_frames, run
 
 from vtnet_py import InterfaceChangedError, RingError, open_port
 from vtnet_py.netns import netns as enter_netns
@@ -68,24 +68,6 @@ def put_tx(port, ring, frames: list[bytes]) -> None:
         port.buf(int(ring.slot["buf_idx"][i]))[: len(f)] = np.frombuffer(f, np.uint8)
         ring.slot["len"][i] = len(f)
     ring.head = ring.cur = ring.next(ring.head, len(frames))
-
-
-def peer_frames(s: socket.socket, want: int, timeout: float) -> list[bytes]:
-    """Our test frames arriving at raw socket ``s`` (not its own), up to ``want``."""
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < want:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        s.settimeout(left)
-        try:
-            data, addr = s.recvfrom(65536)
-        except TimeoutError:
-            break
-        if addr[2] != PACKET_OUTGOING and data[12:14] == ETHERTYPE:
-            out.append(data)
-    return out
 
 
 def receive(port, want: int, timeout: float = 3.0) -> list[bytes]:
