@@ -7,10 +7,13 @@ Both ends of every veth live in namespaces the test creates; addresses come from
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 from dataclasses import dataclass
 
@@ -150,3 +153,40 @@ def peer_frames(s: socket.socket, want: int, timeout: float,
                 and (src is None or data[6:12] == src)):
             out.append(data)
     return out
+
+
+# A child process that holds a port: prints OPEN once the port is open (or BUSY and exits 3
+# when the queue is owned), then sleeps until killed.
+PORT_HOLDER = textwrap.dedent("""
+    import sys, time
+    from vtnet_py import open_port, BusyError
+    try:
+        p = open_port(sys.argv[1], netns=sys.argv[2])
+    except BusyError as exc:
+        print("BUSY", exc, flush=True)
+        sys.exit(3)
+    print("OPEN", flush=True)
+    time.sleep(120)
+""")
+
+
+def start_port_holder(name: str, ns: str) -> subprocess.Popen[str]:
+    """Start a PORT_HOLDER for port ``name`` in namespace ``ns``; returns once it is open."""
+    p = subprocess.Popen([sys.executable, "-c", PORT_HOLDER, name, ns],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if not line.startswith("OPEN"):
+        p.kill()
+        raise AssertionError(f"holder failed: {line} {p.stderr.read() if p.stderr else ''}")
+    return p
+
+
+# pkt-gen as the tests run it, and the shapes of its report lines (netmap's pkt-gen.c)
+PKTGEN = [sys.executable, "-W", "ignore", "-m", "vtnetmap_cli.pktgen_cmd"]
+PKTGEN_PERIODIC = re.compile(
+    r"^\d{3}\.\d{6} main_thread \[\d+\] \d+\.\d{3} [KMGT ]?pps \(\d+\.\d{3} [KMGT ]?pkts "
+    r"\d+\.\d{3} [KMGT ]?bps in \d+ usec\) \d+\.\d{2} avg_batch \d+ min_space$")
+PKTGEN_FINAL2 = re.compile(
+    r"^Speed: \d+\.\d{3} [KMGT ]?pps Bandwidth: \d+\.\d{3} [KMGT ]?bps "
+    r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts$")

@@ -10,14 +10,12 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel, run
+from nettest import VethPair, kernel, run, start_port_holder
 
 from vtnet_py import (
     NR_FORWARD,
@@ -341,28 +339,8 @@ def test_ns_forward_is_transparent_both_ways(veth: VethPair) -> None:
 
 # --- owners, crashes, stale helpers ---------------------------------------------------------
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from vtnet_py import open_port
-    p = open_port(sys.argv[1], netns=sys.argv[2])
-    print("OPEN", flush=True)
-    time.sleep(60)
-""")
-
-
-def _holder(name: str, ns: str) -> subprocess.Popen[str]:
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, name, ns], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    assert p.stdout is not None
-    line = p.stdout.readline()
-    if not line.startswith("OPEN"):
-        p.kill()
-        raise AssertionError(f"holder failed: {line} {p.stderr.read() if p.stderr else ''}")
-    return p
-
-
 def test_kill_9_restores_networking_and_leaves_nothing(veth: VethPair, tc_mode: str) -> None:
-    holder = _holder(f"netmap:{veth.a}*", veth.ns_a)
+    holder = start_port_holder(f"netmap:{veth.a}*", veth.ns_a)
     try:
         with pytest.raises(BusyError, match=f"pid {holder.pid}"):
             open_port(f"netmap:{veth.a}^", netns=veth.ns_a)

@@ -17,25 +17,19 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 
 from vtnet_py.netns import netns
 
 pytestmark = pytest.mark.kernel
 
-PKTGEN = [sys.executable, "-W", "ignore", "-m", "vtnetmap_cli.pktgen_cmd"]
-PERIODIC = re.compile(
-    r"^\d{3}\.\d{6} main_thread \[\d+\] \d+\.\d{3} [KMGT ]?pps \(\d+\.\d{3} [KMGT ]?pkts "
-    r"\d+\.\d{3} [KMGT ]?bps in \d+ usec\) \d+\.\d{2} avg_batch \d+ min_space$")
 FINAL1 = re.compile(r"^(Sent|Received) (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
                     r"in (\d+\.\d{2}) seconds\.$")
-FINAL2 = re.compile(r"^Speed: \d+\.\d{3} [KMGT ]?pps Bandwidth: \d+\.\d{3} [KMGT ]?bps "
-                    r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts$")
 
 
 def _why_not() -> str | None:
@@ -170,7 +164,7 @@ def final(out: str) -> tuple[int, int]:
     assert len(lines) == 2, out
     m = FINAL1.match(lines[0])
     assert m is not None, lines[0]
-    assert FINAL2.match(lines[1]) is not None, lines[1]
+    assert PKTGEN_FINAL2.match(lines[1]) is not None, lines[1]
     return int(m.group(2)), int(m.group(3))
 
 
@@ -237,7 +231,7 @@ def test_tx_frames_pass_the_kernel_udp_checks_and_walk_the_ranges(pair: Pair) ->
     assert csum_errors(pair.ns_b) == 0
     assert r.stdout.splitlines()[1].startswith(f"{pair.ip_a}:5000-{pair.ip_a}:5004 -> ")
     periodic = [x for x in r.stderr.splitlines() if "main_thread" in x]
-    assert periodic and all(PERIODIC.match(x) for x in periodic), r.stderr
+    assert periodic and all(PKTGEN_PERIODIC.match(x) for x in periodic), r.stderr
 
 
 def test_tx_two_processes_share_the_count(pair: Pair) -> None:
@@ -423,7 +417,7 @@ def test_sigint_prints_the_final_lines(pair: Pair) -> None:
     assert pkts > 10000 and nbytes == 60 * pkts
     assert "sigint_h [0] received SIGINT" in err
     periodic = [x for x in err.splitlines() if "main_thread" in x]
-    assert len(periodic) >= 3 and all(PERIODIC.match(x) for x in periodic), err
+    assert len(periodic) >= 3 and all(PKTGEN_PERIODIC.match(x) for x in periodic), err
 
 
 def test_vnet_header_mode_on_both_sides(pair: Pair) -> None:

@@ -23,7 +23,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,20 +30,15 @@ from dataclasses import dataclass, field
 
 import pytest
 from click.testing import CliRunner
+from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 from vtnetmap_cli.pktgen_cmd import pkt_gen
 
 from vtnet_py.netns import netns
 from vtnet_py.pktgen.frames import FrameGen, FrameSpec, IPRange
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF beyond rmem_max, for root
-PKTGEN = [sys.executable, "-W", "ignore", "-m", "vtnetmap_cli.pktgen_cmd"]
-PERIODIC = re.compile(
-    r"^\d{3}\.\d{6} main_thread \[\d+\] \d+\.\d{3} [KMGT ]?pps \(\d+\.\d{3} [KMGT ]?pkts "
-    r"\d+\.\d{3} [KMGT ]?bps in \d+ usec\) \d+\.\d{2} avg_batch \d+ min_space$")
 FINAL1 = re.compile(r"^Sent (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
                     r"in (\d+\.\d{2}) seconds\.$")
-FINAL2 = re.compile(r"^Speed: \d+\.\d{3} [KMGT ]?pps Bandwidth: \d+\.\d{3} [KMGT ]?bps "
-                    r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts$")
 
 
 def _why_not() -> str | None:
@@ -124,7 +118,7 @@ def final(out: str) -> tuple[int, int, int]:
     assert len(lines) == 2, out
     m = FINAL1.match(lines[0])
     assert m is not None, lines[0]
-    assert FINAL2.match(lines[1]) is not None, lines[1]
+    assert PKTGEN_FINAL2.match(lines[1]) is not None, lines[1]
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
@@ -244,7 +238,7 @@ def test_live_count_is_exact_and_checksums_valid(pair: Pair, count: int, burst: 
     assert f"--live: BPF_PROG_TEST_RUN live frames out of {pair.a}, kernel batches of {batch}" \
         in r.stderr
     periodic = [x for x in r.stderr.splitlines() if "main_thread" in x]
-    assert periodic and all(PERIODIC.match(x) for x in periodic), r.stderr
+    assert periodic and all(PKTGEN_PERIODIC.match(x) for x in periodic), r.stderr
     assert "dropped" not in r.stderr, r.stderr
 
 
@@ -388,7 +382,7 @@ def test_live_signal_stops_with_an_exact_count(pair: Pair, sig: signal.Signals) 
     settle(pair, "Udp.NoPorts", pkts, before)
     assert delta(before, pair.counters()).get("Udp.NoPorts") == pkts
     periodic = [x for x in err.splitlines() if "main_thread" in x]
-    assert len(periodic) >= 5 and all(PERIODIC.match(x) for x in periodic), err
+    assert len(periodic) >= 5 and all(PKTGEN_PERIODIC.match(x) for x in periodic), err
 
 
 @kernel

@@ -7,12 +7,11 @@ import select
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel
+from nettest import PORT_HOLDER, VethPair, kernel, start_port_holder
 
 from vtnet_py import BusyError, DeviceError, RingError, open_port
 
@@ -129,34 +128,10 @@ def test_unowned_queue_stays_with_the_kernel(veth: VethPair) -> None:
     stack.close()
 
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from vtnet_py import open_port, BusyError
-    try:
-        p = open_port(sys.argv[1], netns=sys.argv[2])
-    except BusyError as exc:
-        print("BUSY", exc, flush=True)
-        sys.exit(3)
-    print("OPEN", flush=True)
-    time.sleep(60)
-""")
-
-
-def _holder(name: str, ns: str) -> subprocess.Popen[str]:
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, name, ns], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    assert p.stdout is not None
-    line = p.stdout.readline()
-    if not line.startswith("OPEN"):
-        p.kill()
-        raise AssertionError(f"holder failed: {line} {p.stderr.read() if p.stderr else ''}")
-    return p
-
-
 def test_second_process_gets_busy_error_naming_queue(veth: VethPair) -> None:
-    holder = _holder(f"netmap:{veth.a}-0", veth.ns_a)
+    holder = start_port_holder(f"netmap:{veth.a}-0", veth.ns_a)
     try:
-        r = subprocess.run([sys.executable, "-c", HOLDER, f"netmap:{veth.a}-0", veth.ns_a],
+        r = subprocess.run([sys.executable, "-c", PORT_HOLDER, f"netmap:{veth.a}-0", veth.ns_a],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 3, r.stderr
         assert f"{veth.a} queue 0 is busy" in r.stdout
@@ -171,7 +146,7 @@ def test_second_process_gets_busy_error_naming_queue(veth: VethPair) -> None:
 
 
 def test_kill_9_returns_queues_to_the_kernel_within_1s(veth: VethPair) -> None:
-    holder = _holder(f"netmap:{veth.a}", veth.ns_a)
+    holder = start_port_holder(f"netmap:{veth.a}", veth.ns_a)
     try:
         assert veth.xdp_attached("a")
         assert veth.sh_b(f"ping -c 1 -W 1 {veth.ip_a}", check=False).returncode != 0

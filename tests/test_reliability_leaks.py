@@ -13,14 +13,11 @@ note of the issue.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable
 
 import pytest
-from nettest import VethPair, kernel
+from nettest import VethPair, kernel, start_port_holder
 
 from vtnet_py import BusyError, open_port
 
@@ -84,22 +81,11 @@ def test_open_close_200_times(veth: VethPair) -> None:
     assert not veth.xdp_attached("a")
 
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from vtnet_py import open_port
-    p = open_port(sys.argv[1], netns=sys.argv[2])
-    print("OPEN", flush=True)
-    time.sleep(120)
-""")
-
-
 def test_failed_opens_100_times(veth: VethPair) -> None:
     """"netmap:IF" while another process owns queue 1: each attempt builds the memory,
     joins the program and binds queue 0 before queue 1 is refused, then undoes it all."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, f"netmap:{veth.a}-1", veth.ns_a],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = start_port_holder(f"netmap:{veth.a}-1", veth.ns_a)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().startswith("OPEN")
 
         def rounds(n: int) -> None:
             for _ in range(n):
