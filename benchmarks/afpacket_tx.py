@@ -2,7 +2,7 @@
 
     python afpacket_tx.py IFNAME SECONDS [LEN]
 
-Sends the same valid UDP frame (built by vtnet_py.pktgen.frames) in a plain
+Sends the same valid UDP frame (built by vtnet_py.apps.pktgen.frames) in a plain
 ``send()`` loop with PACKET_QDISC_BYPASS for SECONDS and prints one JSON object
 (pkts, seconds, pps).  The loop checks the clock every 1024 frames.
 """
@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from vtnet_py.pktgen.frames import FrameGen, FrameSpec, IPRange
+from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec, IPRange
 
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20

@@ -11,7 +11,7 @@ The generator is the suite's C live-frames sender (``xsk_bench gen`` on b1, CPU 
 frames); b2 counts what arrives with the suite's XDP drop counter (``xsk_bench drop``).
 Forwarders, one at a time in the same run, pinned to CPU 1, one queue per veth:
 
-  bridge     vtnet_py.bridge.Bridge between netmap:a1 and netmap:a2 sharing one Memory
+  bridge     vtnet_py.apps.bridge.Bridge between netmap:a1 and netmap:a2 sharing one Memory
              (zero copy: buf_idx swap), burst 512 -- what `vtnetmap bridge` runs
   bridge -c  the same with two memories (frames copied)
   plain      the same forwarding without the netmap layer: the AF_XDP rings of the two
@@ -53,7 +53,7 @@ def _idle_done(first: float | None, last: float, secs: float) -> bool:
 def worker_bridge(a1: str, a2: str, secs: float, copy: bool) -> dict[str, Any]:
     import io
 
-    from vtnet_py.bridge import Bridge, open_pair
+    from vtnet_py.apps.bridge import Bridge, open_pair
 
     a, b, mem = open_pair(f"netmap:{a1}", f"netmap:{a2}", copy=copy, out=io.StringIO())
     try:
@@ -83,9 +83,9 @@ def worker_plain(a1: str, a2: str, secs: float) -> dict[str, Any]:
     """a1 RX -> a2 TX on bare AF_XDP rings (one UMEM), numpy batches, poll() when idle."""
     import numpy as np
 
-    from vtnet_py.device_netlink import read_device
-    from vtnet_py.steer import Steering
-    from vtnet_py.xsk import CHUNK_SIZE, Umem, XskSocket, ring_sizes
+    from vtnet_py.device.netlink import read_device
+    from vtnet_py.ebpf.steer import Steering
+    from vtnet_py.netmap.xsk import CHUNK_SIZE, Umem, XskSocket, ring_sizes
 
     n = 2048  # every buffer starts on a1's FILL ring; TX reuses the RX buffers in place
     umem = Umem(n)

@@ -49,7 +49,7 @@ traffic flows and a summary at the end. Ctrl-C or SIGTERM stops it cleanly.
 @click.argument("args", nargs=-1, metavar="[IFA [IFB [BURST]]]")
 def bridge(ifaces: tuple[str, ...], burst: int, wait_link: int, copy: bool, loopback: bool,
            verbose: int, report_ms: int, netns: str | None, args: tuple[str, ...]) -> None:
-    from vtnet_py.bridge import (
+    from vtnet_py.apps.bridge import (
         DEFAULT_BURST,
         DEFAULT_WAIT_LINK,
         MAX_BURST,

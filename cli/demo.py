@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from vtnet_py import Port, open_port
-from vtnet_py.sandbox import Sandbox
+from vtnet_py.apps.sandbox import Sandbox
 
 FRAME = bytes.fromhex(
     "ffffffffffff" "020000000002" "0800"  # Ethernet: broadcast from a local MAC, IPv4

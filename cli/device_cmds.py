@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from vtnet_py.attach import attach, detach, status
+from vtnet_py.admin.attach import attach, detach
+from vtnet_py.admin.status import status
 from vtnet_py.errors import VtnetError
 
 ATTACH_HELP = """Prepare interface IF for netmap ports and leave vtnetmap's steering
@@ -58,7 +59,7 @@ marked), channels, offload state and the virtio-net header length. Without IF: e
 interface of the namespace that has vtnetmap's program, state or pins.
 
 AF_XDP statistics belong to each socket and can only be read inside the process that
-owns it (Port.stats(), or vtnet_py.attach.status(ports=[...]) there).
+owns it (Port.stats(), or vtnet_py.admin.status.status(ports=[...]) there).
 
 \b
 Examples:
@@ -136,7 +137,7 @@ def _owner(q: dict[str, Any]) -> str:
 
 
 def format_status(st: dict[str, Any]) -> str:
-    """The text form of :func:`vtnet_py.attach.status`."""
+    """The text form of :func:`vtnet_py.admin.status.status`."""
     lines: list[str] = []
     where = f"netns {st['netns']} " if st.get("netns") else ""
     if not st["interfaces"]:

@@ -129,13 +129,13 @@ def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], bur
     if function in ("rx", "rxseq", "pong") and (random_src or random_dst or len(lengths) > 1):
         raise click.ClickException(f"-z/-Z/second -l: -f {function} does not build frames")
 
+    from vtnet_py.apps.pktgen.engine import Config, PktgenError, Run
+    from vtnet_py.apps.pktgen.frames import FrameSpec, FrameSpecError, IPRange, parse_mac
+    from vtnet_py.apps.pktgen.report import FRAMING_BITS
     from vtnet_py.errors import VtnetError
-    from vtnet_py.pktgen.engine import Config, PktgenError, Run
-    from vtnet_py.pktgen.frames import FrameSpec, FrameSpecError, IPRange, parse_mac
-    from vtnet_py.pktgen.report import FRAMING_BITS
 
     if live:
-        from vtnet_py.pktgen import live as live_mode
+        from vtnet_py.apps.pktgen import live as live_mode
 
     try:
         payload = {"txseq": "seq", "ping": "ping"}.get(function, "plain")

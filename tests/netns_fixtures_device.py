@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import IPRoute
 
-from vtnet_py import _bpfsys as bpfsys
-from vtnet_py import _kernel as K
-from vtnet_py.netns import netns
+from vtnet_py._sys import abi as K
+from vtnet_py._sys import bpf as bpfsys
+from vtnet_py._sys.netns import netns
 
 # The library's own setns helper: the tests enter namespaces the way ports do.
 in_netns = netns

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from vtnet_py.netns import netns
+from vtnet_py._sys.netns import netns
 
 ETH_P_ALL = 0x0003
 TEST_ETHERTYPE = b"\x88\xb5"  # IEEE local experimental: nobody else sends it

@@ -25,24 +25,22 @@ import pytest
 from nettest import VethPair, kernel, make_veth_pair, remove_veth_pair
 
 from vtnet_py import InterfaceChangedError, open_port
-from vtnet_py import _bpfsys as bpf
-from vtnet_py.attach import (
-    PIN_ROOT,
+from vtnet_py._sys import bpf as bpf
+from vtnet_py._sys.netns import netns
+from vtnet_py.admin.attach import attach, detach
+from vtnet_py.admin.pins import PIN_ROOT, pin_dir
+from vtnet_py.admin.pins import remove_pins as _remove_pins
+from vtnet_py.admin.status import status
+from vtnet_py.device import SavedState, prepare
+from vtnet_py.device.netlink import NetlinkDeviceLayer
+from vtnet_py.device.record import (
     STATE_DIR,
     AttachRecord,
-    _remove_pins,
-    _write_record,
-    attach,
     attached_zerocopy,
-    detach,
-    pin_dir,
     read_record,
     state_path,
-    status,
 )
-from vtnet_py.device import SavedState, prepare
-from vtnet_py.device_netlink import NetlinkDeviceLayer
-from vtnet_py.netns import netns
+from vtnet_py.device.record import write_record as _write_record
 
 pytestmark = kernel
 

@@ -16,8 +16,8 @@ from nettest import VethPair, kernel, run
 from test_hostrings import helpers_in, recv_all, udp_frame, udp_socket, wire_like_peer
 
 from vtnet_py import NS_BUF_CHANGED
-from vtnet_py.bridge import Bridge, open_pair, rings_move
-from vtnet_py.netns import netns
+from vtnet_py._sys.netns import netns
+from vtnet_py.apps.bridge import Bridge, open_pair, rings_move
 
 pytestmark = kernel
 

@@ -19,14 +19,18 @@ from click.testing import CliRunner, Result
 from vtnetmap_cli import device_cmds
 from vtnetmap_cli.main import main
 
-import vtnet_py.attach as A
-from vtnet_py.device import Channels, FakeDeviceLayer, SavedState, make_info
-from vtnet_py.device_types import (
+from vtnet_py._sys.proc import netns_inode, pid_alive
+from vtnet_py.admin import attach as admin_attach
+from vtnet_py.admin import pins
+from vtnet_py.admin import status as admin_status
+from vtnet_py.device import Channels, FakeDeviceLayer, SavedState, make_info, record
+from vtnet_py.device.types import (
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
     VIRTIO_NET_F_MRG_RXBUF,
 )
 from vtnet_py.errors import DeviceError, InterfaceChangedError
+from vtnet_py.netmap.watch import DeviceWatch
 
 VETH_CH = Channels(rx=2, tx=2, max_rx=2, max_tx=2)
 OFFLOADS: dict[str, bool | tuple[bool, bool]] = {
@@ -42,10 +46,11 @@ def dead_pid() -> int:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeDeviceLayer]:
     layer = FakeDeviceLayer([make_info("vtf0", channels=VETH_CH, features=OFFLOADS)])
-    monkeypatch.setattr(A, "NetlinkDeviceLayer", lambda: layer)
-    monkeypatch.setattr(A, "STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr(A, "PIN_ROOT", str(tmp_path / "pins"))
-    monkeypatch.setattr(A, "_ours_on_links", lambda: [])  # no XDP programs to look for
+    monkeypatch.setattr(admin_attach, "NetlinkDeviceLayer", lambda: layer)
+    monkeypatch.setattr(admin_status, "NetlinkDeviceLayer", lambda: layer)
+    monkeypatch.setattr(record, "STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(pins, "PIN_ROOT", str(tmp_path / "pins"))
+    monkeypatch.setattr(admin_status, "_ours_on_links", lambda: [])  # no XDP programs to look for
     yield layer
 
 
@@ -142,13 +147,13 @@ def test_unmapped_oserror_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- detach and status over the double ------------------------------------------------------
 
-def _record(layer: FakeDeviceLayer, phase: str = "attached", pid: int = 0) -> A.AttachRecord:
+def _record(layer: FakeDeviceLayer, phase: str = "attached", pid: int = 0) -> record.AttachRecord:
     info = layer.read("vtf0")
     saved = SavedState(ifname="vtf0", ifindex=info.ifindex, driver=info.driver,
                        mode="native", features={"rx-checksum": True,
                                                 "tx-tcp-segmentation": True})
-    return A.AttachRecord(ifname="vtf0", ifindex=info.ifindex,
-                          netns_inode=A.netns_inode(), phase=phase, saved=saved,
+    return record.AttachRecord(ifname="vtf0", ifindex=info.ifindex,
+                          netns_inode=netns_inode(), phase=phase, saved=saved,
                           mode="native", frags=False, zerocopy="off", rings=None,
                           pid=pid or dead_pid(), time=time.time())
 
@@ -156,7 +161,7 @@ def _record(layer: FakeDeviceLayer, phase: str = "attached", pid: int = 0) -> A.
 def test_detach_restores_the_record_and_is_idempotent(fake: FakeDeviceLayer,
                                                       tmp_path: Path) -> None:
     fake.set_features("vtf0", {"rx-checksum": False, "tx-tcp-segmentation": False})
-    A._write_record(_record(fake, phase="prepared"))
+    record.write_record(_record(fake, phase="prepared"))
     assert oct(os.stat(tmp_path / "state").st_mode & 0o777) == "0o700"
     assert [oct(os.stat(tmp_path / "state" / n).st_mode & 0o777)
             for n in records(tmp_path)] == ["0o600"]
@@ -183,7 +188,7 @@ def test_status_text_and_json(fake: FakeDeviceLayer, tmp_path: Path) -> None:
                        channels=Channels(combined=2, max_combined=4), features=OFFLOADS,
                        oper_up=True))
     me = os.getpid()
-    A._write_record(_record(fake, pid=me))
+    record.write_record(_record(fake, pid=me))
     r = run("status", "vtf0")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
@@ -236,19 +241,19 @@ def test_format_status_marks_dead_owners_and_rings() -> None:
 
 def test_record_round_trip_and_garbled_file(fake: FakeDeviceLayer, tmp_path: Path) -> None:
     rec = _record(fake)
-    assert A.AttachRecord.from_json(rec.to_json()) == rec
-    A._write_record(rec)
-    path = A.state_path(rec.netns_inode, "vtf0")
+    assert record.AttachRecord.from_json(rec.to_json()) == rec
+    record.write_record(rec)
+    path = record.state_path(rec.netns_inode, "vtf0")
     Path(path).write_text('{"version": 1, "phase": "half"}')
     with pytest.raises(DeviceError) as ei:
-        A.read_record(rec.netns_inode, "vtf0")
+        record.read_record(rec.netns_inode, "vtf0")
     assert str(ei.value) == f"{path} is not readable: bad phase 'half'"
-    assert A.read_record(rec.netns_inode, "vtfother") is None
+    assert record.read_record(rec.netns_inode, "vtfother") is None
 
 
 def test_pid_alive() -> None:
-    assert A.pid_alive(os.getpid())
-    assert not A.pid_alive(dead_pid()) and not A.pid_alive(0)
+    assert pid_alive(os.getpid())
+    assert not pid_alive(dead_pid()) and not pid_alive(0)
     p = subprocess.Popen(["true"])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # exited but not reaped: a zombie is dead
@@ -256,12 +261,12 @@ def test_pid_alive() -> None:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                 break
         time.sleep(0.01)
-    assert not A.pid_alive(p.pid)
+    assert not pid_alive(p.pid)
     p.wait()
 
 
 def test_device_watch_rate_limit_and_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    w = A.DeviceWatch("netmap:lo", "lo", VETH_CH, interval=0.1)
+    w = DeviceWatch("netmap:lo", "lo", VETH_CH, interval=0.1)
     try:
         now = [VETH_CH]
         monkeypatch.setattr(w, "_current", lambda: now[0])
@@ -281,7 +286,7 @@ def test_device_watch_rate_limit_and_message(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_device_watch_reads_a_real_interface() -> None:
-    w = A.DeviceWatch("netmap:lo", "lo", Channels())
+    w = DeviceWatch("netmap:lo", "lo", Channels())
     try:
         assert w._current() == Channels()  # lo has no ethtool channels
     finally:

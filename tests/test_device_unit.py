@@ -27,7 +27,7 @@ from vtnet_py.device import (
     virtio_xdp_mtu_limit,
     vnet_hdr_len_for,
 )
-from vtnet_py.device_netlink import default_route_oifs
+from vtnet_py.device.netlink import default_route_oifs
 from vtnet_py.errors import BusyError, DeviceError, InterfaceChangedError, RefusedError
 
 # A real virtio-net feature string (a QEMU NIC without ctrl_guest_offloads): bits 0 1 5 7

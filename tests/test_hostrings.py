@@ -24,8 +24,8 @@ from vtnet_py import (
     UnsupportedError,
     open_port,
 )
-from vtnet_py.hostrings import TC_MODE_ENV, cleanup_stale, helper_names
-from vtnet_py.netns import netns
+from vtnet_py._sys.netns import netns
+from vtnet_py.netmap.hostrings import TC_MODE_ENV, cleanup_stale, helper_names
 
 pytestmark = kernel
 
@@ -398,7 +398,7 @@ def test_a_failed_open_leaves_nothing_behind(veth: VethPair, monkeypatch: pytest
                                              step: str) -> None:
     """A failure late in opening (programs loaded, or just before the egress program is
     attached) undoes the helper pair, the XDP programs and every attachment."""
-    from vtnet_py import hostrings
+    from vtnet_py.netmap import hostrings
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError(f"injected failure in {step}")

@@ -29,7 +29,7 @@ def test_non_editable_install_finds_bpf_sources(tmp_path: Path) -> None:
                            capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = ("import vtnet_py, vtnet_py.bpfbuild as b; "
+    code = ("import vtnet_py, vtnet_py.ebpf.build as b; "
             "p = b.bpf_source_dir(); assert 'site-packages' in str(p), p; "
             "print(p / 'steer.c')")
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtnet_py.pktgen.frames import (
+from vtnet_py.apps.pktgen.frames import (
     FrameGen,
     FrameSpec,
     FrameSpecError,
@@ -328,7 +328,7 @@ def test_precomputed_walk_equals_direct_computation(
                      dst=IPRange.parse("10.1.0.1:7-10.1.0.2:7"), payload=payload)  # type: ignore[arg-type]
     fast = FrameGen(spec)
     assert fast._table is not None and fast._table.shape[0] == 24
-    monkeypatch.setattr("vtnet_py.pktgen.frames.TABLE_MAX", 0)
+    monkeypatch.setattr("vtnet_py.apps.pktgen.frames.TABLE_MAX", 0)
     slow = FrameGen(spec)
     assert slow._table is None
     for n in (1, 23, 50):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 
-from vtnet_py.netns import netns
+from vtnet_py._sys.netns import netns
 
 pytestmark = pytest.mark.kernel
 
@@ -315,7 +315,7 @@ def test_rxseq_reports_frames_dropped_on_the_way(
 ) -> None:
     from bcc import BPF  # Debian's python3-bpfcc, as the library uses
 
-    from vtnet_py.bpfbuild import find_kernel_headers
+    from vtnet_py.ebpf.build import find_kernel_headers
 
     headers = find_kernel_headers()  # the library's answer to "no headers for this kernel"
     if headers is not None:

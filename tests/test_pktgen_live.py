@@ -33,8 +33,8 @@ from click.testing import CliRunner
 from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 from vtnetmap_cli.pktgen_cmd import pkt_gen
 
-from vtnet_py.netns import netns
-from vtnet_py.pktgen.frames import FrameGen, FrameSpec, IPRange
+from vtnet_py._sys.netns import netns
+from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec, IPRange
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF beyond rmem_max, for root
 FINAL1 = re.compile(r"^Sent (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from vtnet_py.pktgen.report import (
+from vtnet_py.apps.pktgen.report import (
     FRAMING_BITS,
     Counters,
     Final,

@@ -1,4 +1,4 @@
-"""Port-name grammar (vtnet_py.portname): pure parsing, no root, no network."""
+"""Port-name grammar (vtnet_py.netmap.portname): pure parsing, no root, no network."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vtnet_py.errors import PortNameError
-from vtnet_py.portname import (
+from vtnet_py.netmap.portname import (
     MAX_RINGS,
     MAX_SLOTS,
     MIN_SLOTS,

@@ -45,7 +45,7 @@ import pytest
 from nettest import VethPair, kernel, peer_frames, run
 
 from vtnet_py import InterfaceChangedError, RingError, open_port
-from vtnet_py.netns import netns as enter_netns
+from vtnet_py._sys.netns import netns as enter_netns
 
 pytestmark = kernel
 
@@ -206,7 +206,7 @@ def kill9(p: subprocess.Popen[str]) -> str:
 OPENER = """
     import sys, time
     from vtnet_py import open_port
-    import vtnet_py.port, vtnet_py.steer, vtnet_py.device_netlink  # imports before READY
+    import vtnet_py.netmap.port, vtnet_py.ebpf.steer, vtnet_py.device.netlink  # before READY
     print("READY", flush=True)
     sys.stdin.readline()
     t0 = time.monotonic()
@@ -308,7 +308,7 @@ RX_LOAD = """
 
 FLOOD = """
     import socket, sys, time
-    from vtnet_py.netns import netns
+    from vtnet_py._sys.netns import netns
     with netns(sys.argv[1]):
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         s.bind((sys.argv[2], 0))
@@ -362,7 +362,7 @@ def test_sigkill_of_a_port_on_a_pinned_program(veth: VethPair, flood: Flood) -> 
     """After `vtnetmap attach` the program stays attached on purpose when a port's owner
     dies; its queues still go back to the kernel at once (the socket leaves the XSKMAP
     with the process), the next port joins the program, and detach removes it."""
-    from vtnet_py.attach import attach, detach
+    from vtnet_py.admin.attach import attach, detach
     attach(veth.a, netns=veth.ns_a)
     try:
         for _ in range(2):

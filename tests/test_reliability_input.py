@@ -43,8 +43,8 @@ from vtnet_py import (
     VtnetError,
     open_port,
 )
-from vtnet_py.netns import netns as enter_netns
-from vtnet_py.steer import xdp_attachment
+from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py.ebpf.steer import xdp_attachment
 
 pytestmark = kernel
 

@@ -102,8 +102,10 @@ def test_failed_opens_100_times(veth: VethPair) -> None:
 
 
 def test_attach_detach_200_times(veth: VethPair) -> None:
-    from vtnet_py.attach import attach, detach, pin_dir, read_record
-    from vtnet_py.netns import netns as enter_netns
+    from vtnet_py._sys.netns import netns as enter_netns
+    from vtnet_py.admin.attach import attach, detach
+    from vtnet_py.admin.pins import pin_dir
+    from vtnet_py.device.record import read_record
 
     def rounds(n: int) -> None:
         for i in range(n):
@@ -117,7 +119,7 @@ def test_attach_detach_200_times(veth: VethPair) -> None:
     measure("attach/detach", rounds)
     assert not veth.xdp_attached("a")
     with enter_netns(veth.ns_a):
-        from vtnet_py.attach import netns_inode
+        from vtnet_py._sys.proc import netns_inode
         nsino = netns_inode()
         assert read_record(nsino, veth.a) is None
         assert not os.path.exists(pin_dir(nsino, veth.a))

@@ -162,7 +162,7 @@ def modes(root: Path) -> dict[str, tuple[str, int]]:
 
 def test_configured_cache_dir_is_root_only(veth: VethPair) -> None:
     from vtnet_py import open_port
-    from vtnet_py.bpfbuild import cache_dir
+    from vtnet_py.ebpf.build import cache_dir
 
     with open_port(f"netmap:{veth.a}", netns=veth.ns_a):
         pass  # the steering program's image is in the cache now
@@ -180,8 +180,8 @@ def test_fresh_cache_under_umask_0_is_root_only(tmp_path: Path) -> None:
     """A first compile into a new cache directory, with umask 0: still 0700 / 0600."""
     d = tmp_path / "deep" / "cache"
     code = ("import os; os.umask(0)\n"
-            "from vtnet_py.bpfbuild import compile_image\n"
-            "from vtnet_py.steer import PROG_NAME, MAX_QUEUES\n"
+            "from vtnet_py.ebpf.build import compile_image\n"
+            "from vtnet_py.ebpf.steer import PROG_NAME, MAX_QUEUES\n"
             "compile_image('steer.c', (PROG_NAME,), (f'-DVTNM_MAX_QUEUES={MAX_QUEUES}',))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300, env={**os.environ, "VTNETMAP_CACHE_DIR": str(d)})
@@ -199,7 +199,7 @@ def test_fresh_cache_under_umask_0_is_root_only(tmp_path: Path) -> None:
 RACER = textwrap.dedent("""
     import sys
     from vtnet_py import BusyError, VtnetError, open_port
-    import vtnet_py.port, vtnet_py.steer  # imported before the race starts
+    import vtnet_py.netmap.port, vtnet_py.ebpf.steer  # imported before the race starts
     port = None
     print("READY", flush=True)
     for line in sys.stdin:

@@ -9,7 +9,7 @@
 Public names are re-exported here; the modules behind them are implementation.
 """
 
-from .errors import (
+from vtnet_py.errors import (
     BusyError,
     DeviceError,
     InterfaceChangedError,
@@ -22,10 +22,10 @@ from .errors import (
     UnsupportedError,
     VtnetError,
 )
-from .memory import Memory
-from .port import Port, open_port
-from .portname import PortSpec, RegMode, parse_port_name
-from .ring import (
+from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.port import Port, open_port
+from vtnet_py.netmap.portname import PortSpec, RegMode, parse_port_name
+from vtnet_py.netmap.ring import (
     NR_FORWARD,
     NR_TIMESTAMP,
     NS_BUF_CHANGED,

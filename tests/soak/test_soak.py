@@ -280,7 +280,7 @@ def test_soak_long(veth: VethPair) -> None:
 # --- through the bridge (NIC rings <-> host rings) ------------------------------------------
 
 BRIDGE = COMMON + """
-    from vtnet_py.bridge import Bridge, open_pair
+    from vtnet_py.apps.bridge import Bridge, open_pair
     host, nic, mem = open_pair(sys.argv[1], None, out=sys.stderr)
     br = Bridge(host, nic, out=sys.stderr)
     samples, next_sample = [], 0.0

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 from vtnetmap_cli.main import main as vtnetmap_main
 
-from vtnet_py.attach import status
+from vtnet_py.admin.status import status
 
 VTNETMAP = str(Path(sys.executable).with_name("vtnetmap"))
 PINGS = 5

@@ -26,7 +26,9 @@ from guestlib import XDP_ATTACHED_DRV, Kmsg
 from vtnetmap_cli.main import main as vtnetmap_main
 
 from vtnet_py import RefusedError, VtnetError, open_port
-from vtnet_py.attach import netns_inode, pin_dir, state_path
+from vtnet_py._sys.proc import netns_inode
+from vtnet_py.admin.pins import pin_dir
+from vtnet_py.device.record import state_path
 
 # What netmap mode needs off on virtio_net, as `ethtool -k` names it (QEMU's default
 # device has them on, none fixed): receive coalescing (LRO by the host), GRO, the TX

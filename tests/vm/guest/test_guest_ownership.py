@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from vtnet_py import open_port
-from vtnet_py.attach import attach, detach, status
+from vtnet_py.admin.attach import attach, detach
+from vtnet_py.admin.status import status
 
 RETURN_WITHIN_S = 1.0
 

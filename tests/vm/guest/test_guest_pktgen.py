@@ -25,8 +25,8 @@ from pathlib import Path
 import guestlib
 import pytest
 
-from vtnet_py.attach import status
-from vtnet_py.pktgen.frames import PAYLOAD_TEXT
+from vtnet_py.admin.status import status
+from vtnet_py.apps.pktgen.frames import PAYLOAD_TEXT
 
 N_TX = 1000
 N_RX = 1000

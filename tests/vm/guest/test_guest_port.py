@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from vtnet_py import Port, open_port
-from vtnet_py.attach import attach, detach
+from vtnet_py.admin.attach import attach, detach
 
 FLOWS = 64  # UDP destination ports; the TAP hashes flows onto its queues
 ROUNDS = 4

@@ -1,5 +1,5 @@
 """The real device layer: rtnetlink (pyroute2 IPRoute) plus ethtool (pyroute2's ioctl
-ethtool, and ETHTOOL_GDRVINFO from :mod:`vtnet_py._ethtool`).
+ethtool, and ETHTOOL_GDRVINFO from :mod:`vtnet_py._sys.ethtool`).
 
 Namespace rule: every socket is opened inside the call that uses it and closed before it
 returns, so it lives in the network namespace of the calling *thread* at that moment. A
@@ -25,8 +25,8 @@ from pyroute2 import IPRoute
 from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vtnet_py import _ethtool
-from vtnet_py.device_types import (
+from vtnet_py._sys import ethtool as _ethtool
+from vtnet_py.device.types import (
     Channels,
     DeviceInfo,
     Feature,

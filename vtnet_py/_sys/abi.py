@@ -332,3 +332,19 @@ TC_H_CLSACT_EGRESS = 0xFFFFFFF3
 SIOCETHTOOL = 0x8946
 SIOCGIFMTU = 0x8921
 IFNAMSIZ = 16
+SIOCGIFHWADDR = 0x8927
+ETHTOOL_GDRVINFO = 0x00000003
+
+# --- errno values the kernel uses internally but that reach user space -----------------
+# include/linux/errno.h: ENOTSUPP (524) is not in errno.h; some drivers and the BPF test
+# runner return it for "operation not supported".
+ENOTSUPP = 524
+
+# --- Ethernet framing -------------------------------------------------------------------
+# Ethernet header, one VLAN tag, FCS room: what a frame needs beyond the MTU
+ETH_OVERHEAD = 14 + 4 + 4
+
+# --- include/uapi/linux/virtio_net.h ----------------------------------------------------
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+# struct virtio_net_hdr lengths: none; legacy header; with num_buffers (mergeable / v1)
+VNET_HDR_LENS = (0, 10, 12)

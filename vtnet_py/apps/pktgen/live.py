@@ -57,13 +57,10 @@ from typing import Any, ClassVar, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from .. import _bpfsys as bpf
-from .. import _kernel as K
-from ..bpfbuild import LoadedProgram, ProgramImage, compile_image, instantiate
-from ..errors import DeviceError, PrivilegeError, UnsupportedError, VtnetError
-from ..netns import netns as enter_netns
-from ..portname import RegMode, parse_port_name
-from .engine import (
+from vtnet_py._sys import abi as K
+from vtnet_py._sys import bpf
+from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py.apps.pktgen.engine import (
     F_BYTES,
     F_DONE,
     F_ERR,
@@ -78,7 +75,7 @@ from .engine import (
     Worker,
     interface_facts,
 )
-from .frames import (
+from vtnet_py.apps.pktgen.frames import (
     ETH_HLEN,
     IP_HLEN,
     OFF_IP_DST,
@@ -90,6 +87,9 @@ from .frames import (
     FrameGen,
     FrameSpec,
 )
+from vtnet_py.ebpf.build import LoadedProgram, ProgramImage, compile_image, instantiate
+from vtnet_py.errors import DeviceError, PrivilegeError, UnsupportedError, VtnetError
+from vtnet_py.netmap.portname import RegMode, parse_port_name
 
 LIVE_SOURCE = "live.c"
 LIVE_PROG = "vtnm_live"
@@ -98,7 +98,6 @@ MAX_BATCH = 256  # net/bpf/test_run.c: TEST_XDP_MAX_BATCH, the kernel's cap on b
 # flush into the device; a veth peer queues it in a 256-slot ring, and 256-frame batches
 # overran it here (frames dropped in xdp_xmit) where 64 never did.
 DEFAULT_BATCH = 64
-ENOTSUPP = 524  # kernel-internal errno: BPF_F_TEST_XDP_LIVE_FRAMES unknown (< 5.18)
 
 # Unpaced calls aim at this much sending each: long enough to make the fixed cost of a
 # call (tens of ms) small, short enough that ^C ends the run within half a second.
@@ -342,7 +341,7 @@ class LiveSender:
         what = "BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES"
         if exc.errno in (errno.EPERM, errno.EACCES):
             return PrivilegeError(f"--live: {what} needs CAP_BPF and CAP_NET_ADMIN")
-        if exc.errno in (ENOTSUPP, errno.EOPNOTSUPP):
+        if exc.errno in (K.ENOTSUPP, errno.EOPNOTSUPP):
             return UnsupportedError(f"--live: this kernel has no {what} (Linux >= 5.18)")
         if exc.errno == errno.ENODEV:
             return DeviceError(f"--live: {self.ifname} disappeared")
@@ -494,7 +493,7 @@ class LiveRun(Run):
 
     def _facts(self) -> int:
         """Source MAC, MTU check; returns the TX queue count (for the header line)."""
-        from ..device_netlink import read_device
+        from vtnet_py.device.netlink import read_device
 
         cfg = self.cfg
         ifname = self.pspec.ifname

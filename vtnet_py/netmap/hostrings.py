@@ -3,7 +3,7 @@
 ``open_port("netmap:IF^")`` (``IF^0``, or ``IF*`` / ``IF+`` together with the NIC rings)
 gives a host RX ring, where the frames the stack transmits on IF arrive instead of going
 to the wire, and a host TX ring, whose frames the stack receives as if they had arrived
-on IF. They are ordinary :class:`~vtnet_py.ring.Ring` objects (``is_host=True``, last in
+on IF. They are ordinary :class:`~vtnet_py.netmap.ring.Ring` objects (``is_host=True``, last in
 the port's ring lists) in the same Memory as the NIC rings, so moving a frame between a
 NIC ring and a host ring is a ``buf_idx`` swap.
 
@@ -68,21 +68,21 @@ from pyroute2 import IPRoute
 from pyroute2.ethtool.ioctl import IoctlEthtool
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import _bpfsys as bpf
-from . import _kernel as K
-from .bpfbuild import LoadedProgram, compile_image, instantiate
-from .device_policy import possible_cpus
-from .errors import BusyError, DeviceError, PrivilegeError, UnsupportedError, VtnetError
-from .netns import netns as enter_netns
-from .portname import RegMode
-from .ring import NS_BUF_CHANGED, NS_FORWARD, NS_MOREFRAG, Ring
-from .steer import Steering
-from .xsk import XskSocket, ring_sizes
+from vtnet_py._sys import abi as K
+from vtnet_py._sys import bpf as bpf
+from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py.device.policy import possible_cpus
+from vtnet_py.ebpf.build import LoadedProgram, compile_image, instantiate
+from vtnet_py.ebpf.steer import Steering
+from vtnet_py.errors import BusyError, DeviceError, PrivilegeError, UnsupportedError, VtnetError
+from vtnet_py.netmap.portname import RegMode
+from vtnet_py.netmap.ring import NS_BUF_CHANGED, NS_FORWARD, NS_MOREFRAG, Ring
+from vtnet_py.netmap.xsk import XskSocket, ring_sizes
 
 if TYPE_CHECKING:
-    from .device_types import DeviceInfo
-    from .memory import Memory
-    from .port import Port
+    from vtnet_py.device.types import DeviceInfo
+    from vtnet_py.netmap.memory import Memory
+    from vtnet_py.netmap.port import Port
 
 log = logging.getLogger("vtnet_py")
 

@@ -26,13 +26,13 @@ from typing import TextIO
 
 import numpy as np
 
-from .device_netlink import read_device
-from .errors import UnsupportedError
-from .memory import Memory
-from .netns import netns as enter_netns
-from .port import DEFAULT_RX_SLOTS, DEFAULT_TX_SLOTS, Port, nic_queue_bound
-from .portname import RegMode, parse_port_name
-from .ring import NS_BUF_CHANGED, NS_MOREFRAG, Ring
+from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py.device.netlink import read_device
+from vtnet_py.errors import UnsupportedError
+from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.port import DEFAULT_RX_SLOTS, DEFAULT_TX_SLOTS, Port, nic_queue_bound
+from vtnet_py.netmap.portname import RegMode, parse_port_name
+from vtnet_py.netmap.ring import NS_BUF_CHANGED, NS_MOREFRAG, Ring
 
 POLL_TIMEOUT_MS = 2500  # bridge's poll timeout
 TX_RECLAIM_MS = 1  # TX completions are reaped by syncing, not signalled: re-check soon
@@ -257,7 +257,7 @@ def open_pair(ifa: str, ifb: str | None, *, copy: bool = False, loopback: bool =
     rings with its host rings, unless ``loopback``. Both share one Memory sized for both
     (zero copy) unless ``copy``. Returns (a, b, the shared Memory or None); on failure
     nothing stays open."""
-    from .port import open_port
+    from vtnet_py.netmap.port import open_port
 
     out = out or sys.stderr
     if ifb is None:

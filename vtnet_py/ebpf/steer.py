@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from . import _bpfsys as bpf
-from . import _kernel as K
-from .bpfbuild import compile_image, instantiate
-from .errors import (
+from vtnet_py._sys import abi as K
+from vtnet_py._sys import bpf as bpf
+from vtnet_py.ebpf.build import compile_image, instantiate
+from vtnet_py.errors import (
     BusyError,
     DeviceError,
     InterfaceChangedError,

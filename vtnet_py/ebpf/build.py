@@ -30,9 +30,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _bpfsys as bpf
-from . import _kernel as K
-from .errors import PrivilegeError, UnsupportedError, VtnetError
+from vtnet_py._sys import abi as K
+from vtnet_py._sys import bpf as bpf
+from vtnet_py.errors import PrivilegeError, UnsupportedError, VtnetError
 
 log = logging.getLogger("vtnet_py")
 
@@ -57,7 +57,7 @@ def cache_dir() -> Path:
 
 def bpf_source_dir() -> Path:
     """Where the BPF C sources are: inside the installed package, or the source tree."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the vtnet_py package
     for cand in (here / "bpf", here.parent / "bpf"):
         if (cand / "steer.c").is_file():
             return cand
@@ -239,9 +239,9 @@ def _compile_in_child(source: str, funcs: tuple[str, ...], cflags: tuple[str, ..
     env = dict(os.environ)
     if headers is not None:
         env["BCC_KERNEL_SOURCE"] = str(headers)
-    args = [sys.executable, "-m", "vtnet_py.bpfbuild", source, ",".join(funcs),
+    args = [sys.executable, "-m", "vtnet_py.ebpf.build", source, ",".join(funcs),
             *cflags]
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(Path(__file__).resolve().parents[2])  # the directory holding vtnet_py
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                 else "")
     r = subprocess.run(args, capture_output=True, text=True, env=env)

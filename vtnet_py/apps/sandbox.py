@@ -11,7 +11,7 @@ import secrets
 import subprocess
 from dataclasses import dataclass
 
-from .errors import DeviceError
+from vtnet_py.errors import DeviceError
 
 
 def _ip(*args: str) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernel as K
-from .errors import InvariantError, UnsupportedError
-from .ring import APP, FREE, BufferPool, krx, ktx
-from .xsk import CHUNK_SIZE, Umem, XskSocket, _close_mmap
+from vtnet_py._sys import abi as K
+from vtnet_py.errors import InvariantError, UnsupportedError
+from vtnet_py.netmap.ring import APP, FREE, BufferPool, krx, ktx
+from vtnet_py.netmap.xsk import CHUNK_SIZE, Umem, XskSocket, _close_mmap
 
 
 class Memory:

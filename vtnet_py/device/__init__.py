@@ -14,9 +14,9 @@ One import point for the lead's code and the CLI::
 
 from __future__ import annotations
 
-from vtnet_py.device_fake import FakeDeviceLayer, make_info
-from vtnet_py.device_netlink import NetlinkDeviceLayer, read_channels, read_device
-from vtnet_py.device_policy import (
+from vtnet_py.device.fake import FakeDeviceLayer, make_info
+from vtnet_py.device.netlink import NetlinkDeviceLayer, read_channels, read_device
+from vtnet_py.device.policy import (
     DeviceLayer,
     DeviceWarning,
     Mode,
@@ -34,7 +34,7 @@ from vtnet_py.device_policy import (
     support_mode,
     virtio_xdp_mtu_limit,
 )
-from vtnet_py.device_types import (
+from vtnet_py.device.types import (
     Channels,
     DeviceInfo,
     Feature,

@@ -12,9 +12,7 @@ import errno
 import fcntl
 import socket
 
-SIOCETHTOOL = 0x8946
-ETHTOOL_GDRVINFO = 0x00000003
-IFNAMSIZ = 16
+from vtnet_py._sys.abi import ETHTOOL_GDRVINFO, IFNAMSIZ, SIOCETHTOOL
 
 
 class _DrvInfo(ctypes.Structure):

@@ -11,7 +11,7 @@ import errno
 import os
 from collections.abc import Iterator
 
-from . import _kernel as K
+from vtnet_py._sys import abi as K
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:

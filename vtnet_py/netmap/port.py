@@ -22,18 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from . import hostrings
-from ._kernel import XDP_PACKET_HEADROOM
-from .attach import DeviceWatch, attached_zerocopy, pid_alive
-from .device_netlink import read_device
-from .device_policy import (
+from vtnet_py._sys.abi import ETH_OVERHEAD, SIOCGIFHWADDR, VNET_HDR_LENS, XDP_PACKET_HEADROOM
+from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py._sys.proc import pid_alive
+from vtnet_py.device.netlink import read_device
+from vtnet_py.device.policy import (
     check_xdp_preconditions,
     possible_cpus,
     refuse_default_route,
     support_mode,
 )
-from .device_types import DeviceInfo
-from .errors import (
+from vtnet_py.device.record import attached_zerocopy
+from vtnet_py.device.types import DeviceInfo
+from vtnet_py.ebpf.steer import Steering
+from vtnet_py.errors import (
     BusyError,
     DeviceError,
     InterfaceChangedError,
@@ -41,21 +43,19 @@ from .errors import (
     UnsupportedError,
     VtnetError,
 )
-from .memory import Memory
-from .netns import netns as enter_netns
-from .portname import PortSpec, RegMode, parse_port_name
-from .ring import FREE, VNET_HDR_LENS, Ring, krx, ktx
-from .steer import Steering
-from .xsk import CHUNK_SIZE, XskSocket, ring_sizes
+from vtnet_py.netmap import hostrings
+from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.portname import PortSpec, RegMode, parse_port_name
+from vtnet_py.netmap.ring import FREE, Ring, krx, ktx
+from vtnet_py.netmap.watch import DeviceWatch
+from vtnet_py.netmap.xsk import CHUNK_SIZE, XskSocket, ring_sizes
 
 log = logging.getLogger("vtnet_py")
 
-SIOCGIFHWADDR = 0x8927  # include/uapi/linux/sockios.h
 NR_BUF_SIZE = CHUNK_SIZE - XDP_PACKET_HEADROOM  # a netmap buffer: a UMEM chunk after headroom
 HEALTH_SLICE_MS = 100  # longest sleep in poll() between checks that the sockets are bound
 DEFAULT_RX_SLOTS = 1024
 DEFAULT_TX_SLOTS = 1024
-ETH_OVERHEAD = 14 + 4 + 4  # Ethernet header, one VLAN tag, FCS room the MTU does not count
 MAX_FRAGS = 18  # MAX_SKB_FRAGS + 1: the most a copy-mode AF_XDP TX frame may span
 
 
@@ -315,7 +315,7 @@ def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
               mode: str | None = None, frags: bool | None = None,
               memory: Memory | None = None, force: bool = False,
               vnet_hdr: int = 0) -> Port:
-    """Open a netmap port by name (netmap's grammar, see vtnet_py.portname).
+    """Open a netmap port by name (netmap's grammar, see vtnet_py.netmap.portname).
 
     ``netns`` opens an interface of that network namespace. ``zerocopy`` is "auto" (zero
     copy where the driver offers it), "on" (refuse otherwise) or "off". ``mode`` forces

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from vtnet_py.device_types import (
+from vtnet_py.device.types import (
     VIRTIO_F_ANY_LAYOUT,
     VIRTIO_F_VERSION_1,
     VIRTIO_FEATURE_NAMES,

@@ -19,13 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernel as K
-from .errors import BusyError, DeviceError, InterfaceChangedError, PrivilegeError, UnsupportedError
+from vtnet_py._sys import abi as K
+from vtnet_py.errors import (
+    BusyError,
+    DeviceError,
+    InterfaceChangedError,
+    PrivilegeError,
+    UnsupportedError,
+)
 
 DESC_DTYPE = np.dtype(K.XDP_DESC_FIELDS)
 ADDR_DTYPE = np.dtype("<u8")
 U32_WRAP = 0xFFFFFFFF
-ENOTSUPP = 524  # kernel-internal "operation not supported", seen from some drivers
 
 CHUNK_SIZE = 4096  # one page per frame: the aligned-mode chunk every driver accepts
 
@@ -224,9 +229,9 @@ class XskSocket:
                             f"another program) owns it")
         if err == errno.EPERM:
             raise PrivilegeError(f"{where}: binding an AF_XDP socket needs CAP_NET_ADMIN")
-        if err in (errno.EOPNOTSUPP, ENOTSUPP, errno.EINVAL) and zerocopy:
+        if err in (errno.EOPNOTSUPP, K.ENOTSUPP, errno.EINVAL) and zerocopy:
             raise UnsupportedError(f"{where}: zero-copy AF_XDP is not supported by the driver")
-        if err in (errno.EOPNOTSUPP, ENOTSUPP, errno.EINVAL) and frags:
+        if err in (errno.EOPNOTSUPP, K.ENOTSUPP, errno.EINVAL) and frags:
             raise UnsupportedError(f"{where}: multi-buffer AF_XDP (XDP_USE_SG) refused: {msg}")
         if err == errno.ENODEV or err == errno.ENXIO:
             raise InterfaceChangedError(f"{where}: interface is gone")

@@ -14,8 +14,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from vtnet_py.device_netlink import fixed_feature_message, no_such_interface
-from vtnet_py.device_types import Channels, DeviceInfo, Feature
+from vtnet_py.device.netlink import fixed_feature_message, no_such_interface
+from vtnet_py.device.types import Channels, DeviceInfo, Feature
 from vtnet_py.errors import BusyError, RefusedError
 
 

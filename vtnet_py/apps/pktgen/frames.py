@@ -31,6 +31,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from vtnet_py._sys.abi import VNET_HDR_LENS
+
 ETH_HLEN = 14
 IP_HLEN = 20
 UDP_HLEN = 8
@@ -53,7 +55,6 @@ OFF_STAMP = OFF_PAYLOAD + 4  # ping: 64-bit big-endian send time in ns
 SEQ_LEN = 4
 STAMP_LEN = 8
 
-VNET_HDR_LENS = (0, 10, 12)
 DEFAULT_SRC = "10.0.0.1"
 DEFAULT_DST = "10.1.0.1"
 DEFAULT_PORT = 1234

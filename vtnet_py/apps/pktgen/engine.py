@@ -38,10 +38,9 @@ from typing import Any, ClassVar, TextIO
 
 import numpy as np
 
-from ..errors import VtnetError
-from ..netns import netns as enter_netns
-from ..portname import PortSpec, RegMode, parse_port_name
-from .frames import (
+from vtnet_py._sys.abi import SIOCGIFHWADDR, SIOCGIFMTU
+from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py.apps.pktgen.frames import (
     ETH_HLEN,
     OFF_ETHERTYPE,
     OFF_SEQ,
@@ -54,7 +53,9 @@ from .frames import (
     read_seq,
     read_stamp,
 )
-from .report import Counters, Final, Output, Reporter
+from vtnet_py.apps.pktgen.report import Counters, Final, Output, Reporter
+from vtnet_py.errors import VtnetError
+from vtnet_py.netmap.portname import PortSpec, RegMode, parse_port_name
 
 FUNCTIONS = ("tx", "rx", "ping", "pong", "txseq", "rxseq")
 DEFAULT_BURST = {"tx": 512, "rx": 512, "ping": 1, "pong": 1, "txseq": 512, "rxseq": 512}
@@ -70,8 +71,6 @@ F_SEQ_RECEIVED, F_SEQ_LOST, F_SEQ_GAPS, F_SEQ_GAP_PKTS, F_SEQ_OOO = range(8, 13)
 F_RUNNING = 13
 NFIELDS = 14
 
-SIOCGIFHWADDR = 0x8927
-SIOCGIFMTU = 0x8921
 
 
 class PktgenError(VtnetError):
@@ -214,7 +213,7 @@ class Worker:
         """Open this worker's port (in the calling thread: bcc compiles the steering
         program on first use, which must happen in a main thread); None on failure,
         after one line on stderr."""
-        from .. import open_port  # late: the CLI's --help must not need the core
+        from vtnet_py import open_port  # late: the CLI's --help must not need the core
 
         try:
             # -H: the port gives every slot a virtio-net header (zeroed on RX,
@@ -609,7 +608,7 @@ class Run:
     def _facts(self) -> int:
         """Fill in the source MAC, check the frame against the MTU; returns the queue
         count of the direction this function uses."""
-        from ..device_netlink import read_device
+        from vtnet_py.device.netlink import read_device
 
         cfg = self.cfg
         ifname = self.pspec.ifname
@@ -650,7 +649,7 @@ class Run:
         self.output.info(f"{kind} {cfg.port}: {nq} queues, {cfg.threads} threads and "
                          f"{cpus} cpus.")
         if cfg.function in SENDERS:
-            from .frames import format_mac
+            from vtnet_py.apps.pktgen.frames import format_mac
             s = cfg.spec
             self.output.info(f"{s.src} -> {s.dst} ({format_mac(s.src_mac)} -> "
                              f"{format_mac(s.dst_mac)})")

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _kernel as K
-from .errors import InterfaceChangedError, InvariantError, RingError
+from vtnet_py._sys import abi as K
+from vtnet_py.errors import InterfaceChangedError, InvariantError, RingError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .xsk import XskSocket
+    from vtnet_py.netmap.xsk import XskSocket
 
 # sys/net/netmap.h: slot flags
 NS_BUF_CHANGED = 0x0001
@@ -39,9 +39,6 @@ NS_FORWARD = 0x0004
 NS_NO_LEARN = 0x0008
 NS_INDIRECT = 0x0010
 NS_MOREFRAG = 0x0020
-# include/uapi/linux/virtio_net.h: struct virtio_net_hdr.flags
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VNET_HDR_LENS = (0, 10, 12)  # none; legacy header; with num_buffers (mergeable / v1)
 # ring flags
 NR_TIMESTAMP = 0x0002
 NR_FORWARD = 0x0004
@@ -488,7 +485,7 @@ class Ring:
             # at the next reap as if completed
             assert self._chunks is not None
             hdr = self._chunks[bufs, self._buf_off: self._buf_off + 2]
-            bad = ((hdr[:, 0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0) | (hdr[:, 1] != 0)
+            bad = ((hdr[:, 0] & K.VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0) | (hdr[:, 1] != 0)
             if bad.any():
                 self._local_done.append(bufs[bad])
                 self.stats["hdr_refused"] += int(bad.sum())

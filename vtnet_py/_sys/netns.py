@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import _kernel as K
-from .errors import DeviceError, PrivilegeError
+from vtnet_py._sys import abi as K
+from vtnet_py.errors import DeviceError, PrivilegeError
 
 NETNS_RUN_DIR = "/run/netns"
 

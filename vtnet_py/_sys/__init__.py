@@ -1,0 +1,1 @@
+"""Kernel ABI: ctypes declarations, bpf(2), ethtool ioctls, namespaces, /proc."""

@@ -1,0 +1,1 @@
+"""Applications on the netmap API: bridge, pkt-gen, the demo sandbox."""

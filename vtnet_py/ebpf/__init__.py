@@ -1,0 +1,1 @@
+"""BPF programs: bcc compile/cache, the steering program, TC attachment."""

@@ -1,0 +1,1 @@
+"""The netmap data path: AF_XDP sockets, rings, memory, ports, host rings."""
