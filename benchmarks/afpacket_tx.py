@@ -23,8 +23,9 @@ PACKET_QDISC_BYPASS = 20
 def main() -> None:
     ifname, secs = sys.argv[1], float(sys.argv[2])
     length = int(sys.argv[3]) if len(sys.argv) > 3 else 60
-    spec = FrameSpec(src=IPRange.parse("203.0.113.1"), dst=IPRange.parse("203.0.113.2:9"),
-                     length=length)
+    spec = FrameSpec(
+        src=IPRange.parse("203.0.113.1"), dst=IPRange.parse("203.0.113.2:9"), length=length
+    )
     arr, _, _ = FrameGen(spec).frames(1)
     frame = bytes(arr[0])
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)

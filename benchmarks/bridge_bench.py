@@ -45,6 +45,7 @@ BURST = 512
 
 # -- forwarders (run as `bridge_bench.py --worker KIND A1 A2 SECS`, inside "mid") ----------
 
+
 def _idle_done(first: float | None, last: float, secs: float) -> bool:
     now = time.monotonic()
     return first is not None and (now - last > 1.0 or now - first > secs)
@@ -70,8 +71,13 @@ def worker_bridge(a1: str, a2: str, secs: float, copy: bool) -> dict[str, Any]:
                     first, start_pk = last, br.a2b.packets
         pk = br.a2b.packets - start_pk
         span = (last - first) if first is not None else 0.0
-        return {"pkts": pk, "seconds": span, "pps": pk / span if span else 0.0,
-                "zerocopy": br.zerocopy, "avg_batch": br.a2b.packets / max(br.a2b.batches, 1)}
+        return {
+            "pkts": pk,
+            "seconds": span,
+            "pps": pk / span if span else 0.0,
+            "zerocopy": br.zerocopy,
+            "avg_batch": br.a2b.packets / max(br.a2b.batches, 1),
+        }
     finally:
         b.close()
         a.close()
@@ -90,10 +96,26 @@ def worker_plain(a1: str, a2: str, secs: float) -> dict[str, Any]:
     n = 2048  # every buffer starts on a1's FILL ring; TX reuses the RX buffers in place
     umem = Umem(n)
     i1, i2 = read_device(a1).ifindex, read_device(a2).ifindex
-    rxs = XskSocket(ifname=a1, ifindex=i1, queue=0, umem=umem, share_with=None,
-                    sizes=ring_sizes(n, 0), zerocopy=False, frags=False)
-    txs = XskSocket(ifname=a2, ifindex=i2, queue=0, umem=umem, share_with=rxs,
-                    sizes=ring_sizes(0, n), zerocopy=False, frags=False)
+    rxs = XskSocket(
+        ifname=a1,
+        ifindex=i1,
+        queue=0,
+        umem=umem,
+        share_with=None,
+        sizes=ring_sizes(n, 0),
+        zerocopy=False,
+        frags=False,
+    )
+    txs = XskSocket(
+        ifname=a2,
+        ifindex=i2,
+        queue=0,
+        umem=umem,
+        share_with=rxs,
+        sizes=ring_sizes(0, n),
+        zerocopy=False,
+        frags=False,
+    )
     steer = Steering.acquire(a1, i1, mode=None, frags=False)
     try:
         steer.claim(0, rxs.fileno())
@@ -140,8 +162,12 @@ def worker_plain(a1: str, a2: str, secs: float) -> dict[str, Any]:
             if not got and not c and not tx.pending():
                 poller.poll(100)
         span = (last - first) if first is not None else 0.0
-        return {"pkts": fwd, "seconds": span, "pps": fwd / span if span else 0.0,
-                "rx_kernel": rxs.statistics()}
+        return {
+            "pkts": fwd,
+            "seconds": span,
+            "pps": fwd / span if span else 0.0,
+            "rx_kernel": rxs.statistics(),
+        }
     finally:
         steer.unclaim(0)
         rxs.close()
@@ -151,6 +177,7 @@ def worker_plain(a1: str, a2: str, secs: float) -> dict[str, Any]:
 
 
 # -- the run -------------------------------------------------------------------------------
+
 
 class Topology:
     """gen b1 == a1 [mid] a2 == b2 drop; ``remove`` deletes the namespaces."""
@@ -164,14 +191,43 @@ class Topology:
         try:
             for ns in self.ns.values():
                 suite.sh("ip", "netns", "add", ns)
-            for a, b, peer_ns in ((self.a1, self.b1, self.ns["gen"]),
-                                  (self.a2, self.b2, self.ns["drop"])):
-                suite.sh("ip", "link", "add", a, "numtxqueues", "1", "numrxqueues", "1",
-                         "netns", self.ns["mid"], "type", "veth", "peer", "name", b,
-                         "numtxqueues", "1", "numrxqueues", "1", "netns", peer_ns)
+            for a, b, peer_ns in (
+                (self.a1, self.b1, self.ns["gen"]),
+                (self.a2, self.b2, self.ns["drop"]),
+            ):
+                suite.sh(
+                    "ip",
+                    "link",
+                    "add",
+                    a,
+                    "numtxqueues",
+                    "1",
+                    "numrxqueues",
+                    "1",
+                    "netns",
+                    self.ns["mid"],
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    b,
+                    "numtxqueues",
+                    "1",
+                    "numrxqueues",
+                    "1",
+                    "netns",
+                    peer_ns,
+                )
                 for ns, dev in ((self.ns["mid"], a), (peer_ns, b)):
-                    suite.sh("ip", "netns", "exec", ns, "sysctl", "-qw",
-                             f"net.ipv6.conf.{dev}.disable_ipv6=1")
+                    suite.sh(
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        "sysctl",
+                        "-qw",
+                        f"net.ipv6.conf.{dev}.disable_ipv6=1",
+                    )
                     suite.sh("ip", "-n", ns, "link", "set", dev, "up")
         except BaseException:
             self.remove()
@@ -186,22 +242,28 @@ class Topology:
 
 
 def one_case(t: Topology, kind: str, secs: float) -> dict[str, Any]:
-    drop = suite.start(t.ns["drop"], [suite.XSK, "drop", "-i", t.b2, "-o", suite.BPF_OBJ,
-                                      "-t", str(secs + 30)], cpu=0)
+    drop = suite.start(
+        t.ns["drop"],
+        [suite.XSK, "drop", "-i", t.b2, "-o", suite.BPF_OBJ, "-t", str(secs + 30)],
+        cpu=0,
+    )
     fwd = None
     try:
-        suite.wait_for(lambda: t.has_xdp(t.ns["drop"], t.b2) or drop.poll() is not None, 30,
-                       "the drop counter")
-        fwd = suite.start(t.ns["mid"], [PY, __file__, "--worker", kind, t.a1, t.a2,
-                                        str(secs)], cpu=1)
+        suite.wait_for(
+            lambda: t.has_xdp(t.ns["drop"], t.b2) or drop.poll() is not None, 30, "the drop counter"
+        )
+        fwd = suite.start(
+            t.ns["mid"], [PY, __file__, "--worker", kind, t.a1, t.a2, str(secs)], cpu=1
+        )
         assert fwd.stdout is not None
         line = fwd.stdout.readline()
         if not line.startswith("READY"):
             err = fwd.stderr.read() if fwd.stderr else ""
             raise RuntimeError(f"{kind} forwarder failed: {line}{err}")
         time.sleep(0.3)
-        gen = suite.run_json(t.ns["gen"], [suite.XSK, "gen", "-i", t.b1, "-o", suite.BPF_OBJ,
-                                           "-t", str(secs)], cpu=0)
+        gen = suite.run_json(
+            t.ns["gen"], [suite.XSK, "gen", "-i", t.b1, "-o", suite.BPF_OBJ, "-t", str(secs)], cpu=0
+        )
         out, _ = suite.finish(fwd, timeout=secs + 60)
         r = suite.last_json(out)
         dout, _ = suite.finish(drop, timeout=secs + 40)
@@ -211,13 +273,15 @@ def one_case(t: Topology, kind: str, secs: float) -> dict[str, Any]:
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    r.update(gen_pps=gen["pps"], gen_pkts=gen["pkts"], peer_pkts=d["pkts"],
-             peer_pps=d["pps"])
+    r.update(gen_pps=gen["pps"], gen_pkts=gen["pkts"], peer_pkts=d["pkts"], peer_pps=d["pps"])
     return r
 
 
-CASES = {"bridge": "bridge (zero copy)", "bridge-c": "bridge -c (copy)",
-         "plain": "plain AF_XDP loop"}
+CASES = {
+    "bridge": "bridge (zero copy)",
+    "bridge-c": "bridge -c (copy)",
+    "plain": "plain AF_XDP loop",
+}
 
 
 def main() -> int:
@@ -225,8 +289,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--worker", nargs=4, metavar=("KIND", "A1", "A2", "SECS"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", nargs=4, metavar=("KIND", "A1", "A2", "SECS"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.worker:
         kind, a1, a2, secs = args.worker
@@ -247,21 +312,23 @@ def main() -> int:
             for c in cases:
                 r = one_case(t, c, args.secs)
                 results[c].append(r)
-                print(f"rep {rep + 1} {CASES[c]:20s} {r['pps'] / 1e6:6.3f} Mpps forwarded "
-                      f"({r['pkts']} in {r['seconds']:.2f} s); peer counted "
-                      f"{r['peer_pkts']}; generator {r['gen_pps'] / 1e6:.3f} Mpps",
-                      flush=True)
+                print(
+                    f"rep {rep + 1} {CASES[c]:20s} {r['pps'] / 1e6:6.3f} Mpps forwarded "
+                    f"({r['pkts']} in {r['seconds']:.2f} s); peer counted "
+                    f"{r['peer_pkts']}; generator {r['gen_pps'] / 1e6:.3f} Mpps",
+                    flush=True,
+                )
     finally:
         t.remove()
     print()
     print(f"{'forwarder':22s} {'median Mpps':>11s}  runs")
     for c in cases:
         pps = [r["pps"] / 1e6 for r in results[c]]
-        print(f"{CASES[c]:22s} {statistics.median(pps):11.3f}  "
-              f"{' '.join(f'{x:.3f}' for x in pps)}")
+        print(f"{CASES[c]:22s} {statistics.median(pps):11.3f}  {' '.join(f'{x:.3f}' for x in pps)}")
     if "bridge" in results and "plain" in results:
-        ratio = (statistics.median(r["pps"] for r in results["bridge"]) /
-                 statistics.median(r["pps"] for r in results["plain"]))
+        ratio = statistics.median(r["pps"] for r in results["bridge"]) / statistics.median(
+            r["pps"] for r in results["plain"]
+        )
         print(f"bridge / plain AF_XDP loop: {ratio:.2f}")
     out = HERE / "results" / f"bridge-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(exist_ok=True)

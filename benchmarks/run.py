@@ -61,11 +61,37 @@ def build() -> None:
     src_xsk = HERE / "c" / "xsk_bench.c"
     arch_inc = f"/usr/include/{os.uname().machine}-linux-gnu"
     if not BPF_OBJ.exists() or BPF_OBJ.stat().st_mtime < src_bpf.stat().st_mtime:
-        subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-I{arch_inc}", "-c",
-                        str(src_bpf), "-o", str(BPF_OBJ)], check=True)
+        subprocess.run(
+            [
+                "clang",
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                f"-I{arch_inc}",
+                "-c",
+                str(src_bpf),
+                "-o",
+                str(BPF_OBJ),
+            ],
+            check=True,
+        )
     if not XSK.exists() or XSK.stat().st_mtime < src_xsk.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-g", "-Wall", "-o", str(XSK), str(src_xsk),
-                        "-lxdp", "-lbpf", "-lpthread"], check=True)
+        subprocess.run(
+            [
+                "gcc",
+                "-O2",
+                "-g",
+                "-Wall",
+                "-o",
+                str(XSK),
+                str(src_xsk),
+                "-lxdp",
+                "-lbpf",
+                "-lpthread",
+            ],
+            check=True,
+        )
 
 
 # -- namespaces --------------------------------------------------------------------------
@@ -87,13 +113,40 @@ class Pair:
         try:
             sh("ip", "netns", "add", self.ns_a)
             sh("ip", "netns", "add", self.ns_b)
-            sh("ip", "link", "add", self.a, "numtxqueues", "2", "numrxqueues", "2",
-               "netns", self.ns_a, "type", "veth", "peer", "name", self.b,
-               "numtxqueues", "2", "numrxqueues", "2", "netns", self.ns_b)
+            sh(
+                "ip",
+                "link",
+                "add",
+                self.a,
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "netns",
+                self.ns_a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.b,
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "netns",
+                self.ns_b,
+            )
             for ns, dev, ip in ((self.ns_a, self.a, IP_A), (self.ns_b, self.b, IP_B)):
                 sh("ip", "-n", ns, "link", "set", "lo", "up")
-                sh("ip", "netns", "exec", ns, "sysctl", "-qw",
-                   f"net.ipv6.conf.{dev}.disable_ipv6=1")
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    f"net.ipv6.conf.{dev}.disable_ipv6=1",
+                )
                 sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
                 sh("ip", "-n", ns, "link", "set", dev, "up")
         except BaseException:
@@ -139,8 +192,14 @@ def in_ns(ns: str, cmd: list[str], cpu: int | None = None) -> list[str]:
 
 def start(ns: str, cmd: list[str], cpu: int | None = None) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.Popen(in_ns(ns, cmd, cpu), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    return subprocess.Popen(
+        in_ns(ns, cmd, cpu),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
@@ -156,8 +215,9 @@ def finish(p: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
     return out, err
 
 
-def run_json(ns: str, cmd: list[str], cpu: int | None = None,
-             timeout: float = 60.0) -> dict[str, Any]:
+def run_json(
+    ns: str, cmd: list[str], cpu: int | None = None, timeout: float = 60.0
+) -> dict[str, Any]:
     out, _ = finish(start(ns, cmd, cpu), timeout)
     return last_json(out)
 
@@ -187,8 +247,22 @@ def rx_case(p: Pair, who: str, secs: float) -> dict[str, Any]:
     if who == "pktgen":
         cmd = PKTGEN + ["-i", f"netmap:{p.b}/R", "-f", "rx", "-W", "-w", "0", "--json"]
     elif who == "c":
-        cmd = [XSK, "rx", "-i", p.b, "-o", BPF_OBJ, "-q", "2", "-s", "1024", "-b", "512",
-               "-t", str(secs + 5)]
+        cmd = [
+            XSK,
+            "rx",
+            "-i",
+            p.b,
+            "-o",
+            BPF_OBJ,
+            "-q",
+            "2",
+            "-s",
+            "1024",
+            "-b",
+            "512",
+            "-t",
+            str(secs + 5),
+        ]
     else:
         cmd = [XSK, "drop", "-i", p.b, "-o", BPF_OBJ, "-t", str(secs + 5)]
     rx = start(p.ns_b, cmd, cpu=1)
@@ -206,8 +280,12 @@ def rx_case(p: Pair, who: str, secs: float) -> dict[str, Any]:
         res = {"pps": r["pps"], "pkts": r["pkts"], "seconds": r["seconds"]}
     else:
         r = last_json(out)
-        res = {"pps": r["pps"], "pkts": r["pkts"], "seconds": r["seconds"],
-               "rx_dropped": r.get("rx_dropped", 0)}
+        res = {
+            "pps": r["pps"],
+            "pkts": r["pkts"],
+            "seconds": r["seconds"],
+            "rx_dropped": r.get("rx_dropped", 0),
+        }
     res["gen_pps"] = gen["pps"]
     res["gen_pkts"] = gen["pkts"]
     res["delivered"] = res["pkts"] / gen["pkts"] if gen["pkts"] else 0.0
@@ -222,8 +300,23 @@ def tx_case(p: Pair, who: str, secs: float, queues: int = 1) -> dict[str, Any]:
         cpu = 1 if queues == 1 else None
         if who == "pktgen":
             port = f"netmap:{p.a}-0/T" if queues == 1 else f"netmap:{p.a}/T"
-            cmd = PKTGEN + ["-i", port, "-f", "tx", "-w", "0", "--json", "-b", "512",
-                            "-s", IP_A, "-d", f"{IP_B}:9", "-D", p.mac("b")]
+            cmd = PKTGEN + [
+                "-i",
+                port,
+                "-f",
+                "tx",
+                "-w",
+                "0",
+                "--json",
+                "-b",
+                "512",
+                "-s",
+                IP_A,
+                "-d",
+                f"{IP_B}:9",
+                "-D",
+                p.mac("b"),
+            ]
             if queues > 1:
                 cmd += ["-p", str(queues)]
             tx = start(p.ns_a, cmd, cpu)
@@ -232,8 +325,26 @@ def tx_case(p: Pair, who: str, secs: float, queues: int = 1) -> dict[str, Any]:
             out, _ = finish(tx, timeout=20)
             r = last_json(out, "final")
         elif who == "c":
-            r = run_json(p.ns_a, [XSK, "tx", "-i", p.a, "-o", BPF_OBJ, "-q", str(queues),
-                                  "-s", "1024", "-b", "512", "-t", str(secs)], cpu)
+            r = run_json(
+                p.ns_a,
+                [
+                    XSK,
+                    "tx",
+                    "-i",
+                    p.a,
+                    "-o",
+                    BPF_OBJ,
+                    "-q",
+                    str(queues),
+                    "-s",
+                    "1024",
+                    "-b",
+                    "512",
+                    "-t",
+                    str(secs),
+                ],
+                cpu,
+            )
         else:
             r = run_json(p.ns_a, [PY, HERE / "afpacket_tx.py", p.a, str(secs)], cpu)
         dout, _ = finish(drop, timeout=30)
@@ -242,8 +353,13 @@ def tx_case(p: Pair, who: str, secs: float, queues: int = 1) -> dict[str, Any]:
         if drop.poll() is None:
             drop.kill()
             drop.wait()
-    return {"pps": r["pps"], "pkts": r["pkts"], "seconds": r["seconds"],
-            "peer_pkts": d["pkts"], "peer_pps": d["pps"]}
+    return {
+        "pps": r["pps"],
+        "pkts": r["pkts"],
+        "seconds": r["seconds"],
+        "peer_pkts": d["pkts"],
+        "peer_pps": d["pps"],
+    }
 
 
 def lat_case(p: Pair, who: str, count: int) -> dict[str, Any]:
@@ -252,9 +368,28 @@ def lat_case(p: Pair, who: str, count: int) -> dict[str, Any]:
         try:
             wait_for(lambda: p.has_xdp("b") or pong.poll() is not None, 60, "pong")
             time.sleep(0.5)
-            r = run_json(p.ns_a, PKTGEN + ["-i", f"netmap:{p.a}", "-f", "ping", "-w", "0",
-                                           "-n", str(count), "--json", "-s", IP_A,
-                                           "-d", IP_B, "-D", p.mac("b")], cpu=0)
+            r = run_json(
+                p.ns_a,
+                PKTGEN
+                + [
+                    "-i",
+                    f"netmap:{p.a}",
+                    "-f",
+                    "ping",
+                    "-w",
+                    "0",
+                    "-n",
+                    str(count),
+                    "--json",
+                    "-s",
+                    IP_A,
+                    "-d",
+                    IP_B,
+                    "-D",
+                    p.mac("b"),
+                ],
+                cpu=0,
+            )
         finally:
             pong.send_signal(signal.SIGINT)
             try:
@@ -267,8 +402,9 @@ def lat_case(p: Pair, who: str, count: int) -> dict[str, Any]:
         srv = start(p.ns_b, [PY, HERE / "udp_pingpong.py", "server", IP_B, "9000", "2"], cpu=1)
         try:
             time.sleep(0.5)
-            r = run_json(p.ns_a, [PY, HERE / "udp_pingpong.py", "client", IP_B, "9000",
-                                  str(count)], cpu=0)
+            r = run_json(
+                p.ns_a, [PY, HERE / "udp_pingpong.py", "client", IP_B, "9000", str(count)], cpu=0
+            )
         finally:
             try:
                 srv.communicate(timeout=10)
@@ -364,8 +500,9 @@ def main() -> int:
     started = datetime.datetime.now(datetime.UTC)
     with veth_pair() as pair:
         # warm-up: the first port open compiles the steering program with bcc
-        warm = start(pair.ns_b, PKTGEN + ["-i", f"netmap:{pair.b}/R", "-f", "rx", "-w", "0",
-                                          "-n", "1"])
+        warm = start(
+            pair.ns_b, PKTGEN + ["-i", f"netmap:{pair.b}/R", "-f", "rx", "-w", "0", "-n", "1"]
+        )
         wait_for(lambda: pair.has_xdp("b") or warm.poll() is not None, 120, "warm-up")
         warm.send_signal(signal.SIGINT)
         warm.communicate(timeout=20)
@@ -387,10 +524,20 @@ def main() -> int:
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps({
-        "started": started.isoformat(), "args": vars(args), "uname": " ".join(os.uname()),
-        "cpus": os.cpu_count(), "results": results, "table": lines, "errors": errors,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(),
+                "args": vars(args),
+                "uname": " ".join(os.uname()),
+                "cpus": os.cpu_count(),
+                "results": results,
+                "table": lines,
+                "errors": errors,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwritten {out.relative_to(ROOT)}")
     return 1 if errors else 0
 

@@ -53,9 +53,21 @@ def client(ip: str, port: int, count: int) -> None:
         rtt[i] = clock() - t
     ok = rtt[rtt >= 0]
     q = np.percentile(ok, [50, 99])
-    print(json.dumps({"mode": "udp_ping", "sent": count, "received": int(ok.size),
-                      "lost": lost, "min": int(ok.min()), "median": float(q[0]),
-                      "p99": float(q[1]), "max": int(ok.max()), "avg": float(ok.mean())}))
+    print(
+        json.dumps(
+            {
+                "mode": "udp_ping",
+                "sent": count,
+                "received": int(ok.size),
+                "lost": lost,
+                "min": int(ok.min()),
+                "median": float(q[0]),
+                "p99": float(q[1]),
+                "max": int(ok.max()),
+                "avg": float(ok.mean()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

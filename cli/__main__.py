@@ -1,4 +1,5 @@
 """`python -m vtnetmap_cli`: the same as the `vtnetmap` command."""
+
 from .main import main
 
 main()

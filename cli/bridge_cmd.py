@@ -29,26 +29,65 @@ traffic flows and a summary at the end. Ctrl-C or SIGTERM stops it cleanly.
 """
 
 
-@click.command("bridge", help=BRIDGE_HELP,
-               context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("-i", "ifaces", multiple=True, metavar="PORT",
-              help="netmap port name, up to twice (netmap:IF, netmap:IF^, netmap:IF-N ...)")
-@click.option("-b", "burst", default=1024, type=int, metavar="BURST",
-              help="most packets moved per ring pair in one batch (1..8192)")
-@click.option("-w", "wait_link", default=4, type=int, metavar="SECS",
-              help="seconds to wait for the link before forwarding (0..100)")
+@click.command(
+    "bridge",
+    help=BRIDGE_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
+@click.option(
+    "-i",
+    "ifaces",
+    multiple=True,
+    metavar="PORT",
+    help="netmap port name, up to twice (netmap:IF, netmap:IF^, netmap:IF-N ...)",
+)
+@click.option(
+    "-b",
+    "burst",
+    default=1024,
+    type=int,
+    metavar="BURST",
+    help="most packets moved per ring pair in one batch (1..8192)",
+)
+@click.option(
+    "-w",
+    "wait_link",
+    default=4,
+    type=int,
+    metavar="SECS",
+    help="seconds to wait for the link before forwarding (0..100)",
+)
 @click.option("-c", "copy", is_flag=True, help="copy frames instead of swapping buffers")
-@click.option("-L", "loopback", is_flag=True,
-              help="with one interface: loop its traffic back instead of bridging it "
-                   "with the host stack")
+@click.option(
+    "-L",
+    "loopback",
+    is_flag=True,
+    help="with one interface: loop its traffic back instead of bridging it with the host stack",
+)
 @click.option("-v", "verbose", count=True, help="log every batch")
-@click.option("-T", "report_ms", default=1000, type=int, metavar="MS",
-              help="milliseconds between rate lines while traffic flows (0: none)")
-@click.option("--netns", default=None, metavar="NAME",
-              help="open the ports in this network namespace")
+@click.option(
+    "-T",
+    "report_ms",
+    default=1000,
+    type=int,
+    metavar="MS",
+    help="milliseconds between rate lines while traffic flows (0: none)",
+)
+@click.option(
+    "--netns", default=None, metavar="NAME", help="open the ports in this network namespace"
+)
 @click.argument("args", nargs=-1, metavar="[IFA [IFB [BURST]]]")
-def bridge(ifaces: tuple[str, ...], burst: int, wait_link: int, copy: bool, loopback: bool,
-           verbose: int, report_ms: int, netns: str | None, args: tuple[str, ...]) -> None:
+def bridge(
+    ifaces: tuple[str, ...],
+    burst: int,
+    wait_link: int,
+    copy: bool,
+    loopback: bool,
+    verbose: int,
+    report_ms: int,
+    netns: str | None,
+    args: tuple[str, ...],
+) -> None:
     from vtnet_py.apps.bridge import (
         DEFAULT_BURST,
         DEFAULT_WAIT_LINK,
@@ -99,15 +138,17 @@ def bridge(ifaces: tuple[str, ...], burst: int, wait_link: int, copy: bool, loop
     a = b = mem = None
     try:
         a, b, mem = open_pair(ifa, ifb, copy=copy, loopback=loopback, netns=netns)
-        br = Bridge(a, b, burst=burst, zerocopy=not copy, verbose=verbose,
-                    wake_fd=wake_r.fileno())
+        br = Bridge(a, b, burst=burst, zerocopy=not copy, verbose=verbose, wake_fd=wake_r.fileno())
         dlog("main", f"------- zerocopy {'' if br.zerocopy else 'NOT '}supported")
         dlog("main", f"Wait {wait_link} secs for link to come up...")
         deadline = time.monotonic() + wait_link
         while not stop and time.monotonic() < deadline:
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        dlog("main", f"Ready to go, {a.name} 0x{_first_rx(a):x}/{len(a.rx_rings)} <-> "
-                     f"{b.name} 0x{_first_rx(b):x}/{len(b.rx_rings)}.")
+        dlog(
+            "main",
+            f"Ready to go, {a.name} 0x{_first_rx(a):x}/{len(a.rx_rings)} <-> "
+            f"{b.name} 0x{_first_rx(b):x}/{len(b.rx_rings)}.",
+        )
         report_s = report_ms / 1000.0
         next_report = time.monotonic() + report_s if report_s > 0 else None
         while not stop:

@@ -18,14 +18,23 @@ import numpy as np
 from vtnet_py import Port, open_port
 from vtnet_py.apps.sandbox import Sandbox
 
-FRAME = bytes.fromhex(
-    "ffffffffffff" "020000000002" "0800"  # Ethernet: broadcast from a local MAC, IPv4
-    "45000030000000004011" "0000" "c6336402" "c6336401"  # IPv4 198.51.100.2 -> .1, UDP
-    "04d2162e001c0000") + b"vtnetmap demo frame!"  # UDP 1234 -> 5678, payload
+FRAME = (
+    bytes.fromhex(
+        "ffffffffffff"
+        "020000000002"
+        "0800"  # Ethernet: broadcast from a local MAC, IPv4
+        "45000030000000004011"
+        "0000"
+        "c6336402"
+        "c6336401"  # IPv4 198.51.100.2 -> .1, UDP
+        "04d2162e001c0000"
+    )
+    + b"vtnetmap demo frame!"
+)  # UDP 1234 -> 5678, payload
 
 
 def ipv4_checksum(header: bytes) -> int:
-    s = sum(int.from_bytes(header[i: i + 2], "big") for i in range(0, len(header), 2))
+    s = sum(int.from_bytes(header[i : i + 2], "big") for i in range(0, len(header), 2))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -61,8 +70,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: float) -> float
 
 
 @click.command("demo")
-@click.option("--seconds", "-t", default=5.0, show_default=True, callback=_duration,
-              help="how long to run")
+@click.option(
+    "--seconds", "-t", default=5.0, show_default=True, callback=_duration, help="how long to run"
+)
 @click.option("--show", default=3, show_default=True, help="packets to print")
 def demo(seconds: float, show: int) -> None:
     """Run the embedded default: a veth between two fresh network namespaces, a netmap
@@ -75,13 +85,22 @@ def demo(seconds: float, show: int) -> None:
     with Sandbox.create(queues=1) as sb:
         click.echo(f"sandbox: {sb.ns_tx}/{sb.if_tx} --veth--> {sb.ns_rx}/{sb.if_rx}")
         with open_port(f"netmap:{sb.if_rx}", netns=sb.ns_rx) as port:
-            click.echo(f"opened netmap:{sb.if_rx}: {len(port.rx_rings)} RX ring(s), "
-                       f"XDP {port.xdp_mode}, {'zero-copy' if port.zerocopy else 'copy'} "
-                       f"mode, {port.rx_rings[0].num_slots} slots")
-            child = subprocess.Popen([sys.executable, "-c",
-                                      "import sys; from vtnetmap_cli.demo import transmit; "
-                                      "transmit(sys.argv[1], sys.argv[2], float(sys.argv[3]))",
-                                      sb.if_tx, sb.ns_tx, str(seconds)])
+            click.echo(
+                f"opened netmap:{sb.if_rx}: {len(port.rx_rings)} RX ring(s), "
+                f"XDP {port.xdp_mode}, {'zero-copy' if port.zerocopy else 'copy'} "
+                f"mode, {port.rx_rings[0].num_slots} slots"
+            )
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from vtnetmap_cli.demo import transmit; "
+                    "transmit(sys.argv[1], sys.argv[2], float(sys.argv[3]))",
+                    sb.if_tx,
+                    sb.ns_tx,
+                    str(seconds),
+                ]
+            )
             try:
                 _receive(port, seconds, show)
             finally:
@@ -115,7 +134,9 @@ def _receive(port: Port, seconds: float, show: int) -> None:
             last, last_total = now, total
     port.rxsync()
     el = time.monotonic() - t0
-    click.echo(f"Received {total} packets {total_bytes} bytes in {el:.2f} s: "
-               f"{total / el / 1e6:.3f} Mpps average")
+    click.echo(
+        f"Received {total} packets {total_bytes} bytes in {el:.2f} s: "
+        f"{total / el / 1e6:.3f} Mpps average"
+    )
     if total == 0:
         raise click.ClickException("no packet received")

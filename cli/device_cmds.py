@@ -90,27 +90,50 @@ def _os_errors(ifname: str | None) -> Iterator[None]:
 
 
 def _netns_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--netns", "netns_name", metavar="NS",
-                        help="the interface lives in network namespace NS (ip netns name "
-                             "or path)")(fn)
+    return click.option(
+        "--netns",
+        "netns_name",
+        metavar="NS",
+        help="the interface lives in network namespace NS (ip netns name or path)",
+    )(fn)
 
 
 @click.command("attach", help=ATTACH_HELP, context_settings=_SETTINGS)
 @click.argument("ifname", metavar="IF")
-@click.option("--rings", type=click.IntRange(min=1), metavar="N",
-              help="set the interface's channels (ring count) to N before attaching")
-@click.option("--mode", type=click.Choice(["native", "generic"]),
-              help="force native (driver) or generic (SKB) XDP; default by driver")
-@click.option("--zerocopy", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="zero-copy default for ports opened later")
-@click.option("--force", is_flag=True,
-              help="attach even to the interface that carries the default route")
+@click.option(
+    "--rings",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="set the interface's channels (ring count) to N before attaching",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["native", "generic"]),
+    help="force native (driver) or generic (SKB) XDP; default by driver",
+)
+@click.option(
+    "--zerocopy",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="zero-copy default for ports opened later",
+)
+@click.option(
+    "--force", is_flag=True, help="attach even to the interface that carries the default route"
+)
 @_netns_option
-def attach_cmd(ifname: str, rings: int | None, mode: str | None, zerocopy: str,
-               force: bool, netns_name: str | None) -> None:
+def attach_cmd(
+    ifname: str,
+    rings: int | None,
+    mode: str | None,
+    zerocopy: str,
+    force: bool,
+    netns_name: str | None,
+) -> None:
     with _os_errors(ifname):
-        res = attach(ifname, rings=rings, mode=mode, zerocopy=zerocopy, force=force,
-                     netns=netns_name)
+        res = attach(
+            ifname, rings=rings, mode=mode, zerocopy=zerocopy, force=force, netns=netns_name
+        )
     for w in res.warnings:
         click.echo(f"vtnetmap: warning: {w}", err=True)
     for m in res.messages:
@@ -119,8 +142,11 @@ def attach_cmd(ifname: str, rings: int | None, mode: str | None, zerocopy: str,
 
 @click.command("detach", help=DETACH_HELP, context_settings=_SETTINGS)
 @click.argument("ifname", metavar="IF")
-@click.option("--force", is_flag=True,
-              help="also detach a program that live processes' ports attached implicitly")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="also detach a program that live processes' ports attached implicitly",
+)
 @_netns_option
 def detach_cmd(ifname: str, force: bool, netns_name: str | None) -> None:
     with _os_errors(ifname):
@@ -141,52 +167,72 @@ def format_status(st: dict[str, Any]) -> str:
     lines: list[str] = []
     where = f"netns {st['netns']} " if st.get("netns") else ""
     if not st["interfaces"]:
-        return f"no interface uses vtnetmap in this network namespace ({where}inode " \
-               f"{st['netns_inode']})"
+        return (
+            f"no interface uses vtnetmap in this network namespace ({where}inode "
+            f"{st['netns_inode']})"
+        )
     for i in st["interfaces"]:
         if not i["exists"]:
             lines.append(f"{i['ifname']}: does not exist")
             lines += [f"  note: {n}" for n in i["notes"]]
             continue
-        lines.append(f"{i['ifname']} (ifindex {i['ifindex']}, driver {i['driver'] or '?'}, "
-                     f"{where}(netns inode {i['netns_inode']}), mtu {i['mtu']}, "
-                     f"{'up' if i['oper_up'] else 'down'})")
+        lines.append(
+            f"{i['ifname']} (ifindex {i['ifindex']}, driver {i['driver'] or '?'}, "
+            f"{where}(netns inode {i['netns_inode']}), mtu {i['mtu']}, "
+            f"{'up' if i['oper_up'] else 'down'})"
+        )
         x = i["xdp"]
         if x["prog_id"]:
             who = "vtnetmap" if x["vtnetmap"] else "not vtnetmap's"
-            lines.append(f"  xdp: program {x['prog_id']} ({x['prog_name']}, {who}), "
-                         f"{x['mode']} mode{', multi-buffer' if x['frags'] else ''}")
+            lines.append(
+                f"  xdp: program {x['prog_id']} ({x['prog_name']}, {who}), "
+                f"{x['mode']} mode{', multi-buffer' if x['frags'] else ''}"
+            )
         else:
             lines.append("  xdp: none attached")
         lines.append(f"  pinned: {'yes, in ' + i['pin_dir'] if i['pinned'] else 'no'}")
         a = i["attach"]
         if a:
-            lines.append(f"  attached by: pid {a['pid']} "
-                         f"({'alive' if a['pid_alive'] else 'exited'}) at {a['time_iso']}, "
-                         f"phase {a['phase']}, ports default to zerocopy={a['zerocopy']}")
+            lines.append(
+                f"  attached by: pid {a['pid']} "
+                f"({'alive' if a['pid_alive'] else 'exited'}) at {a['time_iso']}, "
+                f"phase {a['phase']}, ports default to zerocopy={a['zerocopy']}"
+            )
         ch = i["channels"]
         kinds = [k for k in ("combined", "rx", "tx", "other") if ch[k] or ch[f"max_{k}"]]
-        lines.append("  channels: " + (", ".join(f"{k} {ch[k]}/{ch['max_' + k]}"
-                                                  for k in kinds) or "not reported")
-                     + f" (rx queues {i['rx_queues']}, tx queues {i['tx_queues']})")
+        lines.append(
+            "  channels: "
+            + (", ".join(f"{k} {ch[k]}/{ch['max_' + k]}" for k in kinds) or "not reported")
+            + f" (rx queues {i['rx_queues']}, tx queues {i['tx_queues']})"
+        )
         on = i["offloads_on"]
-        lines.append("  offloads netmap wants off: " + ("all off" if not on else
-                     "still on: " + ", ".join(
-                         n + (" [fixed]" if i["offloads"][n]["fixed"] else "") for n in on)))
+        lines.append(
+            "  offloads netmap wants off: "
+            + (
+                "all off"
+                if not on
+                else "still on: "
+                + ", ".join(n + (" [fixed]" if i["offloads"][n]["fixed"] else "") for n in on)
+            )
+        )
         vh = i["vnet_hdr_len"]
-        lines.append(f"  vnet header: {vh} bytes" if vh else
-                     "  vnet header: n/a" + ("" if i["driver"] == "virtio_net" else
-                                            " (not virtio_net)"))
+        lines.append(
+            f"  vnet header: {vh} bytes"
+            if vh
+            else "  vnet header: n/a" + ("" if i["driver"] == "virtio_net" else " (not virtio_net)")
+        )
         for q in i["queues"]:
             extra = " (beyond the current channels)" if q["beyond_channels"] else ""
             lines.append(f"  queue {q['queue']}: {_owner(q)}{extra}")
             for r in q["rings"]:
                 k = r["afxdp"]
                 stats = " ".join(f"{n}={v}" for n, v in k.items())
-                lines.append(f"    {r['port']} {r['kind']} ring {r['ring']}: head {r['head']} "
-                             f"cur {r['cur']} tail {r['tail']} ({r['user_slots']} user / "
-                             f"{r['kernel_slots']} kernel slots, "
-                             f"{'zero-copy' if r['zerocopy'] else 'copy'}) {stats}")
+                lines.append(
+                    f"    {r['port']} {r['kind']} ring {r['ring']}: head {r['head']} "
+                    f"cur {r['cur']} tail {r['tail']} ({r['user_slots']} user / "
+                    f"{r['kernel_slots']} kernel slots, "
+                    f"{'zero-copy' if r['zerocopy'] else 'copy'}) {stats}"
+                )
         lines.append(f"  AF_XDP statistics: {i['afxdp_statistics']}")
         lines += [f"  note: {n}" for n in i["notes"]]
     return "\n".join(lines)

@@ -32,8 +32,7 @@ class _Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="show informational messages")
 def main(verbose: bool) -> None:
     """vtnetmap: netmap rings over AF_XDP for virtio_net (and any XDP-capable NIC)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
 
 main.add_command(demo)

@@ -48,50 +48,124 @@ def _refuse(flag: str) -> None:
     help=PKTGEN_HELP,
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
 )
-@click.option("-i", "iface", required=True, metavar="PORT",
-              help="netmap port name (netmap:IF, netmap:IF-N, .../T, .../R; a bare IF "
-                   "gets the netmap: prefix)")
-@click.option("-f", "function", default="rx",
-              type=click.Choice(["tx", "rx", "ping", "pong", "txseq", "rxseq"]),
-              help="what to do")
-@click.option("-n", "count", default=0, type=int, metavar="COUNT",
-              help="packets to send/receive, or ping/pong transactions (0: forever)")
-@click.option("-l", "lengths", multiple=True, type=int, metavar="LEN",
-              help="frame length without CRC (default 60); a second -l gives the minimum "
-                   "of random lengths [second, first)")
-@click.option("-b", "burst", default=0, type=int, metavar="BURST",
-              help="packets per batch (default 512, 1 for ping/pong)")
-@click.option("-s", "src", default="10.0.0.1", metavar="IP[:PORT[-IP:PORT]]",
-              help="source address and port, or a range")
-@click.option("-d", "dst", default="10.1.0.1", metavar="IP[:PORT[-IP:PORT]]",
-              help="destination address and port, or a range")
-@click.option("-S", "src_mac", default=None, metavar="MAC",
-              help="source MAC (default: the interface's)")
-@click.option("-D", "dst_mac", default="ff:ff:ff:ff:ff:ff", metavar="MAC",
-              help="destination MAC")
-@click.option("-a", "affinity", default=-1, type=int, metavar="CPU",
-              help="pin thread i to CPU (CPU + i) mod cpus")
-@click.option("-c", "cpus", default=0, type=int, metavar="CPUS",
-              help="CPUs to use for -a (0: all)")
-@click.option("-p", "threads", default=1, type=int, metavar="THREADS",
-              help="worker processes, one ring pair each")
-@click.option("-T", "report_ms", default=1000, type=int, metavar="MS",
-              help="milliseconds between reports")
-@click.option("-w", "wait_link", default=2, type=int, metavar="SECS",
-              help="seconds to wait for the link before starting")
-@click.option("-W", "exit_idle", is_flag=True,
-              help="receivers stop after 1 s without traffic")
-@click.option("-R", "rate", default=0, type=int, metavar="PPS",
-              help="transmit rate in packets per second (total)")
+@click.option(
+    "-i",
+    "iface",
+    required=True,
+    metavar="PORT",
+    help="netmap port name (netmap:IF, netmap:IF-N, .../T, .../R; a bare IF "
+    "gets the netmap: prefix)",
+)
+@click.option(
+    "-f",
+    "function",
+    default="rx",
+    type=click.Choice(["tx", "rx", "ping", "pong", "txseq", "rxseq"]),
+    help="what to do",
+)
+@click.option(
+    "-n",
+    "count",
+    default=0,
+    type=int,
+    metavar="COUNT",
+    help="packets to send/receive, or ping/pong transactions (0: forever)",
+)
+@click.option(
+    "-l",
+    "lengths",
+    multiple=True,
+    type=int,
+    metavar="LEN",
+    help="frame length without CRC (default 60); a second -l gives the minimum "
+    "of random lengths [second, first)",
+)
+@click.option(
+    "-b",
+    "burst",
+    default=0,
+    type=int,
+    metavar="BURST",
+    help="packets per batch (default 512, 1 for ping/pong)",
+)
+@click.option(
+    "-s",
+    "src",
+    default="10.0.0.1",
+    metavar="IP[:PORT[-IP:PORT]]",
+    help="source address and port, or a range",
+)
+@click.option(
+    "-d",
+    "dst",
+    default="10.1.0.1",
+    metavar="IP[:PORT[-IP:PORT]]",
+    help="destination address and port, or a range",
+)
+@click.option(
+    "-S", "src_mac", default=None, metavar="MAC", help="source MAC (default: the interface's)"
+)
+@click.option("-D", "dst_mac", default="ff:ff:ff:ff:ff:ff", metavar="MAC", help="destination MAC")
+@click.option(
+    "-a",
+    "affinity",
+    default=-1,
+    type=int,
+    metavar="CPU",
+    help="pin thread i to CPU (CPU + i) mod cpus",
+)
+@click.option("-c", "cpus", default=0, type=int, metavar="CPUS", help="CPUs to use for -a (0: all)")
+@click.option(
+    "-p",
+    "threads",
+    default=1,
+    type=int,
+    metavar="THREADS",
+    help="worker processes, one ring pair each",
+)
+@click.option(
+    "-T", "report_ms", default=1000, type=int, metavar="MS", help="milliseconds between reports"
+)
+@click.option(
+    "-w",
+    "wait_link",
+    default=2,
+    type=int,
+    metavar="SECS",
+    help="seconds to wait for the link before starting",
+)
+@click.option("-W", "exit_idle", is_flag=True, help="receivers stop after 1 s without traffic")
+@click.option(
+    "-R",
+    "rate",
+    default=0,
+    type=int,
+    metavar="PPS",
+    help="transmit rate in packets per second (total)",
+)
 @click.option("-z", "random_src", is_flag=True, help="random source address and port")
 @click.option("-Z", "random_dst", is_flag=True, help="random destination address and port")
-@click.option("-H", "vnet_hdr", default=0, type=int, metavar="LEN",
-              help="virtio-net header bytes before each frame (0, 10 or 12)")
-@click.option("-A", "averages", is_flag=True,
-              help="mean and standard deviation of the rate over the last 15 reports")
+@click.option(
+    "-H",
+    "vnet_hdr",
+    default=0,
+    type=int,
+    metavar="LEN",
+    help="virtio-net header bytes before each frame (0, 10 or 12)",
+)
+@click.option(
+    "-A",
+    "averages",
+    is_flag=True,
+    help="mean and standard deviation of the rate over the last 15 reports",
+)
 @click.option("-N", "no_normalize", is_flag=True, help="do not scale units (pps, bps)")
-@click.option("-B", "framing", is_flag=True,
-              help="count 24 bytes of Ethernet framing and CRC in the raw bandwidth")
+@click.option(
+    "-B",
+    "framing",
+    is_flag=True,
+    help="count 24 bytes of Ethernet framing and CRC in the raw bandwidth",
+)
 @click.option("-v", "verbose", count=True, help="more messages")
 @click.option("-4", "ipv4", is_flag=True, help="IPv4 (the default and only family)")
 @click.option("-6", "ipv6", is_flag=True, hidden=True)
@@ -104,24 +178,66 @@ def _refuse(flag: str) -> None:
 @click.option("-o", "test_options", default=None, type=int, hidden=True)
 @click.option("-C", "ring_conf", default=None, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per report on stdout")
-@click.option("--netns", default=None, metavar="NAME",
-              help="open the port in this network namespace")
+@click.option(
+    "--netns", default=None, metavar="NAME", help="open the port in this network namespace"
+)
 @click.option("--seed", default=None, type=int, help="seed for -z/-Z and random lengths")
-@click.option("--live", is_flag=True,
-              help="-f tx generated in the kernel (BPF_PROG_TEST_RUN live XDP frames "
-                   "redirected out of IF; -b is the kernel batch: default 64, at most 256)")
-def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], burst: int,
-            src: str, dst: str, src_mac: str | None, dst_mac: str, affinity: int, cpus: int,
-            threads: int, report_ms: int, wait_link: int, exit_idle: bool, rate: int,
-            random_src: bool, random_dst: bool, vnet_hdr: int, averages: bool,
-            no_normalize: bool, framing: bool, verbose: int, ipv4: bool, ipv6: bool,
-            frags: int | None, frag_size: int | None, indirect: bool, pcap: str | None,
-            dump: bool, rubbish: bool, test_options: int | None, ring_conf: str | None,
-            as_json: bool, netns: str | None, seed: int | None, live: bool) -> None:
-    for flag, used in (("-6", ipv6), ("-F", frags is not None), ("-M", frag_size is not None),
-                       ("-I", indirect), ("-P", pcap is not None), ("-X", dump),
-                       ("-r", rubbish), ("-o", test_options is not None),
-                       ("-C", ring_conf is not None)):
+@click.option(
+    "--live",
+    is_flag=True,
+    help="-f tx generated in the kernel (BPF_PROG_TEST_RUN live XDP frames "
+    "redirected out of IF; -b is the kernel batch: default 64, at most 256)",
+)
+def pkt_gen(
+    iface: str,
+    function: str,
+    count: int,
+    lengths: tuple[int, ...],
+    burst: int,
+    src: str,
+    dst: str,
+    src_mac: str | None,
+    dst_mac: str,
+    affinity: int,
+    cpus: int,
+    threads: int,
+    report_ms: int,
+    wait_link: int,
+    exit_idle: bool,
+    rate: int,
+    random_src: bool,
+    random_dst: bool,
+    vnet_hdr: int,
+    averages: bool,
+    no_normalize: bool,
+    framing: bool,
+    verbose: int,
+    ipv4: bool,
+    ipv6: bool,
+    frags: int | None,
+    frag_size: int | None,
+    indirect: bool,
+    pcap: str | None,
+    dump: bool,
+    rubbish: bool,
+    test_options: int | None,
+    ring_conf: str | None,
+    as_json: bool,
+    netns: str | None,
+    seed: int | None,
+    live: bool,
+) -> None:
+    for flag, used in (
+        ("-6", ipv6),
+        ("-F", frags is not None),
+        ("-M", frag_size is not None),
+        ("-I", indirect),
+        ("-P", pcap is not None),
+        ("-X", dump),
+        ("-r", rubbish),
+        ("-o", test_options is not None),
+        ("-C", ring_conf is not None),
+    ):
         if used:
             _refuse(flag)
     if len(lengths) > 2:
@@ -152,13 +268,25 @@ def pkt_gen(iface: str, function: str, count: int, lengths: tuple[int, ...], bur
             payload=payload,  # type: ignore[arg-type]
         )
         cfg = Config(
-            port=iface, function=function, count=count, spec=spec,
+            port=iface,
+            function=function,
+            count=count,
+            spec=spec,
             burst=burst or (live_mode.DEFAULT_BATCH if live else 0),
-            threads=threads, report_ms=report_ms, wait_link=float(wait_link),
-            forever=not exit_idle, rate=rate, averages=averages,
-            normalize=not no_normalize, framing=FRAMING_BITS if framing else 0,
-            as_json=as_json, netns=netns, seed=seed, src_mac_given=src_mac is not None,
-            affinity=affinity, cpus=cpus,
+            threads=threads,
+            report_ms=report_ms,
+            wait_link=float(wait_link),
+            forever=not exit_idle,
+            rate=rate,
+            averages=averages,
+            normalize=not no_normalize,
+            framing=FRAMING_BITS if framing else 0,
+            as_json=as_json,
+            netns=netns,
+            seed=seed,
+            src_mac_given=src_mac is not None,
+            affinity=affinity,
+            cpus=cpus,
         )
         status = (live_mode.LiveRun(cfg) if live else Run(cfg)).run()
     except (FrameSpecError, PktgenError, VtnetError) as exc:

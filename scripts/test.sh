@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check vtnet_py cli tests benchmarks
+.venv/bin/ruff format --check vtnet_py cli tests benchmarks
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -53,6 +53,7 @@ kernel = pytest.mark.skipif(_why is not None, reason=_why or "")
 @dataclass
 class VethPair:
     """``a`` in namespace ``ns_a`` (198.51.100.1), ``b`` in ``ns_b`` (198.51.100.2)."""
+
     ns_a: str
     ns_b: str
     a: str
@@ -61,12 +62,20 @@ class VethPair:
     ip_b: str = "198.51.100.2"
 
     def sh_a(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.ns_a, "sh", "-c", cmd],
-                              check=check, capture_output=True, text=True)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns_a, "sh", "-c", cmd],
+            check=check,
+            capture_output=True,
+            text=True,
+        )
 
     def sh_b(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.ns_b, "sh", "-c", cmd],
-                              check=check, capture_output=True, text=True)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns_b, "sh", "-c", cmd],
+            check=check,
+            capture_output=True,
+            text=True,
+        )
 
     def mac(self, side: str) -> bytes:
         ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
@@ -111,9 +120,29 @@ def make_veth_pair(queues: int = 2, mtu: int | None = None) -> VethPair:
     try:
         run("ip", "netns", "add", pair.ns_a)
         run("ip", "netns", "add", pair.ns_b)
-        run("ip", "link", "add", pair.a, "numtxqueues", str(queues), "numrxqueues",
-            str(queues), "netns", pair.ns_a, "type", "veth", "peer", "name", pair.b,
-            "numtxqueues", str(queues), "numrxqueues", str(queues), "netns", pair.ns_b)
+        run(
+            "ip",
+            "link",
+            "add",
+            pair.a,
+            "numtxqueues",
+            str(queues),
+            "numrxqueues",
+            str(queues),
+            "netns",
+            pair.ns_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.b,
+            "numtxqueues",
+            str(queues),
+            "numrxqueues",
+            str(queues),
+            "netns",
+            pair.ns_b,
+        )
         for ns, dev, ip in ((pair.ns_a, pair.a, pair.ip_a), (pair.ns_b, pair.b, pair.ip_b)):
             run("ip", "-n", ns, "link", "set", "lo", "up")
             if mtu:
@@ -121,8 +150,7 @@ def make_veth_pair(queues: int = 2, mtu: int | None = None) -> VethPair:
             run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
             run("ip", "-n", ns, "link", "set", dev, "up")
             # no IPv6 chatter (router solicitations, DAD) in tests that count frames
-            run("ip", "netns", "exec", ns, "sysctl", "-qw",
-                f"net.ipv6.conf.{dev}.disable_ipv6=1")
+            run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
     except BaseException:
         remove_veth_pair(pair)
         raise
@@ -134,8 +162,9 @@ def remove_veth_pair(pair: VethPair) -> None:
         run("ip", "netns", "del", ns, check=False)
 
 
-def peer_frames(s: socket.socket, want: int, timeout: float,
-                src: bytes | None = None) -> list[bytes]:
+def peer_frames(
+    s: socket.socket, want: int, timeout: float, src: bytes | None = None
+) -> list[bytes]:
     """Test frames (TEST_ETHERTYPE, from ``src`` if given) arriving at packet socket ``s``
     (its own sends excluded), until ``want`` of them or ``timeout`` seconds."""
     out: list[bytes] = []
@@ -149,8 +178,11 @@ def peer_frames(s: socket.socket, want: int, timeout: float,
             data, addr = s.recvfrom(65536)
         except TimeoutError:
             break
-        if (addr[2] != PACKET_OUTGOING and data[12:14] == TEST_ETHERTYPE
-                and (src is None or data[6:12] == src)):
+        if (
+            addr[2] != PACKET_OUTGOING
+            and data[12:14] == TEST_ETHERTYPE
+            and (src is None or data[6:12] == src)
+        ):
             out.append(data)
     return out
 
@@ -172,8 +204,12 @@ PORT_HOLDER = textwrap.dedent("""
 
 def start_port_holder(name: str, ns: str) -> subprocess.Popen[str]:
     """Start a PORT_HOLDER for port ``name`` in namespace ``ns``; returns once it is open."""
-    p = subprocess.Popen([sys.executable, "-c", PORT_HOLDER, name, ns],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", PORT_HOLDER, name, ns],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout is not None
     line = p.stdout.readline()
     if not line.startswith("OPEN"):
@@ -186,7 +222,9 @@ def start_port_holder(name: str, ns: str) -> subprocess.Popen[str]:
 PKTGEN = [sys.executable, "-W", "ignore", "-m", "vtnetmap_cli.pktgen_cmd"]
 PKTGEN_PERIODIC = re.compile(
     r"^\d{3}\.\d{6} main_thread \[\d+\] \d+\.\d{3} [KMGT ]?pps \(\d+\.\d{3} [KMGT ]?pkts "
-    r"\d+\.\d{3} [KMGT ]?bps in \d+ usec\) \d+\.\d{2} avg_batch \d+ min_space$")
+    r"\d+\.\d{3} [KMGT ]?bps in \d+ usec\) \d+\.\d{2} avg_batch \d+ min_space$"
+)
 PKTGEN_FINAL2 = re.compile(
     r"^Speed: \d+\.\d{3} [KMGT ]?pps Bandwidth: \d+\.\d{3} [KMGT ]?bps "
-    r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts$")
+    r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts$"
+)

@@ -85,25 +85,32 @@ CHILD = textwrap.dedent("""
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vtnetmap_cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vtnetmap_cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def errors(r: subprocess.CompletedProcess[str]) -> list[str]:
     """stderr lines without bpfbuild's notice about compiling against other headers."""
-    return [line for line in r.stderr.strip().splitlines()
-            if not line.startswith("vtnetmap: no headers for running kernel")]
+    return [
+        line
+        for line in r.stderr.strip().splitlines()
+        if not line.startswith("vtnetmap: no headers for running kernel")
+    ]
 
 
 def sh(ns: str, cmd: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", cmd], check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "sh", "-c", cmd], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def ethtool_k(ns: str, dev: str) -> dict[str, str]:
     out = sh(ns, f"ethtool -k {dev}")
-    return {k.strip(): v.strip() for k, v in
-            (line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)}
+    return {
+        k.strip(): v.strip()
+        for k, v in (line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)
+    }
 
 
 def ethtool_l(ns: str, dev: str) -> str:
@@ -111,8 +118,14 @@ def ethtool_l(ns: str, dev: str) -> str:
 
 
 def xdp_prog(ns: str, dev: str) -> int:
-    link = json.loads(subprocess.run(["ip", "-j", "-n", ns, "link", "show", "dev", dev],
-                                     check=True, capture_output=True, text=True).stdout)[0]
+    link = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-n", ns, "link", "show", "dev", dev],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )[0]
     return int(link.get("xdp", {}).get("prog", {}).get("id", 0))
 
 
@@ -144,9 +157,13 @@ class AttachEnv:
         return p
 
     def child(self, ifname: str, ns: str, what: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-c", CHILD, ifname, ns, what],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", CHILD, ifname, ns, what],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.children.append(p)
         return p
 
@@ -197,6 +214,7 @@ def readline(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
 
 # --- attach / second process / status / detach ---------------------------------------------
 
+
 def test_attach_pins_and_a_second_process_joins_then_detach_restores(env: AttachEnv) -> None:
     v = env.pair(queues=4)
     # veth takes XDP only if it has as many rx queues as its peer has tx queues
@@ -210,8 +228,13 @@ def test_attach_pins_and_a_second_process_joins_then_detach_restores(env: Attach
     assert "channels rx 4 -> 2, tx 4 -> 2" in r.stdout
     # offloads off, channels set, program attached and still there after the CLI exited
     k = ethtool_k(v.ns_a, v.a)
-    for name in ("rx-checksumming", "tx-checksumming", "tcp-segmentation-offload",
-                 "generic-segmentation-offload", "tx-checksum-ip-generic"):
+    for name in (
+        "rx-checksumming",
+        "tx-checksumming",
+        "tcp-segmentation-offload",
+        "generic-segmentation-offload",
+        "tx-checksum-ip-generic",
+    ):
         assert k[name].startswith("off"), (name, k[name])
     assert "RX:\t\t2" in ethtool_l(v.ns_a, v.a) and "TX:\t\t2" in ethtool_l(v.ns_a, v.a)
     prog = xdp_prog(v.ns_a, v.a)
@@ -244,11 +267,18 @@ def test_attach_pins_and_a_second_process_joins_then_detach_restores(env: Attach
     js = cli("status", v.a, "--json", "--netns", v.ns_a)
     assert js.returncode == 0, js.stderr
     st = json.loads(js.stdout)["interfaces"][0]
-    assert st["xdp"] == {"prog_id": prog, "mode": "native", "prog_name": "vtnm_steer",
-                         "vtnetmap": True, "frags": False}
+    assert st["xdp"] == {
+        "prog_id": prog,
+        "mode": "native",
+        "prog_name": "vtnm_steer",
+        "vtnetmap": True,
+        "frags": False,
+    }
     assert st["pinned"] and st["attach"]["pid_alive"] is False
-    assert [(q["queue"], q["owner_pid"], q["owner_alive"]) for q in st["queues"]] == \
-        [(0, child.pid, True), (1, child.pid, True)]
+    assert [(q["queue"], q["owner_pid"], q["owner_alive"]) for q in st["queues"]] == [
+        (0, child.pid, True),
+        (1, child.pid, True),
+    ]
     assert st["offloads_on"] == [] and (st["rx_queues"], st["tx_queues"]) == (2, 2)
     assert str(child.pid) in st["afxdp_statistics"]
     txt = cli("status", v.a, "--netns", v.ns_a)
@@ -292,7 +322,8 @@ def test_attach_twice_is_refused_and_changes_nothing(env: AttachEnv) -> None:
     assert errors(r) == [
         f"vtnetmap: {v.a} is already attached by vtnetmap (program {rec.prog_id}, pinned in "
         f"{pin_dir(ns_inode(v.ns_a), v.a)}); `vtnetmap detach {v.a}` first to attach it "
-        "again"]
+        "again"
+    ]
     assert ethtool_k(v.ns_a, v.a) == k and read_record(ns_inode(v.ns_a), v.a) == rec
 
 
@@ -304,7 +335,8 @@ def test_default_route_interface_is_refused_without_force(env: AttachEnv) -> Non
     assert r.returncode == 1
     assert errors(r) == [
         f"vtnetmap: {v.a} carries the default route of this network namespace: taking it "
-        "over would cut this machine's traffic; use --force to attach anyway"]
+        "over would cut this machine's traffic; use --force to attach anyway"
+    ]
     assert r.stdout == ""
     assert ethtool_k(v.ns_a, v.a) == feats0 and xdp_prog(v.ns_a, v.a) == 0
     nsino = ns_inode(v.ns_a)
@@ -325,10 +357,13 @@ def test_failed_attach_puts_channels_and_offloads_back(env: AttachEnv) -> None:
     assert r.returncode == 1
     err = errors(r)
     assert len(err) == 1 and err[0].startswith(
-        f"vtnetmap: {v.a}: attaching XDP in native mode refused: ")
-    assert err[0].endswith(f"; {v.a}: veth takes XDP only with at least as many rx queues as "
-                           "its peer has tx queues; lower the peer's first "
-                           "(`ethtool -L PEER tx N`)")
+        f"vtnetmap: {v.a}: attaching XDP in native mode refused: "
+    )
+    assert err[0].endswith(
+        f"; {v.a}: veth takes XDP only with at least as many rx queues as "
+        "its peer has tx queues; lower the peer's first "
+        "(`ethtool -L PEER tx N`)"
+    )
     nsino = ns_inode(v.ns_a)
     assert ethtool_k(v.ns_a, v.a) == feats0 and ethtool_l(v.ns_a, v.a) == chans0
     assert xdp_prog(v.ns_a, v.a) == 0
@@ -361,6 +396,7 @@ def test_zerocopy_on_is_checked_and_off_is_the_ports_default(env: AttachEnv) -> 
 
 # --- forced detach, dead owners, stale state ---------------------------------------------
 
+
 def test_detach_is_forcible_and_the_open_port_fails_clearly(env: AttachEnv) -> None:
     v = env.pair()
     res = attach(v.a, netns=v.ns_a)
@@ -369,11 +405,15 @@ def test_detach_is_forcible_and_the_open_port_fails_clearly(env: AttachEnv) -> N
     assert readline(child).startswith("ready")
     d = cli("detach", v.a, "--netns", v.ns_a)
     assert d.returncode == 0, d.stderr
-    assert (f"{v.a}: forcibly detached although pid {child.pid} still had queue 0, 1 open: "
-            "those ports receive nothing more and fail on their next poll") in d.stdout
+    assert (
+        f"{v.a}: forcibly detached although pid {child.pid} still had queue 0, 1 open: "
+        "those ports receive nothing more and fail on their next poll"
+    ) in d.stdout
     line = readline(child, 10)
-    assert line == (f"changed netmap:{v.a}: the steering program on {v.a} was detached "
-                    "(`vtnetmap detach`?); reopen the port")
+    assert line == (
+        f"changed netmap:{v.a}: the steering program on {v.a} was detached "
+        "(`vtnetmap detach`?); reopen the port"
+    )
     assert child.wait(10) == 0
     assert xdp_prog(v.ns_a, v.a) == 0
 
@@ -408,7 +448,8 @@ def test_detach_cleans_a_program_whose_owners_are_dead(env: AttachEnv) -> None:
     assert r.returncode == 1
     assert errors(r) == [
         f"vtnetmap: {v.a}: vtnetmap's steering program (id {prog}) is in use by open ports "
-        f"of pid {child.pid} (queue 0, 1); close them, or `vtnetmap detach --force {v.a}`"]
+        f"of pid {child.pid} (queue 0, 1); close them, or `vtnetmap detach --force {v.a}`"
+    ]
     # attach refuses too, naming the pid
     r = cli("attach", v.a, "--netns", v.ns_a)
     assert r.returncode == 1 and f"implicitly by open ports of pid {child.pid}" in r.stderr
@@ -421,8 +462,10 @@ def test_detach_cleans_a_program_whose_owners_are_dead(env: AttachEnv) -> None:
     assert not st["pinned"] and "attached implicitly" in st["notes"][0]
     r = cli("detach", v.a, "--netns", v.ns_a)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == (f"{v.a}: detached vtnetmap's steering program (id {prog}) "
-                                f"left behind by dead pid {child.pid}")
+    assert r.stdout.strip() == (
+        f"{v.a}: detached vtnetmap's steering program (id {prog}) "
+        f"left behind by dead pid {child.pid}"
+    )
     assert xdp_prog(v.ns_a, v.a) == 0
 
 
@@ -436,9 +479,19 @@ def test_dead_attacher_and_stale_pins_are_repaired(env: AttachEnv) -> None:
     layer = NetlinkDeviceLayer()
     with netns(v.ns_a):
         saved = prepare(layer, v.a)
-    rec = AttachRecord(ifname=v.a, ifindex=saved.ifindex, netns_inode=nsino,
-                       phase="prepared", saved=saved, mode="native", frags=False,
-                       zerocopy="auto", rings=None, pid=dead.pid, time=time.time())
+    rec = AttachRecord(
+        ifname=v.a,
+        ifindex=saved.ifindex,
+        netns_inode=nsino,
+        phase="prepared",
+        saved=saved,
+        mode="native",
+        frags=False,
+        zerocopy="auto",
+        rings=None,
+        pid=dead.pid,
+        time=time.time(),
+    )
     _write_record(rec)
     assert ethtool_k(v.ns_a, v.a) != feats0
     r = cli("status", v.a, "--netns", v.ns_a)
@@ -446,8 +499,8 @@ def test_dead_attacher_and_stale_pins_are_repaired(env: AttachEnv) -> None:
     r = cli("attach", v.a, "--netns", v.ns_a)  # repairs first, then attaches anew
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == (
-        f"{v.a}: repairing an attach that did not finish (pid {dead.pid}, dead; phase "
-        "prepared)")
+        f"{v.a}: repairing an attach that did not finish (pid {dead.pid}, dead; phase prepared)"
+    )
     again = read_record(nsino, v.a)
     assert again is not None and again.saved.features["rx-checksum"] is True
 
@@ -463,7 +516,8 @@ def test_dead_attacher_and_stale_pins_are_repaired(env: AttachEnv) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == (
         f"{v.a}: the pinned program {again.prog_id} was no longer attached (interface gone "
-        "or detached elsewhere); removed its pins")
+        "or detached elsewhere); removed its pins"
+    )
     assert ethtool_k(v.ns_a, v.a) == feats0
     assert not os.path.exists(pdir) and not os.path.exists(state_path(nsino, v.a))
 
@@ -474,11 +528,21 @@ def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
         nsino = ns_inode(gone.ns_a)
         attach(gone.a, netns=gone.ns_a)
         with netns(gone.ns_b):  # and a record of an attach that died before pinning
-            _write_record(AttachRecord(
-                ifname=gone.b, ifindex=1, netns_inode=ns_inode(gone.ns_b), phase="preparing",
-                saved=SavedState(ifname=gone.b, ifindex=1, driver="veth", mode="native"),
-                mode="native", frags=False, zerocopy="auto", rings=None, pid=os.getpid(),
-                time=time.time()))
+            _write_record(
+                AttachRecord(
+                    ifname=gone.b,
+                    ifindex=1,
+                    netns_inode=ns_inode(gone.ns_b),
+                    phase="preparing",
+                    saved=SavedState(ifname=gone.b, ifindex=1, driver="veth", mode="native"),
+                    mode="native",
+                    frags=False,
+                    zerocopy="auto",
+                    rings=None,
+                    pid=os.getpid(),
+                    time=time.time(),
+                )
+            )
         nsino_b = ns_inode(gone.ns_b)
     finally:
         remove_veth_pair(gone)  # deleted while attached: the veth goes, the pins stay
@@ -489,10 +553,14 @@ def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()  # (other leftovers on this host would be listed too)
         assert lines[0] == f"{v.a}: not attached by vtnetmap; nothing to do"
-        assert (f"{gone.a}: removed the stale pins and state of an interface in a deleted "
-                f"network namespace (inode {nsino})") in lines
-        assert (f"{gone.b}: removed the state of an interface in a deleted network namespace "
-                f"(inode {nsino_b})") in lines
+        assert (
+            f"{gone.a}: removed the stale pins and state of an interface in a deleted "
+            f"network namespace (inode {nsino})"
+        ) in lines
+        assert (
+            f"{gone.b}: removed the state of an interface in a deleted network namespace "
+            f"(inode {nsino_b})"
+        ) in lines
         assert not os.path.exists(os.path.join(PIN_ROOT, str(nsino)))
         assert not os.path.exists(state_path(nsino, gone.a))
         assert not os.path.exists(state_path(nsino_b, gone.b))
@@ -504,6 +572,7 @@ def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
 
 
 # --- change detection and status of ports in this process ------------------------------
+
 
 def test_channel_change_while_a_port_is_open_is_reported(env: AttachEnv) -> None:
     # The kernel refuses to shrink channels below a queue with an AF_XDP socket bound;
@@ -521,8 +590,9 @@ def test_channel_change_while_a_port_is_open_is_reported(env: AttachEnv) -> None
                 if port.poll(rx=True, timeout=0.5):
                     for r in port.rx_rings:  # stray frames: release them, keep polling
                         r.head = r.cur = r.tail
-        assert str(ei.value) == (f"netmap:{v.a}: {v.a} channels changed from rx 2, tx 2 to "
-                                 "rx 3, tx 2; reopen the port")
+        assert str(ei.value) == (
+            f"netmap:{v.a}: {v.a} channels changed from rx 2, tx 2 to rx 3, tx 2; reopen the port"
+        )
         with pytest.raises(InterfaceChangedError, match="channels changed"):
             time.sleep(0.15)
             port.poll(rx=True, timeout=0.5)  # and keeps saying so
@@ -542,6 +612,12 @@ def test_status_shows_this_process_rings_and_statistics(env: AttachEnv) -> None:
         rx = [r for r in q1["rings"] if r["kind"] == "rx"][0]
         assert rx["user_slots"] >= 3 and rx["tail"] == port.rx_rings[1].tail
         assert rx["kernel_slots"] == rx["num_slots"] - 1 - rx["user_slots"]
-        assert {"rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
-                "rx_fill_ring_empty_descs", "tx_ring_empty_descs"} <= set(rx["afxdp"])
+        assert {
+            "rx_dropped",
+            "rx_invalid_descs",
+            "tx_invalid_descs",
+            "rx_ring_full",
+            "rx_fill_ring_empty_descs",
+            "tx_ring_empty_descs",
+        } <= set(rx["afxdp"])
         assert st["afxdp_statistics"] == "shown per ring for the ports of this process"

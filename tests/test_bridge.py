@@ -28,8 +28,12 @@ class BridgeProc:
     """`vtnetmap bridge` running in a namespace, its stderr collected by a thread."""
 
     def __init__(self, ns: str, args: list[str]):
-        self.p = subprocess.Popen(["ip", "netns", "exec", ns, *CLI, *args],
-                                  stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *CLI, *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -98,18 +102,37 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 """
 
 
-def tcp_transfer(veth: VethPair, nbytes: int, port: int = 5201, seed: int = 7,
-                 timeout: float = 120.0) -> tuple[str, str]:
+def tcp_transfer(
+    veth: VethPair, nbytes: int, port: int = 5201, seed: int = 7, timeout: float = 120.0
+) -> tuple[str, str]:
     """Send ``nbytes`` from the peer (b) to a socket of IF's stack (a); returns the
     (bytes sha256) lines printed by sender and receiver."""
-    server = subprocess.Popen(["ip", "netns", "exec", veth.ns_a, sys.executable, "-c", SERVER,
-                               veth.ip_a, str(port)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", veth.ns_a, sys.executable, "-c", SERVER, veth.ip_a, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout is not None
         assert server.stdout.readline().startswith("LISTEN")
-        client = subprocess.run(["ip", "netns", "exec", veth.ns_b, sys.executable, "-c",
-                                 CLIENT, veth.ip_a, str(port), str(seed), str(nbytes)],
-                                capture_output=True, text=True, timeout=timeout)
+        client = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                veth.ns_b,
+                sys.executable,
+                "-c",
+                CLIENT,
+                veth.ip_a,
+                str(port),
+                str(seed),
+                str(nbytes),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert client.returncode == 0, client.stderr
         got = server.stdout.readline().strip()
         server.wait(timeout=10)
@@ -126,18 +149,23 @@ def ping_ok(veth: VethPair, wait: float = 0.2) -> bool:
 
 # --- the seed's Test 3 ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_seed_test3_ping_and_tcp_through_the_host_bridge(veth: VethPair, bridge_proc,
-                                                         how: str) -> None:
+def test_seed_test3_ping_and_tcp_through_the_host_bridge(
+    veth: VethPair, bridge_proc, how: str
+) -> None:
     wire_like_peer(veth)
     br = bridge_proc(veth.ns_a, ["-w", "0", "-T", "0", "-i", f"netmap:{veth.a}"])
     br.wait_for("Ready to go")
     assert any("same interface, endpoint 0 goes to host" in ln for ln in br.lines)
     assert any("------- zerocopy supported" in ln for ln in br.lines)
     # tcpdump on the peer sees the traffic the bridge forwards
-    dump = subprocess.Popen(["ip", "netns", "exec", veth.ns_b, "tcpdump", "-n", "-l", "-i",
-                             veth.b, "icmp"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", veth.ns_b, "tcpdump", "-n", "-l", "-i", veth.b, "icmp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         time.sleep(0.5)  # tcpdump attaches
         ping = veth.sh_b(f"ping -c 3 -i 0.2 -W 2 {veth.ip_a}", check=False)
@@ -146,8 +174,7 @@ def test_seed_test3_ping_and_tcp_through_the_host_bridge(veth: VethPair, bridge_
     finally:
         dump.send_signal(signal.SIGINT)
         out = dump.communicate(timeout=10)[0]
-    replies = [ln for ln in out.splitlines() if f"{veth.ip_a} > {veth.ip_b}: ICMP echo reply"
-               in ln]
+    replies = [ln for ln in out.splitlines() if f"{veth.ip_a} > {veth.ip_b}: ICMP echo reply" in ln]
     assert len(replies) >= 3, out
     sent, got = tcp_transfer(veth, 10 * 1024 * 1024 + 12345)
     assert sent == got, (sent, got)
@@ -180,6 +207,7 @@ def test_seed_test3_ping_and_tcp_through_the_host_bridge(veth: VethPair, bridge_
 
 # --- zero copy ------------------------------------------------------------------------------
 
+
 def test_zero_copy_moves_the_same_buffer_from_rx_to_tx(veth: VethPair) -> None:
     """Frames from the wire land in IF's NIC RX ring; rings_move puts the very same
     buffers (buf_idx) into the host TX ring, whose txsync delivers them to the stack."""
@@ -190,8 +218,7 @@ def test_zero_copy_moves_the_same_buffer_from_rx_to_tx(veth: VethPair) -> None:
     try:
         assert host.memory is nic.memory is mem
         payloads = [f"frame {i}".encode() * (i + 1) for i in range(6)]
-        frames = [udp_frame(mac_a, mac_b, veth.ip_b, veth.ip_a, 4000, 5301, p)
-                  for p in payloads]
+        frames = [udp_frame(mac_a, mac_b, veth.ip_b, veth.ip_a, 4000, 5301, p) for p in payloads]
         veth.send_on_queue(frames, 1)
         rx = nic.rx_rings[1]
         deadline = time.monotonic() + 3
@@ -201,8 +228,10 @@ def test_zero_copy_moves_the_same_buffer_from_rx_to_tx(veth: VethPair) -> None:
         tx = host.tx_rings[0]
         ri, ti = rx.slots_from_head(6), tx.slots_from_head(6)
         rx_bufs, tx_bufs = rx.slot["buf_idx"][ri].copy(), tx.slot["buf_idx"][ti].copy()
-        assert rings_move(rx, tx, 1024, True, nic.bufs, host.bufs) == \
-            (6, sum(len(f) for f in frames))
+        assert rings_move(rx, tx, 1024, True, nic.bufs, host.bufs) == (
+            6,
+            sum(len(f) for f in frames),
+        )
         assert np.array_equal(tx.slot["buf_idx"][ti], rx_bufs)  # the same buffers
         assert np.array_equal(rx.slot["buf_idx"][ri], tx_bufs)  # swapped, not lost
         assert (tx.slot["flags"][ti] & NS_BUF_CHANGED).all()
@@ -270,9 +299,13 @@ def test_long_run_zero_copy_keeps_every_buffer_in_one_place(veth: VethPair) -> N
         br = Bridge(host, nic, burst=256)
         assert br.zerocopy
         for ns, ip, port in ((veth.ns_b, veth.ip_a, 5401), (veth.ns_a, veth.ip_b, 5402)):
-            senders.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
-                                             SENDER, ip, str(port), "6"],
-                                            stdout=subprocess.PIPE, text=True))
+            senders.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, sys.executable, "-c", SENDER, ip, str(port), "6"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         steps = checks = 0
         deadline = time.monotonic() + 7.5
         while time.monotonic() < deadline:
@@ -309,9 +342,24 @@ def test_long_run_zero_copy_keeps_every_buffer_in_one_place(veth: VethPair) -> N
 
 # --- options --------------------------------------------------------------------------------
 
+
 def test_cli_options_and_messages(veth: VethPair, bridge_proc) -> None:
-    br = bridge_proc(veth.ns_a, ["-w", "0", "-b", "0", "-c", "-i", f"netmap:{veth.a}",
-                                 "-i", f"netmap:{veth.a}", "-i", "netmap:lo"])
+    br = bridge_proc(
+        veth.ns_a,
+        [
+            "-w",
+            "0",
+            "-b",
+            "0",
+            "-c",
+            "-i",
+            f"netmap:{veth.a}",
+            "-i",
+            f"netmap:{veth.a}",
+            "-i",
+            "netmap:lo",
+        ],
+    )
     br.wait_for("Ready to go")
     text = "\n".join(br.lines)
     assert "netmap:lo ignored, already have 2 interfaces" in text
@@ -349,6 +397,7 @@ def test_poll_timeout_line_when_idle(veth: VethPair, bridge_proc) -> None:
 
 # --- NIC to NIC -----------------------------------------------------------------------------
 
+
 def two_pairs(veth_factory) -> tuple[VethPair, VethPair]:
     """b1 -- a1 [bridge] a2 -- b2, with a1 and a2 in one namespace."""
     p1, p2 = veth_factory(), veth_factory()
@@ -383,11 +432,14 @@ def test_host_tx_and_rx_move_through_a_library_bridge(veth: VethPair) -> None:
         br = Bridge(host, nic)
         with netns(veth.ns_a):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        veth.sh_a(f"ip neigh replace {veth.ip_b} lladdr {veth.mac('b').hex(':')} "
-                  f"dev {veth.a} nud permanent")
+        veth.sh_a(
+            f"ip neigh replace {veth.ip_b} lladdr {veth.mac('b').hex(':')} "
+            f"dev {veth.a} nud permanent"
+        )
         s.sendto(b"stack to wire", (veth.ip_b, 5501))
-        frame = udp_frame(veth.mac("a"), veth.mac("b"), veth.ip_b, veth.ip_a, 9, 5502,
-                          b"wire to stack")
+        frame = udp_frame(
+            veth.mac("a"), veth.mac("b"), veth.ip_b, veth.ip_a, 9, 5502, b"wire to stack"
+        )
         veth.send_on_queue([frame], 0)
         deadline = time.monotonic() + 3
         while (br.a2b.packets < 1 or br.b2a.packets < 1) and time.monotonic() < deadline:
@@ -402,4 +454,3 @@ def test_host_tx_and_rx_move_through_a_library_bridge(veth: VethPair) -> None:
         mem.close()
         peer.close()
         local.close()
-

@@ -34,6 +34,7 @@ UDP_SEGMENT = 103  # include/uapi/linux/udp.h: UDP GSO segment size (socket opti
 
 # --- frames -------------------------------------------------------------------------------
 
+
 def csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -43,9 +44,20 @@ def csum(data: bytes) -> int:
     return (~s) & 0xFFFF
 
 
-def udp_frame(dst_mac: bytes, src_mac: bytes, src_ip: str, dst_ip: str, sport: int,
-              dport: int, payload: bytes, *, ident: int = 0, frag: int = 0x4000,
-              ttl: int = 64, tos: int = 0) -> bytes:
+def udp_frame(
+    dst_mac: bytes,
+    src_mac: bytes,
+    src_ip: str,
+    dst_ip: str,
+    sport: int,
+    dport: int,
+    payload: bytes,
+    *,
+    ident: int = 0,
+    frag: int = 0x4000,
+    ttl: int = 64,
+    tos: int = 0,
+) -> bytes:
     """An Ethernet/IPv4/UDP frame with correct checksums."""
     s, d = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
     ulen = 8 + len(payload)
@@ -77,8 +89,10 @@ def take_rx(port, ring) -> list[bytes]:
     """Every frame in the ring now, released."""
     n = ring.space()
     idx = ring.slots_from_head(n)
-    out = [bytes(port.buf(int(b))[: int(ln)])
-           for b, ln in zip(ring.slot["buf_idx"][idx], ring.slot["len"][idx], strict=True)]
+    out = [
+        bytes(port.buf(int(b))[: int(ln)])
+        for b, ln in zip(ring.slot["buf_idx"][idx], ring.slot["len"][idx], strict=True)
+    ]
     ring.head = ring.cur = ring.next(ring.head, n)
     return out
 
@@ -117,10 +131,12 @@ def recv_all(s: socket.socket, wait: float = 0.3) -> list[bytes]:
 
 def static_neighbours(veth: VethPair) -> None:
     """ARP entries on both sides, so a datagram is the only frame the stack sends."""
-    veth.sh_a(f"ip neigh replace {veth.ip_b} lladdr {veth.mac('b').hex(':')} dev {veth.a} "
-              f"nud permanent")
-    veth.sh_b(f"ip neigh replace {veth.ip_a} lladdr {veth.mac('a').hex(':')} dev {veth.b} "
-              f"nud permanent")
+    veth.sh_a(
+        f"ip neigh replace {veth.ip_b} lladdr {veth.mac('b').hex(':')} dev {veth.a} nud permanent"
+    )
+    veth.sh_b(
+        f"ip neigh replace {veth.ip_a} lladdr {veth.mac('a').hex(':')} dev {veth.b} nud permanent"
+    )
 
 
 def wire_like_peer(veth: VethPair) -> None:
@@ -133,8 +149,7 @@ def wire_like_peer(veth: VethPair) -> None:
 
 def helpers_in(ns: str) -> list[str]:
     out = run("ip", "-n", ns, "-o", "link", "show").stdout
-    return [ln.split(":")[1].strip().split("@")[0] for ln in out.splitlines()
-            if ": vtnmh" in ln]
+    return [ln.split(":")[1].strip().split("@")[0] for ln in out.splitlines() if ": vtnmh" in ln]
 
 
 def tc_filters(ns: str, dev: str) -> str:
@@ -150,6 +165,7 @@ def tc_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # --- structure ----------------------------------------------------------------------------
+
 
 def test_host_rings_come_last_share_memory_and_leave_nothing(veth: VethPair) -> None:
     with open_port(f"netmap:{veth.a}*", netns=veth.ns_a) as port:
@@ -185,9 +201,9 @@ def test_host_rings_come_last_share_memory_and_leave_nothing(veth: VethPair) -> 
 
 # --- host TX: into the stack ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("xdp", ["native", "generic"])
-def test_host_tx_frames_are_received_by_a_socket(veth: VethPair, xdp: str,
-                                                 tc_mode: str) -> None:
+def test_host_tx_frames_are_received_by_a_socket(veth: VethPair, xdp: str, tc_mode: str) -> None:
     """Frames written to the host TX ring arrive at a UDP socket of IF's stack. With the
     NIC rings open too (in native or generic XDP), they do not come back into the NIC RX
     rings: the stack gets them, exactly once."""
@@ -199,8 +215,9 @@ def test_host_tx_frames_are_received_by_a_socket(veth: VethPair, xdp: str,
         with open_port(f"netmap:{veth.a}^", netns=veth.ns_a, memory=None) as port:
             assert port.stats()["host"]["tc"] == tc_mode
             payloads = [bytes([i]) * (20 + 300 * i) for i in range(5)]
-            frames = [udp_frame(mac_a, mac_b, veth.ip_b, veth.ip_a, 4000, 5001, p)
-                      for p in payloads]
+            frames = [
+                udp_frame(mac_a, mac_b, veth.ip_b, veth.ip_a, 4000, 5001, p) for p in payloads
+            ]
             write_tx(port, port.tx_rings[0], frames)
             assert port.txsync() == len(frames)
             got = recv_all(s, wait=1.0)
@@ -219,6 +236,7 @@ def test_host_tx_frames_are_received_by_a_socket(veth: VethPair, xdp: str,
 
 # --- host RX: from the stack ----------------------------------------------------------------
 
+
 def test_stack_datagram_appears_in_host_rx_byte_exact(veth: VethPair, tc_mode: str) -> None:
     static_neighbours(veth)
     mac_a, mac_b = veth.mac("a"), veth.mac("b")
@@ -236,8 +254,19 @@ def test_stack_datagram_appears_in_host_rx_byte_exact(veth: VethPair, tc_mode: s
         ttl, tos = f[22], f[15]
         # the whole frame as it would be on the wire: addresses, lengths, both checksums
         # (the socket left the UDP checksum to offload; the host ring gets it complete)
-        assert f == udp_frame(mac_b, mac_a, veth.ip_a, veth.ip_b, 6000, 7777, payload,
-                              ident=ident, frag=frag, ttl=ttl, tos=tos)
+        assert f == udp_frame(
+            mac_b,
+            mac_a,
+            veth.ip_a,
+            veth.ip_b,
+            6000,
+            7777,
+            payload,
+            ident=ident,
+            frag=frag,
+            ttl=ttl,
+            tos=tos,
+        )
         assert recv_all(peer) == []  # diverted: the wire did not see it
         port.check_invariant()
         s.close()
@@ -260,16 +289,25 @@ def test_gso_frames_reach_the_host_ring_segmented_with_checksums(veth: VethPair)
         assert [len(f) - 42 for f in frames] == [1000, 1000, 1000, 1000, 500]
         for i, f in enumerate(frames):
             ident, frag = struct.unpack_from("!HH", f, 18)
-            assert f == udp_frame(mac_b, mac_a, veth.ip_a, veth.ip_b, 6001, 7778,
-                                  data[1000 * i: 1000 * (i + 1)], ident=ident, frag=frag,
-                                  ttl=f[22], tos=f[15])
+            assert f == udp_frame(
+                mac_b,
+                mac_a,
+                veth.ip_a,
+                veth.ip_b,
+                6001,
+                7778,
+                data[1000 * i : 1000 * (i + 1)],
+                ident=ident,
+                frag=frag,
+                ttl=f[22],
+                tos=f[15],
+            )
         c = port.stats()["host"]
         assert c["gso_segmented"] >= 1 and c["oversize_dropped"] == 0
         s.close()
 
 
-def test_stack_frames_go_to_the_host_ring_only_while_nic_tx_rings_are_open(
-        veth: VethPair) -> None:
+def test_stack_frames_go_to_the_host_ring_only_while_nic_tx_rings_are_open(veth: VethPair) -> None:
     """netmap's rule: with only the host rings open the stack's frames still go to the
     wire; while NIC TX rings of IF are in netmap mode they go to the host RX ring."""
     static_neighbours(veth)
@@ -293,6 +331,7 @@ def test_stack_frames_go_to_the_host_ring_only_while_nic_tx_rings_are_open(
 
 # --- transparent mode ---------------------------------------------------------------------
 
+
 def test_ns_forward_is_transparent_both_ways(veth: VethPair) -> None:
     """With NR_FORWARD on every RX ring and NS_FORWARD on every released slot, the port is
     invisible: ping and UDP both ways work, through the rings."""
@@ -302,9 +341,25 @@ def test_ns_forward_is_transparent_both_ways(veth: VethPair) -> None:
     with open_port(f"netmap:{veth.a}*", netns=veth.ns_a) as port:
         for r in port.rx_rings:
             r.flags |= NR_FORWARD
-        ping = subprocess.Popen(["ip", "netns", "exec", veth.ns_b, "ping", "-c", "5", "-i",
-                                 "0.1", "-W", "1", veth.ip_a], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        ping = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                veth.ns_b,
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.1",
+                "-W",
+                "1",
+                veth.ip_a,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         sent = False
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -338,6 +393,7 @@ def test_ns_forward_is_transparent_both_ways(veth: VethPair) -> None:
 
 
 # --- owners, crashes, stale helpers ---------------------------------------------------------
+
 
 def test_kill_9_restores_networking_and_leaves_nothing(veth: VethPair, tc_mode: str) -> None:
     holder = start_port_holder(f"netmap:{veth.a}*", veth.ns_a)
@@ -394,8 +450,9 @@ def test_a_stale_helper_of_a_dead_owner_is_removed(veth: VethPair) -> None:
 
 
 @pytest.mark.parametrize("step", ["_load_programs", "set_divert"])
-def test_a_failed_open_leaves_nothing_behind(veth: VethPair, monkeypatch: pytest.MonkeyPatch,
-                                             step: str) -> None:
+def test_a_failed_open_leaves_nothing_behind(
+    veth: VethPair, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
     """A failure late in opening (programs loaded, or just before the egress program is
     attached) undoes the helper pair, the XDP programs and every attachment."""
     from vtnet_py.netmap import hostrings

@@ -50,8 +50,7 @@ def test_every_refused_option_is_hidden_but_parsed() -> None:
     assert r.exit_code == 0
     for flag in REFUSED:
         assert f"\n  {flag} " not in r.output  # not advertised...
-    for flag in ("-i PORT", "-f", "-n COUNT", "-l LEN", "-R PPS", "-W", "-A", "-H LEN",
-                 "--json"):
+    for flag in ("-i PORT", "-f", "-n COUNT", "-l LEN", "-R PPS", "-W", "-A", "-H LEN", "--json"):
         assert flag in r.output  # ...while pkt-gen's working options are
 
 
@@ -64,7 +63,10 @@ def test_worker_port_names() -> None:
     assert worker_port_names(Config(port="netmap:eth0/T", function="tx")) == ["netmap:eth0/T"]
     assert worker_port_names(Config(port="eth0", function="tx")) == ["netmap:eth0"]
     assert worker_port_names(Config(port="netmap:eth0/T", function="tx", threads=3)) == [
-        "netmap:eth0-0/T", "netmap:eth0-1/T", "netmap:eth0-2/T"]
+        "netmap:eth0-0/T",
+        "netmap:eth0-1/T",
+        "netmap:eth0-2/T",
+    ]
     with pytest.raises(PktgenError, match="names one ring already"):
         worker_port_names(Config(port="netmap:eth0-1", function="tx", threads=2))
 

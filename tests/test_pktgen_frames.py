@@ -191,8 +191,15 @@ def test_walk_matches_pktgen_model() -> None:
     n=st.integers(1, 70),
 )
 def test_checksums_and_lengths(
-    length: int, min_length: int, vh: int, payload: str, nsrc: int, nport: int,
-    rnd: tuple[bool, bool], seed: int, n: int,
+    length: int,
+    min_length: int,
+    vh: int,
+    payload: str,
+    nsrc: int,
+    nport: int,
+    rnd: tuple[bool, bool],
+    seed: int,
+    n: int,
 ) -> None:
     min_length = min(min_length, length)
     spec = FrameSpec(
@@ -324,8 +331,11 @@ def test_seq_tracker_in_order_is_clean() -> None:
 def test_precomputed_walk_equals_direct_computation(
     payload: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = FrameSpec(src=IPRange.parse("10.0.0.1:1-10.0.0.3:4"),
-                     dst=IPRange.parse("10.1.0.1:7-10.1.0.2:7"), payload=payload)  # type: ignore[arg-type]
+    spec = FrameSpec(
+        src=IPRange.parse("10.0.0.1:1-10.0.0.3:4"),
+        dst=IPRange.parse("10.1.0.1:7-10.1.0.2:7"),
+        payload=payload,
+    )  # type: ignore[arg-type]
     fast = FrameGen(spec)
     assert fast._table is not None and fast._table.shape[0] == 24
     monkeypatch.setattr("vtnet_py.apps.pktgen.frames.TABLE_MAX", 0)

@@ -28,8 +28,10 @@ from vtnet_py._sys.netns import netns
 
 pytestmark = pytest.mark.kernel
 
-FINAL1 = re.compile(r"^(Sent|Received) (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
-                    r"in (\d+\.\d{2}) seconds\.$")
+FINAL1 = re.compile(
+    r"^(Sent|Received) (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
+    r"in (\d+\.\d{2}) seconds\.$"
+)
 
 
 def _why_not() -> str | None:
@@ -70,9 +72,29 @@ class Pair:
 
 
 def _link(ns1: str, d1: str, ns2: str, d2: str, queues: int = 2) -> None:
-    run("ip", "link", "add", d1, "numtxqueues", str(queues), "numrxqueues", str(queues),
-        "netns", ns1, "type", "veth", "peer", "name", d2, "numtxqueues", str(queues),
-        "numrxqueues", str(queues), "netns", ns2)
+    run(
+        "ip",
+        "link",
+        "add",
+        d1,
+        "numtxqueues",
+        str(queues),
+        "numrxqueues",
+        str(queues),
+        "netns",
+        ns1,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        d2,
+        "numtxqueues",
+        str(queues),
+        "numrxqueues",
+        str(queues),
+        "netns",
+        ns2,
+    )
 
 
 def _up(ns: str, dev: str, ip: str | None) -> None:
@@ -126,14 +148,19 @@ def chain() -> Iterator[tuple[Pair, str, str, str]]:
 
 def pktgen(p: Pair, side: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     ns = p.ns_a if side == "a" else p.ns_b
-    return subprocess.run(PKTGEN + ["--netns", ns, "-w", "0", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        PKTGEN + ["--netns", ns, "-w", "0", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_pktgen(p: Pair, side: str, *args: str) -> subprocess.Popen[str]:
     ns = p.ns_a if side == "a" else p.ns_b
-    return subprocess.Popen(PKTGEN + ["--netns", ns, "-w", "0", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        PKTGEN + ["--netns", ns, "-w", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_xdp(p: Pair, side: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -212,10 +239,30 @@ def csum_errors(ns: str) -> int:
 def test_tx_frames_pass_the_kernel_udp_checks_and_walk_the_ranges(pair: Pair) -> None:
     udp = UdpCounter(pair.ns_b, pair.ip_b, range(9000, 9004))
     try:
-        r = pktgen(pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "tx", "-n", "2000",
-                   "-s", f"{pair.ip_a}:5000-{pair.ip_a}:5004", "-d",
-                   f"{pair.ip_b}:9000-{pair.ip_b}:9003", "-D", pair.mac("b"), "-l", "200",
-                   "-l", "60", "-R", "50000", "-T", "100")
+        r = pktgen(
+            pair,
+            "a",
+            "-i",
+            f"netmap:{pair.a}/T",
+            "-f",
+            "tx",
+            "-n",
+            "2000",
+            "-s",
+            f"{pair.ip_a}:5000-{pair.ip_a}:5004",
+            "-d",
+            f"{pair.ip_b}:9000-{pair.ip_b}:9003",
+            "-D",
+            pair.mac("b"),
+            "-l",
+            "200",
+            "-l",
+            "60",
+            "-R",
+            "50000",
+            "-T",
+            "100",
+        )
         got = udp.drain()
     finally:
         udp.close()
@@ -237,9 +284,27 @@ def test_tx_frames_pass_the_kernel_udp_checks_and_walk_the_ranges(pair: Pair) ->
 def test_tx_two_processes_share_the_count(pair: Pair) -> None:
     udp = UdpCounter(pair.ns_b, pair.ip_b, range(9000, 9001))
     try:
-        r = pktgen(pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "tx", "-p", "2", "-n", "3001",
-                   "-s", pair.ip_a, "-d", f"{pair.ip_b}:9000", "-D", pair.mac("b"),
-                   "-R", "40000", "--json")
+        r = pktgen(
+            pair,
+            "a",
+            "-i",
+            f"netmap:{pair.a}/T",
+            "-f",
+            "tx",
+            "-p",
+            "2",
+            "-n",
+            "3001",
+            "-s",
+            pair.ip_a,
+            "-d",
+            f"{pair.ip_b}:9000",
+            "-D",
+            pair.mac("b"),
+            "-R",
+            "40000",
+            "--json",
+        )
         got = udp.drain()
     finally:
         udp.close()
@@ -251,12 +316,10 @@ def test_tx_two_processes_share_the_count(pair: Pair) -> None:
 
 
 def test_tx_to_rx_counts_exactly(pair: Pair) -> None:
-    rx = start_pktgen(pair, "b", "-i", f"netmap:{pair.b}/R", "-f", "rx", "-n", "5000",
-                      "-T", "200")
+    rx = start_pktgen(pair, "b", "-i", f"netmap:{pair.b}/R", "-f", "rx", "-n", "5000", "-T", "200")
     try:
         wait_xdp(pair, "b", rx)
-        t = pktgen(pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "tx", "-n", "5000",
-                   "-R", "50000")
+        t = pktgen(pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "tx", "-n", "5000", "-R", "50000")
         assert t.returncode == 0, t.stderr
         out, err = rx.communicate(timeout=20)
     finally:
@@ -264,15 +327,18 @@ def test_tx_to_rx_counts_exactly(pair: Pair) -> None:
     assert rx.returncode == 0, err
     assert final(t.stdout) == (5000, 300000)
     assert final(out) == (5000, 300000)
-    assert out.splitlines()[0] == f"Receiving from netmap:{pair.b}/R: 2 queues, 1 threads and " \
-                                  f"{os.cpu_count()} cpus."
+    assert (
+        out.splitlines()[0] == f"Receiving from netmap:{pair.b}/R: 2 queues, 1 threads and "
+        f"{os.cpu_count()} cpus."
+    )
     assert not pair.has_xdp("b")  # the receiver gave the queues back
 
 
 def test_rx_counts_kernel_udp_datagrams(pair: Pair) -> None:
     # B's port takes every frame (ARP too), so A gets a static neighbour entry
-    run("ip", "-n", pair.ns_a, "neigh", "replace", pair.ip_b, "lladdr", pair.mac("b"),
-        "dev", pair.a)
+    run(
+        "ip", "-n", pair.ns_a, "neigh", "replace", pair.ip_b, "lladdr", pair.mac("b"), "dev", pair.a
+    )
     rx = start_pktgen(pair, "b", "-i", f"netmap:{pair.b}", "-f", "rx", "-W", "--json")
     try:
         wait_xdp(pair, "b", rx)
@@ -330,8 +396,22 @@ def test_rxseq_reports_frames_dropped_on_the_way(
         wait_xdp(p, "b", rx)  # veth redirects into m2 only once b has an XDP program
         with netns(ns_m):
             bpf.attach_xdp(m1.encode(), fn, XDP_FLAGS_DRV_MODE)
-        t = pktgen(p, "a", "-i", f"netmap:{p.a}-0/T", "-f", "txseq", "-n", "7000",
-                   "-R", "50000", "-d", f"{p.ip_b}:9", "-D", p.mac("b"))
+        t = pktgen(
+            p,
+            "a",
+            "-i",
+            f"netmap:{p.a}-0/T",
+            "-f",
+            "txseq",
+            "-n",
+            "7000",
+            "-R",
+            "50000",
+            "-d",
+            f"{p.ip_b}:9",
+            "-D",
+            p.mac("b"),
+        )
         assert t.returncode == 0, t.stderr
         out, err = rx.communicate(timeout=20)
     finally:
@@ -342,8 +422,9 @@ def test_rxseq_reports_frames_dropped_on_the_way(
     assert final(t.stdout)[0] == 7000
     assert final(out)[0] == 6000
     seq = [x for x in out.splitlines() if x.startswith("Sequence:")]
-    assert seq == ["Sequence: 6000 numbered packets, 1000 lost, 1000 gaps (1000 packets), "
-                   "0 out of order."], out
+    assert seq == [
+        "Sequence: 6000 numbered packets, 1000 lost, 1000 gaps (1000 packets), 0 out of order."
+    ], out
     # pkt-gen's rate-limited gap lines name what was expected and what came
     gaps = [x for x in err.splitlines() if "Sequence GAP" in x]
     assert gaps and re.search(r"rxseq_body \[0\] Sequence GAP: exp (\d+) found (\d+)$", gaps[0])
@@ -352,27 +433,46 @@ def test_rxseq_reports_frames_dropped_on_the_way(
 
 
 def test_txseq_rxseq_clean_run_reports_no_loss(pair: Pair) -> None:
-    rx = start_pktgen(pair, "b", "-i", f"netmap:{pair.b}/R", "-f", "rxseq", "-n", "4000",
-                      "--json")
+    rx = start_pktgen(pair, "b", "-i", f"netmap:{pair.b}/R", "-f", "rxseq", "-n", "4000", "--json")
     try:
         wait_xdp(pair, "b", rx)
-        t = pktgen(pair, "a", "-i", f"netmap:{pair.a}-1/T", "-f", "txseq", "-n", "4000",
-                   "-R", "40000")
+        t = pktgen(
+            pair, "a", "-i", f"netmap:{pair.a}-1/T", "-f", "txseq", "-n", "4000", "-R", "40000"
+        )
         out, err = rx.communicate(timeout=20)
     finally:
         stop(rx)
     assert t.returncode == 0, t.stderr
     fin = [json.loads(x) for x in out.splitlines() if '"final"' in x][0]
     assert (fin["pkts"], fin["seq_received"], fin["lost"], fin["gaps"], fin["out_of_order"]) == (
-        4000, 4000, 0, 0, 0), (out, err)
+        4000,
+        4000,
+        0,
+        0,
+        0,
+    ), (out, err)
 
 
 def test_ping_pong_round_trips(pair: Pair) -> None:
     pong = start_pktgen(pair, "b", "-i", f"netmap:{pair.b}", "-f", "pong")
     try:
         wait_xdp(pair, "b", pong)
-        r = pktgen(pair, "a", "-i", f"netmap:{pair.a}", "-f", "ping", "-n", "200",
-                   "-s", pair.ip_a, "-d", pair.ip_b, "-D", pair.mac("b"))
+        r = pktgen(
+            pair,
+            "a",
+            "-i",
+            f"netmap:{pair.a}",
+            "-f",
+            "ping",
+            "-n",
+            "200",
+            "-s",
+            pair.ip_a,
+            "-d",
+            pair.ip_b,
+            "-D",
+            pair.mac("b"),
+        )
         jr = pktgen(pair, "a", "-i", f"netmap:{pair.a}", "-f", "ping", "-n", "50", "--json")
     finally:
         pong_out, pong_err = stop(pong)
@@ -381,8 +481,12 @@ def test_ping_pong_round_trips(pair: Pair) -> None:
     assert lines[0] == f"Working on netmap:{pair.a}: 2 queues, 1 threads and {os.cpu_count()} cpus."
     m = re.search(r"^RTT over 200 packets: min (\d+) av (\d+) ns$", r.stdout, re.M)
     assert m is not None, r.stdout
-    m2 = re.search(r"^RTT percentiles: min (\d+) median (\d+) p99 (\d+) max (\d+) ns "
-                   r"\(200 sent, 200 replies\)$", r.stdout, re.M)
+    m2 = re.search(
+        r"^RTT percentiles: min (\d+) median (\d+) p99 (\d+) max (\d+) ns "
+        r"\(200 sent, 200 replies\)$",
+        r.stdout,
+        re.M,
+    )
     assert m2 is not None, r.stdout
     mn, med, p99, mx = (int(x) for x in m2.groups())
     assert 0 < mn <= med <= p99 <= mx < 3_000_000_000
@@ -394,8 +498,9 @@ def test_ping_pong_round_trips(pair: Pair) -> None:
 def test_rate_limit_holds_without_burning_a_core(pair: Pair) -> None:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    r = pktgen(pair, "a", "-i", f"netmap:{pair.a}-0/T", "-f", "tx", "-n", "9000", "-R", "3000",
-               "--json")
+    r = pktgen(
+        pair, "a", "-i", f"netmap:{pair.a}-0/T", "-f", "tx", "-n", "9000", "-R", "3000", "--json"
+    )
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert r.returncode == 0, r.stderr
@@ -408,8 +513,9 @@ def test_rate_limit_holds_without_burning_a_core(pair: Pair) -> None:
 
 
 def test_sigint_prints_the_final_lines(pair: Pair) -> None:
-    tx = start_pktgen(pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "tx", "-R", "100000",
-                      "-T", "200")
+    tx = start_pktgen(
+        pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "tx", "-R", "100000", "-T", "200"
+    )
     time.sleep(2.0)
     out, err = stop(tx)
     assert tx.returncode == 0, err
@@ -425,24 +531,57 @@ def test_vnet_header_mode_on_both_sides(pair: Pair) -> None:
     RX: every slot starts with a 12-byte header and rxseq still finds the numbers."""
     udp = UdpCounter(pair.ns_b, pair.ip_b, range(9000, 9001))
     try:
-        r = pktgen(pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "tx", "-n", "100", "-H", "10",
-                   "-d", f"{pair.ip_b}:9000", "-D", pair.mac("b"), "-R", "10000")
+        r = pktgen(
+            pair,
+            "a",
+            "-i",
+            f"netmap:{pair.a}/T",
+            "-f",
+            "tx",
+            "-n",
+            "100",
+            "-H",
+            "10",
+            "-d",
+            f"{pair.ip_b}:9000",
+            "-D",
+            pair.mac("b"),
+            "-R",
+            "10000",
+        )
         got = udp.drain()
     finally:
         udp.close()
     assert r.returncode == 0, r.stderr
     assert final(r.stdout) == (100, 100 * 70)  # pkt-gen counts the header bytes too
     assert len(got[9000]) == 100 and {len(d) for d in got[9000]} == {60 - 42}
-    rx = start_pktgen(pair, "b", "-i", f"netmap:{pair.b}/R", "-f", "rxseq", "-n", "500",
-                      "-H", "12", "--json")
+    rx = start_pktgen(
+        pair, "b", "-i", f"netmap:{pair.b}/R", "-f", "rxseq", "-n", "500", "-H", "12", "--json"
+    )
     try:
         wait_xdp(pair, "b", rx)
-        t = pktgen(pair, "a", "-i", f"netmap:{pair.a}/T", "-f", "txseq", "-n", "500",
-                   "-H", "10", "-R", "20000")
+        t = pktgen(
+            pair,
+            "a",
+            "-i",
+            f"netmap:{pair.a}/T",
+            "-f",
+            "txseq",
+            "-n",
+            "500",
+            "-H",
+            "10",
+            "-R",
+            "20000",
+        )
         assert t.returncode == 0, t.stderr
         out, err = rx.communicate(timeout=20)
     finally:
         stop(rx)
     fin = [json.loads(x) for x in out.splitlines() if '"final"' in x][0]
     assert (fin["pkts"], fin["bytes"], fin["seq_received"], fin["lost"]) == (
-        500, 500 * 72, 500, 0), (out, err)
+        500,
+        500 * 72,
+        500,
+        0,
+    ), (out, err)

@@ -37,8 +37,10 @@ from vtnet_py._sys.netns import netns
 from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec, IPRange
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF beyond rmem_max, for root
-FINAL1 = re.compile(r"^Sent (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
-                    r"in (\d+\.\d{2}) seconds\.$")
+FINAL1 = re.compile(
+    r"^Sent (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
+    r"in (\d+\.\d{2}) seconds\.$"
+)
 
 
 def _why_not() -> str | None:
@@ -68,14 +70,15 @@ class Pair:
         return out.split("link/ether ")[1].split()[0]
 
     def peer_gro(self, on: bool) -> None:
-        run("ip", "netns", "exec", self.ns_b, "ethtool", "-K", self.b, "gro",
-            "on" if on else "off")
+        run("ip", "netns", "exec", self.ns_b, "ethtool", "-K", self.b, "gro", "on" if on else "off")
 
     def counters(self) -> dict[str, int]:
         """B's UDP and IP counters that say what its stack accepted or refused."""
         out: dict[str, int] = {}
-        for path, prefixes in (("/proc/net/snmp", ("Udp:", "Ip:")),
-                               ("/proc/net/netstat", ("IpExt:",))):
+        for path, prefixes in (
+            ("/proc/net/snmp", ("Udp:", "Ip:")),
+            ("/proc/net/netstat", ("IpExt:",)),
+        ):
             lines = run("ip", "netns", "exec", self.ns_b, "cat", path).stdout.splitlines()
             for pre in prefixes:
                 rows = [x.split() for x in lines if x.startswith(pre)]
@@ -92,9 +95,29 @@ def pair() -> Iterator[Pair]:
         for ns in (p.ns_a, p.ns_b):
             run("ip", "netns", "add", ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "link", "add", p.a, "numtxqueues", "2", "numrxqueues", "2", "netns", p.ns_a,
-            "type", "veth", "peer", "name", p.b, "numtxqueues", "2", "numrxqueues", "2",
-            "netns", p.ns_b)
+        run(
+            "ip",
+            "link",
+            "add",
+            p.a,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "netns",
+            p.ns_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            p.b,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "netns",
+            p.ns_b,
+        )
         for ns, dev, ip in ((p.ns_a, p.a, p.ip_a), (p.ns_b, p.b, p.ip_b)):
             run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
             run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
@@ -107,9 +130,28 @@ def pair() -> Iterator[Pair]:
 
 
 def live(p: Pair, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(PKTGEN + ["--netns", p.ns_a, "-w", "0", "-i", f"netmap:{p.a}",
-                                    "-f", "tx", "--live", "-s", p.ip_a, "-D", p.mac_b(), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        PKTGEN
+        + [
+            "--netns",
+            p.ns_a,
+            "-w",
+            "0",
+            "-i",
+            f"netmap:{p.a}",
+            "-f",
+            "tx",
+            "--live",
+            "-s",
+            p.ip_a,
+            "-D",
+            p.mac_b(),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def final(out: str) -> tuple[int, int, int]:
@@ -215,8 +257,7 @@ def test_live_refusals_are_one_line(args: list[str], needle: str) -> None:
 
 @kernel
 @pytest.mark.parametrize(("count", "burst"), [(20000, None), (200001, 100)])
-def test_live_count_is_exact_and_checksums_valid(pair: Pair, count: int, burst: int | None
-                                                 ) -> None:
+def test_live_count_is_exact_and_checksums_valid(pair: Pair, count: int, burst: int | None) -> None:
     before = pair.counters()
     b_opt = ["-b", str(burst)] if burst else []
     r = live(pair, "-n", str(count), *b_opt, "-d", f"{pair.ip_b}:9", "-T", "100")
@@ -225,8 +266,13 @@ def test_live_count_is_exact_and_checksums_valid(pair: Pair, count: int, burst: 
     d = delta(before, pair.counters())
     # every frame reached B's UDP layer with valid checksums; nothing else was refused
     assert d.get("Udp.NoPorts") == count, d
-    for bad in ("Udp.InCsumErrors", "Udp.InErrors", "IpExt.InCsumErrors", "Ip.InHdrErrors",
-                "Ip.InAddrErrors"):
+    for bad in (
+        "Udp.InCsumErrors",
+        "Udp.InErrors",
+        "IpExt.InCsumErrors",
+        "Ip.InHdrErrors",
+        "Ip.InAddrErrors",
+    ):
         assert d.get(bad, 0) == 0, d
     pkts, nbytes, events = final(r.stdout)
     batch = burst or 64  # -b is the kernel batch, by default the kernel's own 64
@@ -235,8 +281,10 @@ def test_live_count_is_exact_and_checksums_valid(pair: Pair, count: int, burst: 
     lines = r.stdout.splitlines()
     assert lines[0] == f"Sending on netmap:{pair.a}: 2 queues, 1 threads and {os.cpu_count()} cpus."
     assert lines[1].startswith(f"{pair.ip_a}:1234 -> {pair.ip_b}:9 (")
-    assert f"--live: BPF_PROG_TEST_RUN live frames out of {pair.a}, kernel batches of {batch}" \
+    assert (
+        f"--live: BPF_PROG_TEST_RUN live frames out of {pair.a}, kernel batches of {batch}"
         in r.stderr
+    )
     periodic = [x for x in r.stderr.splitlines() if "main_thread" in x]
     assert periodic and all(PKTGEN_PERIODIC.match(x) for x in periodic), r.stderr
     assert "dropped" not in r.stderr, r.stderr
@@ -247,15 +295,29 @@ def test_live_walks_the_ranges_as_the_afxdp_path_does(pair: Pair) -> None:
     n = 2000
     rx = Receiver(pair.ns_b, pair.ip_b, range(9000, 9004))
     try:
-        r = live(pair, "-n", str(n), "-R", "2000", "-s", f"{pair.ip_a}:5000-{pair.ip_a}:5004",
-                 "-d", f"{pair.ip_b}:9000-{pair.ip_b}:9003", "-l", "101")
+        r = live(
+            pair,
+            "-n",
+            str(n),
+            "-R",
+            "2000",
+            "-s",
+            f"{pair.ip_a}:5000-{pair.ip_a}:5004",
+            "-d",
+            f"{pair.ip_b}:9000-{pair.ip_b}:9003",
+            "-l",
+            "101",
+        )
     finally:
         got = rx.close()
     assert r.returncode == 0, r.stderr
     assert final(r.stdout)[:2] == (n, 101 * n)
     # the frames FrameGen (the AF_XDP path) would send, in the same order
-    spec = FrameSpec(src=IPRange.parse(f"{pair.ip_a}:5000-{pair.ip_a}:5004"),
-                     dst=IPRange.parse(f"{pair.ip_b}:9000-{pair.ip_b}:9003"), length=101)
+    spec = FrameSpec(
+        src=IPRange.parse(f"{pair.ip_a}:5000-{pair.ip_a}:5004"),
+        dst=IPRange.parse(f"{pair.ip_b}:9000-{pair.ip_b}:9003"),
+        length=101,
+    )
     b = FrameGen(spec).next_batch(n)
     for port in range(9000, 9004):
         want = [int(s) for s in b.sport[b.dport == port]]
@@ -284,7 +346,7 @@ def test_live_random_sources_carry_valid_checksums(pair: Pair) -> None:
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
@@ -323,8 +385,18 @@ def test_live_random_destinations_change_on_each_carry(pair: Pair) -> None:
     th = threading.Thread(target=capture, daemon=True)
     th.start()
     try:
-        r = live(pair, "-n", "200", "-R", "2000", "-Z", "-s",
-                 f"{pair.ip_a}:5000-{pair.ip_a}:5001", "-d", f"{pair.ip_b}:9000")
+        r = live(
+            pair,
+            "-n",
+            "200",
+            "-R",
+            "2000",
+            "-Z",
+            "-s",
+            f"{pair.ip_a}:5000-{pair.ip_a}:5001",
+            "-d",
+            f"{pair.ip_b}:9000",
+        )
     finally:
         done.set()
         th.join(timeout=10)
@@ -362,10 +434,29 @@ def test_live_rate_holds_without_burning_a_core(pair: Pair) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_live_signal_stops_with_an_exact_count(pair: Pair, sig: signal.Signals) -> None:
     before = pair.counters()
-    tx = subprocess.Popen(PKTGEN + ["--netns", pair.ns_a, "-w", "0", "-i", f"netmap:{pair.a}",
-                                    "-f", "tx", "--live", "-d", f"{pair.ip_b}:9", "-D",
-                                    pair.mac_b(), "-T", "200"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tx = subprocess.Popen(
+        PKTGEN
+        + [
+            "--netns",
+            pair.ns_a,
+            "-w",
+            "0",
+            "-i",
+            f"netmap:{pair.a}",
+            "-f",
+            "tx",
+            "--live",
+            "-d",
+            f"{pair.ip_b}:9",
+            "-D",
+            pair.mac_b(),
+            "-T",
+            "200",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(2.5)
         tx.send_signal(sig)

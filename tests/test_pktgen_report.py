@@ -61,17 +61,33 @@ def test_norm_unnormalized(val: float) -> None:
 
 
 def test_periodic_line_shape() -> None:
-    p = Periodic(pps=1234567, pkts=1234000, bps=592320000.0, usec=1000123, avg_batch=511.5,
-                 min_space=99999)
-    want = PERIODIC_FMT % (c_norm(1234567), "", c_norm(1234000), c_norm(592320000.0),
-                           1000123, 511.5, 99999)
+    p = Periodic(
+        pps=1234567, pkts=1234000, bps=592320000.0, usec=1000123, avg_batch=511.5, min_space=99999
+    )
+    want = PERIODIC_FMT % (
+        c_norm(1234567),
+        "",
+        c_norm(1234000),
+        c_norm(592320000.0),
+        1000123,
+        511.5,
+        99999,
+    )
     assert p.line() == want
-    assert want == ("1.235 Mpps (1.234 Mpkts 592.320 Mbps in 1000123 usec) "
-                    "511.50 avg_batch 99999 min_space")
+    assert want == (
+        "1.235 Mpps (1.234 Mpkts 592.320 Mbps in 1000123 usec) 511.50 avg_batch 99999 min_space"
+    )
     p.pps_avg, p.pps_std = 1.5e6, 2500.0
     stats = AVG_FMT % (c_norm(1.5e6), c_norm(2500.0))
-    assert p.line() == PERIODIC_FMT % (c_norm(1234567), stats, c_norm(1234000),
-                                       c_norm(592320000.0), 1000123, 511.5, 99999)
+    assert p.line() == PERIODIC_FMT % (
+        c_norm(1234567),
+        stats,
+        c_norm(1234000),
+        c_norm(592320000.0),
+        1000123,
+        511.5,
+        99999,
+    )
     assert "pps [avg/std 1.500 M/2.500 K pps](1.234 Mpkts" in p.line()
     p.pps_avg = p.pps_std = None
     assert p.line(normalize=False).startswith("1234567 pps (1234000 pkts 592320000 bps")
@@ -81,13 +97,18 @@ def test_final_lines_shape() -> None:
     f = Final("Sent", pkts=1000000, bytes=60000000, events=1954, seconds=0.4567)
     a, b = f.lines()
     assert a == FINAL_FMT1 % ("Sent", 1000000, 60000000, 1954, 60, 0.4567)
-    assert b == FINAL_FMT2 % (c_norm(1000000 / 0.4567), c_norm(8 * 60000000 / 0.4567),
-                              c_norm(8 * 60000000 / 0.4567), 1000000 / 1954)
+    assert b == FINAL_FMT2 % (
+        c_norm(1000000 / 0.4567),
+        c_norm(8 * 60000000 / 0.4567),
+        c_norm(8 * 60000000 / 0.4567),
+        1000000 / 1954,
+    )
     assert a == "Sent 1000000 packets 60000000 bytes 1954 events 60 bytes each in 0.46 seconds."
     # -B adds 24 bytes of framing per packet to the raw figure only
     g = Final("Received", pkts=100, bytes=6000, events=1, seconds=1.0, framing=FRAMING_BITS)
-    assert g.lines()[1] == ("Speed: 100.000 pps Bandwidth: 48.000 Kbps (raw 67.200 Kbps). "
-                            "Average batch: 100.00 pkts")
+    assert g.lines()[1] == (
+        "Speed: 100.000 pps Bandwidth: 48.000 Kbps (raw 67.200 Kbps). Average batch: 100.00 pkts"
+    )
     assert Final("Received", 0, 0, 0, 1.0).lines() == ["Received nothing."]
 
 
@@ -140,7 +161,8 @@ def test_output_text_and_json() -> None:
     o.final(Final("Sent", 10, 600, 10, 1.0))
     assert err.getvalue().endswith(
         "main_thread [0] 10.000 pps (10.000 pkts 4.800 Kbps in 1000000 usec) "
-        "1.00 avg_batch 0 min_space\n")
+        "1.00 avg_batch 0 min_space\n"
+    )
     assert out.getvalue().splitlines() == [
         "Sending on netmap:x: 1 queues, 1 threads and 1 cpus.",
         "Sent 10 packets 600 bytes 10 events 60 bytes each in 1.00 seconds.",

@@ -119,8 +119,10 @@ def test_tx_only_port_fd_is_ready_when_tx_has_room(veth: VethPair) -> None:
     peer.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
     try:
         # queue 0 with RX, queue 1 transmit-only (a queue takes one socket)
-        with open_port(f"netmap:{veth.a}-0", netns=veth.ns_a) as rxtx, \
-                open_port(f"netmap:{veth.a}-1/T", netns=veth.ns_a) as port:
+        with (
+            open_port(f"netmap:{veth.a}-0", netns=veth.ns_a) as rxtx,
+            open_port(f"netmap:{veth.a}-1/T", netns=veth.ns_a) as port,
+        ):
             assert port.rx_rings == [] and len(port.tx_rings) == 1
             # on the same interface, a port with an RX ring: not readable while idle
             quiet(rxtx)

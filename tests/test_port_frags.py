@@ -51,11 +51,13 @@ def receive_chains(port, want: int, timeout: float = 3.0) -> list[tuple[int, lis
             lens = r.slot["len"][idx]
             starts = np.concatenate(([0], ends[:-1] + 1))
             for s0, e in zip(starts, ends[: starts.size], strict=True):
-                parts = [bytes(port.buf(int(b))[: int(ln)])
-                         for b, ln in zip(bufs[s0: e + 1], lens[s0: e + 1], strict=True)]
+                parts = [
+                    bytes(port.buf(int(b))[: int(ln)])
+                    for b, ln in zip(bufs[s0 : e + 1], lens[s0 : e + 1], strict=True)
+                ]
                 data = b"".join(parts)
                 if data[12:14] == ETHERTYPE:
-                    got.append((r.ring_id, [int(x) for x in lens[s0: e + 1]], data))
+                    got.append((r.ring_id, [int(x) for x in lens[s0 : e + 1]], data))
             r.head = r.cur = r.next(r.head, take)
         port.rxsync()
     return got
@@ -65,7 +67,7 @@ def put_chain(port, ring, data: bytes, chunk: int, last_more: bool = False) -> i
     """Write ``data`` into slots from ring.head in pieces of ``chunk`` bytes, NS_MOREFRAG on
     all but the last (and on the last too if ``last_more``); advance head/cur. Returns the
     number of slots used."""
-    pieces = [data[i: i + chunk] for i in range(0, len(data), chunk)]
+    pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
     idx = ring.slots_from_head(len(pieces))
     for i, piece in zip(idx, pieces, strict=True):
         port.buf(int(ring.slot["buf_idx"][i]))[: len(piece)] = np.frombuffer(piece, np.uint8)
@@ -142,7 +144,7 @@ def test_unfinished_tx_chain_is_held_until_completed(jumbo: VethPair) -> None:
             assert peer_frames(s, 1, 0.3, src=mac_a) == []
             port.check_invariant()
             # the last piece completes it: the three slots go out as one frame
-            assert put_chain(port, tx, data[2 * nbs:], nbs) == 1
+            assert put_chain(port, tx, data[2 * nbs :], nbs) == 1
             assert port.txsync() == 3
             assert tx.hwcur == tx.head
             assert peer_frames(s, 2, 1.0, src=mac_a) == [data]

@@ -64,8 +64,7 @@ def test_tx_frames_reach_the_peer_byte_exact(veth: VethPair) -> None:
     s.settimeout(2.0)
     with open_port(f"netmap:{veth.a}", netns=veth.ns_a) as port:
         for ring in port.tx_rings:
-            sent = [frame(mac_b, mac_a, 1000 * ring.ring_id + i, 60 + 100 * i)
-                    for i in range(8)]
+            sent = [frame(mac_b, mac_a, 1000 * ring.ring_id + i, 60 + 100 * i) for i in range(8)]
             idx = ring.slots_from_head(len(sent))
             for i, f in zip(idx, sent, strict=True):
                 port.buf(int(ring.slot["buf_idx"][i]))[: len(f)] = np.frombuffer(f, np.uint8)
@@ -131,8 +130,12 @@ def test_unowned_queue_stays_with_the_kernel(veth: VethPair) -> None:
 def test_second_process_gets_busy_error_naming_queue(veth: VethPair) -> None:
     holder = start_port_holder(f"netmap:{veth.a}-0", veth.ns_a)
     try:
-        r = subprocess.run([sys.executable, "-c", PORT_HOLDER, f"netmap:{veth.a}-0", veth.ns_a],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-c", PORT_HOLDER, f"netmap:{veth.a}-0", veth.ns_a],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 3, r.stderr
         assert f"{veth.a} queue 0 is busy" in r.stdout
         # the other queue is free, from this process, sharing the program
@@ -231,7 +234,7 @@ def test_vnet_header_prepended_on_rx_and_stripped_on_tx(veth: VethPair) -> None:
             port.poll(rx=True, timeout=0.2)
             for i in rx.slots_from_head(rx.space()):
                 data = bytes(port.buf(int(rx.slot["buf_idx"][i]))[: int(rx.slot["len"][i])])
-                if data[12 + 12: 12 + 14] == ETHERTYPE:
+                if data[12 + 12 : 12 + 14] == ETHERTYPE:
                     got.append(data)
             rx.head = rx.cur = rx.tail
         assert got == [bytes(12) + sent]
@@ -275,5 +278,8 @@ def test_interface_deleted_while_open_fails_the_next_poll(veth: VethPair) -> Non
     finally:
         port.close()
     fds = os.listdir("/proc/self/fd")
-    assert not any("xdp" in os.readlink(f"/proc/self/fd/{fd}") for fd in fds
-                   if os.path.exists(f"/proc/self/fd/{fd}"))
+    assert not any(
+        "xdp" in os.readlink(f"/proc/self/fd/{fd}")
+        for fd in fds
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )

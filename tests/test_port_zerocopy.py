@@ -81,8 +81,16 @@ class Forwarder:
         return n
 
 
-def forward_batches(pair_in, port_in, fw: Forwarder, peer_out: socket.socket,
-                    out_src: bytes, out_dst: bytes, total: int, batch: int) -> None:
+def forward_batches(
+    pair_in,
+    port_in,
+    fw: Forwarder,
+    peer_out: socket.socket,
+    out_src: bytes,
+    out_dst: bytes,
+    total: int,
+    batch: int,
+) -> None:
     """Send ``total`` frames from the peer of ``port_in`` in batches, forward each batch,
     and check the egress peer gets each byte-exact, in order."""
     mac_in, mac_peer = pair_in.mac("a"), pair_in.mac("b")
@@ -139,8 +147,10 @@ def test_forward_between_ports_sharing_memory(veth_factory) -> None:
     peer = peer_socket(p2)
     mem = Memory(4 * 256)
     try:
-        with open_port(f"netmap:{p1.a}-0@conf:slots=256", netns=p1.ns_a, memory=mem) as a, \
-                open_port(f"netmap:{p2.a}-0@conf:slots=256", netns=p2.ns_a, memory=mem) as c:
+        with (
+            open_port(f"netmap:{p1.a}-0@conf:slots=256", netns=p1.ns_a, memory=mem) as a,
+            open_port(f"netmap:{p2.a}-0@conf:slots=256", netns=p2.ns_a, memory=mem) as c,
+        ):
             assert a.memory is c.memory is mem
             rx, tx = a.rx_rings[0], c.tx_rings[0]
             a_bufs = set(rx.slot["buf_idx"].tolist()) | set(a.tx_rings[0].slot["buf_idx"])

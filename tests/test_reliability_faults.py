@@ -56,6 +56,7 @@ PING_LIMIT_S = 1.0
 
 # --- helpers -------------------------------------------------------------------------------
 
+
 def frame(dst: bytes, src: bytes, seq: int, size: int = 64) -> bytes:
     body = seq.to_bytes(4, "big") + bytes((seq + i) & 0xFF for i in range(size - 18))
     return dst + src + ETHERTYPE + body
@@ -114,9 +115,14 @@ def mapped(addr: int) -> bool:
 
 def link_stats(ns: str, dev: str) -> dict[str, int]:
     import json
+
     j = json.loads(run("ip", "-n", ns, "-s", "-j", "link", "show", dev).stdout)[0]["stats64"]
-    return {"rx": j["rx"]["packets"], "rx_dropped": j["rx"]["dropped"],
-            "tx": j["tx"]["packets"], "tx_dropped": j["tx"]["dropped"]}
+    return {
+        "rx": j["rx"]["packets"],
+        "rx_dropped": j["rx"]["dropped"],
+        "tx": j["tx"]["packets"],
+        "tx_dropped": j["tx"]["dropped"],
+    }
 
 
 def ring_stats(port, kind: str, ring: int = 0) -> dict:
@@ -168,8 +174,9 @@ def child(script: str, *args: str, ns: str | None = None) -> subprocess.Popen[st
     cmd = [sys.executable, "-c", textwrap.dedent(script), *args]
     if ns is not None:
         cmd = ["ip", "netns", "exec", ns, *cmd]
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def read_line(p: subprocess.Popen[str], prefix: str, timeout: float = 30.0) -> str:
@@ -177,6 +184,7 @@ def read_line(p: subprocess.Popen[str], prefix: str, timeout: float = 30.0) -> s
     does not come in time)."""
     assert p.stdout is not None
     import selectors
+
     sel = selectors.DefaultSelector()
     sel.register(p.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -247,9 +255,11 @@ def test_sigkill_at_random_points_of_open(veth: VethPair) -> None:
         slowest = max(slowest, ping_back_within(veth))
         assert not veth.xdp_attached("a")
     assert_clean_reopen(veth)
-    print(f"\nkill -9 during open: {rounds} kills over 0..{1.2 * t_open * 1000:.0f} ms "
-          f"({landed_after_open} after the open completed); slowest ping back "
-          f"{slowest * 1000:.0f} ms")
+    print(
+        f"\nkill -9 during open: {rounds} kills over 0..{1.2 * t_open * 1000:.0f} ms "
+        f"({landed_after_open} after the open completed); slowest ping back "
+        f"{slowest * 1000:.0f} ms"
+    )
 
 
 TX_LOAD = """
@@ -363,6 +373,7 @@ def test_sigkill_of_a_port_on_a_pinned_program(veth: VethPair, flood: Flood) -> 
     dies; its queues still go back to the kernel at once (the socket leaves the XSKMAP
     with the process), the next port joins the program, and detach removes it."""
     from vtnet_py.admin.attach import attach, detach
+
     attach(veth.a, netns=veth.ns_a)
     try:
         for _ in range(2):
@@ -394,10 +405,28 @@ class Bridge:
 
     def __init__(self, veth: VethPair):
         import threading
-        self.p = subprocess.Popen(["ip", "netns", "exec", veth.ns_a, sys.executable, "-m",
-                                   "vtnetmap_cli", "bridge", "-w", "0", "-T", "0", "-i",
-                                   f"netmap:{veth.a}"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+
+        self.p = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                veth.ns_a,
+                sys.executable,
+                "-m",
+                "vtnetmap_cli",
+                "bridge",
+                "-w",
+                "0",
+                "-T",
+                "0",
+                "-i",
+                f"netmap:{veth.a}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.t0 = time.monotonic()
         self.lines: list[str] = []
         self.ready_at: float | None = None
@@ -419,7 +448,7 @@ class Bridge:
         while (self.opening_at if opening else self.ready_at) is None:
             assert self.p.poll() is None and time.monotonic() < deadline, self.lines
             time.sleep(0.002)
-        return (self.opening_at if opening else self.ready_at)  # type: ignore[return-value]
+        return self.opening_at if opening else self.ready_at  # type: ignore[return-value]
 
     def stop(self, sig: int) -> int:
         self.p.send_signal(sig)
@@ -465,32 +494,53 @@ def test_sigkill_of_the_bridge_at_random_points(veth: VethPair, flood: Flood) ->
     assert br.stop(signal.SIGTERM) == 0
     assert any("-->" in ln and "packets" in ln for ln in br.lines), br.lines
     assert not veth.xdp_attached("a") and not helpers_in(veth)
-    print(f"\nkill -9 of bridge: {len(kills)} kills ({kills.count(False)} during start-up, "
-          f"opening its ports takes {t_open * 1000:.0f} ms), interface back within 1 s "
-          f"each time")
+    print(
+        f"\nkill -9 of bridge: {len(kills)} kills ({kills.count(False)} during start-up, "
+        f"opening its ports takes {t_open * 1000:.0f} ms), interface back within 1 s "
+        f"each time"
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_pkt_gen_stops_cleanly_on_a_signal_with_final_statistics(veth: VethPair,
-                                                                 sig: int) -> None:
+def test_pkt_gen_stops_cleanly_on_a_signal_with_final_statistics(veth: VethPair, sig: int) -> None:
     """A receiving and a sending pkt-gen (the long-running commands besides the bridge,
     whose signals tests/test_bridge.py covers) stop on the signal, exit 0 and print their
     final lines; the counts agree with each other and nothing stays attached."""
     from vtnetmap_cli.main import main as cli_main
+
     if "pkt-gen" not in cli_main.commands:
         pytest.skip("`vtnetmap pkt-gen` is not registered")
     cmd = [sys.executable, "-m", "vtnetmap_cli", "pkt-gen", "-w", "0"]
-    rx = subprocess.Popen([*cmd, "--netns", veth.ns_b, "-i", f"netmap:{veth.b}", "-f", "rx"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rx = subprocess.Popen(
+        [*cmd, "--netns", veth.ns_b, "-i", f"netmap:{veth.b}", "-f", "rx"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     tx = None
     try:
         deadline = time.monotonic() + 30
         while not veth.xdp_attached("b"):
             assert rx.poll() is None and time.monotonic() < deadline, rx.stderr
             time.sleep(0.05)
-        tx = subprocess.Popen([*cmd, "--netns", veth.ns_a, "-i", f"netmap:{veth.a}/T", "-f",
-                               "tx", "-R", "5000", "-D", veth.mac("b").hex(":")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        tx = subprocess.Popen(
+            [
+                *cmd,
+                "--netns",
+                veth.ns_a,
+                "-i",
+                f"netmap:{veth.a}/T",
+                "-f",
+                "tx",
+                "-R",
+                "5000",
+                "-D",
+                veth.mac("b").hex(":"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.0)
         tx.send_signal(sig)
         tx_out, tx_err = tx.communicate(timeout=15)
@@ -515,6 +565,7 @@ def test_pkt_gen_stops_cleanly_on_a_signal_with_final_statistics(veth: VethPair,
 
 
 # --- interface events ------------------------------------------------------------------------
+
 
 def test_link_down_keeps_frames_queued_and_link_up_sends_them_once(veth: VethPair) -> None:
     mac_a, mac_b = veth.mac("a"), veth.mac("b")
@@ -570,8 +621,10 @@ def test_peer_down_drops_are_counted_and_buffers_return(veth: VethPair) -> None:
         s = veth.raw_socket("b")
         deadline = time.monotonic() + 3
         sent = [frame(mac_b, mac_a, 50 + i) for i in range(5)]
-        while time.monotonic() < deadline and "LOWER_UP" not in run(
-                "ip", "-n", veth.ns_a, "link", "show", veth.a).stdout:
+        while (
+            time.monotonic() < deadline
+            and "LOWER_UP" not in run("ip", "-n", veth.ns_a, "link", "show", veth.a).stdout
+        ):
             time.sleep(0.02)
         put_tx(port, tx, sent)
         port.txsync()
@@ -682,8 +735,8 @@ def test_peer_namespace_deleted_fails_the_next_poll(veth: VethPair) -> None:
 
 # --- ring pressure ---------------------------------------------------------------------------
 
-def test_fill_ring_empty_drops_are_counted_and_everything_is_accounted(
-        veth: VethPair) -> None:
+
+def test_fill_ring_empty_drops_are_counted_and_everything_is_accounted(veth: VethPair) -> None:
     mac_a, mac_b = veth.mac("a"), veth.mac("b")
     with open_port(f"netmap:{veth.a}-0@conf:slots=64", netns=veth.ns_a) as port:
         rx = port.rx_rings[0]
@@ -713,8 +766,7 @@ def test_fill_ring_empty_drops_are_counted_and_everything_is_accounted(
         port.check_invariant()
 
 
-def test_full_tx_ring_and_unreaped_completions_are_reported_and_recovered(
-        veth: VethPair) -> None:
+def test_full_tx_ring_and_unreaped_completions_are_reported_and_recovered(veth: VethPair) -> None:
     """The link down keeps a full TX ring with the kernel; after link up the kernel is
     made to complete everything without a txsync (as a zero-copy driver completes on its
     own), so the completions wait unreaped until the next txsync takes them."""
@@ -779,6 +831,8 @@ def test_tx_at_full_speed_on_a_small_ring_accounts_every_frame(veth: VethPair) -
         assert sent == (a["tx"] - before_a["tx"]) + st["tx_dropped"]
         assert a["tx"] - before_a["tx"] == b["rx"] - before_b["rx"]
         port.check_invariant()
-        print(f"\nTX full speed, 64 slots: {sent} frames in {elapsed:.2f} s "
-              f"({sent / elapsed / 1e3:.0f} kpps), {st['tx_dropped']} dropped, "
-              f"{waits} waits on a full ring, all accounted")
+        print(
+            f"\nTX full speed, 64 slots: {sent} frames in {elapsed:.2f} s "
+            f"({sent / elapsed / 1e3:.0f} kpps), {st['tx_dropped']} dropped, "
+            f"{waits} waits on a full ring, all accounted"
+        )

@@ -51,9 +51,12 @@ pytestmark = kernel
 ETHERTYPE = b"\x88\xb5"
 PACKET_OUTGOING = 4
 EXAMPLE_TIMEOUT_S = 20  # an input that takes longer than this counts as a hang
-FUZZ = settings(deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 # the machine's own interfaces: never named by a fuzzed CLI command
 HOST_IFACES = set(os.listdir("/sys/class/net"))
 
@@ -65,6 +68,7 @@ class Hang(Exception):
 @contextmanager
 def watchdog(seconds: float = EXAMPLE_TIMEOUT_S) -> Iterator[None]:
     """Raise Hang in this thread if the block runs longer than ``seconds``."""
+
     def fire(signum: int, frame: object) -> None:
         raise Hang(f"no result within {seconds} s")
 
@@ -124,15 +128,27 @@ def check_outcome(veth: VethPair, call, what: str) -> str:
 
 # --- port names against a real veth ------------------------------------------------------
 
-CONF_KEYS = ["rings", "tx-rings", "rx-rings", "slots", "tx-slots", "rx-slots", "tx_slots",
-             "host-rings", "bogus", ""]
+CONF_KEYS = [
+    "rings",
+    "tx-rings",
+    "rx-rings",
+    "slots",
+    "tx-slots",
+    "rx-slots",
+    "tx_slots",
+    "host-rings",
+    "bogus",
+    "",
+]
 
 
 def conf_value() -> st.SearchStrategy[str]:
     # ring sizes stay <= 4096 when valid, so a valid example maps at most ~64 MiB
-    return st.one_of(st.integers(0, 4096).map(str), st.sampled_from(
-        ["65537", "99999999999999999999", "-1", "0x10", "", "1e3", " 8", "٣"]),
-        st.text(max_size=3))
+    return st.one_of(
+        st.integers(0, 4096).map(str),
+        st.sampled_from(["65537", "99999999999999999999", "-1", "0x10", "", "1e3", " 8", "٣"]),
+        st.text(max_size=3),
+    )
 
 
 def maybe(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy:
@@ -144,24 +160,47 @@ def maybe(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy:
 def port_names(draw, ifname: str) -> str:
     if draw(st.integers(0, 9)) == 0:
         return draw(st.text(max_size=40))  # anything at all
-    prefix = draw(maybe(st.just("netmap:"), st.sampled_from(
-        ["", "netmap", "NETMAP:", "vale0:", "netmap::", " netmap:"])))
-    name = draw(maybe(st.sampled_from([ifname, ifname, "lo"]), st.one_of(
-        st.sampled_from([ifname + "x", ifname[:-1], "nxrel0", ifname.upper()]),
-        st.text(min_size=0, max_size=17))))
-    mode = draw(maybe(st.one_of(st.just(""), st.integers(0, 2).map(lambda n: f"-{n}"),
-                                st.sampled_from(["^", "^0", "*", "+", "-01"])),
-                      st.one_of(st.integers(-2, 300).map(lambda n: f"-{n}"),
-                                st.sampled_from(["^1", "-", "--1", "-0x1", "{1", "}0", "^^",
-                                                 "-1-1"]))))
-    flags = draw(maybe(st.sampled_from(["", "", "/x", "/R", "/T", "/Rx", "/TT"]),
-                       st.text(alphabet="xRTzrt/ ", max_size=4).map(lambda s: "/" + s)))
+    prefix = draw(
+        maybe(
+            st.just("netmap:"),
+            st.sampled_from(["", "netmap", "NETMAP:", "vale0:", "netmap::", " netmap:"]),
+        )
+    )
+    name = draw(
+        maybe(
+            st.sampled_from([ifname, ifname, "lo"]),
+            st.one_of(
+                st.sampled_from([ifname + "x", ifname[:-1], "nxrel0", ifname.upper()]),
+                st.text(min_size=0, max_size=17),
+            ),
+        )
+    )
+    mode = draw(
+        maybe(
+            st.one_of(
+                st.just(""),
+                st.integers(0, 2).map(lambda n: f"-{n}"),
+                st.sampled_from(["^", "^0", "*", "+", "-01"]),
+            ),
+            st.one_of(
+                st.integers(-2, 300).map(lambda n: f"-{n}"),
+                st.sampled_from(["^1", "-", "--1", "-0x1", "{1", "}0", "^^", "-1-1"]),
+            ),
+        )
+    )
+    flags = draw(
+        maybe(
+            st.sampled_from(["", "", "/x", "/R", "/T", "/Rx", "/TT"]),
+            st.text(alphabet="xRTzrt/ ", max_size=4).map(lambda s: "/" + s),
+        )
+    )
     keys = maybe(st.sampled_from(CONF_KEYS[:7]), st.sampled_from(CONF_KEYS[7:]))
-    values = maybe(st.sampled_from(["2", "64", "256", "1024", "4096"]),
-                   conf_value())
+    values = maybe(st.sampled_from(["2", "64", "256", "1024", "4096"]), conf_value())
     opts = draw(st.lists(st.tuples(keys, values), max_size=2))
-    conf = "".join(draw(maybe(st.just("@conf:"), st.sampled_from(["@", "@share:", "@conf"])))
-                   + f"{k}={v}" for k, v in opts)
+    conf = "".join(
+        draw(maybe(st.just("@conf:"), st.sampled_from(["@", "@share:", "@conf"]))) + f"{k}={v}"
+        for k, v in opts
+    )
     return prefix + name + mode + flags + conf
 
 
@@ -183,24 +222,44 @@ def test_fuzz_port_names_against_a_real_veth(veth: VethPair) -> None:
 
 def test_fuzz_open_port_arguments(veth: VethPair) -> None:
     outcomes: dict[str, int] = {}
-    junk = st.one_of(st.none(), st.integers(-5, 20), st.text(max_size=6), st.floats(),
-                     st.booleans(), st.binary(max_size=4))
+    junk = st.one_of(
+        st.none(),
+        st.integers(-5, 20),
+        st.text(max_size=6),
+        st.floats(),
+        st.booleans(),
+        st.binary(max_size=4),
+    )
 
     @settings(FUZZ, max_examples=100)
-    @given(name=st.sampled_from([f"netmap:{veth.a}", f"netmap:{veth.a}-1",
-                                 f"netmap:{veth.a}/T", f"netmap:{veth.a}-0/R"]),
-           ns=maybe(st.just(veth.ns_a), st.sampled_from(
-               ["nxrelns", "", ".", "..", "/nonexistent", veth.ns_a + "/", "a\0b"])),
-           zerocopy=maybe(st.sampled_from(["auto", "on", "off"]), junk),
-           mode=maybe(st.sampled_from([None, "native", "generic"]), junk),
-           frags=maybe(st.sampled_from([None, True, False]), junk),
-           vnet_hdr=maybe(st.sampled_from([0, 10, 12]), junk),
-           force=st.booleans())
+    @given(
+        name=st.sampled_from(
+            [f"netmap:{veth.a}", f"netmap:{veth.a}-1", f"netmap:{veth.a}/T", f"netmap:{veth.a}-0/R"]
+        ),
+        ns=maybe(
+            st.just(veth.ns_a),
+            st.sampled_from(["nxrelns", "", ".", "..", "/nonexistent", veth.ns_a + "/", "a\0b"]),
+        ),
+        zerocopy=maybe(st.sampled_from(["auto", "on", "off"]), junk),
+        mode=maybe(st.sampled_from([None, "native", "generic"]), junk),
+        frags=maybe(st.sampled_from([None, True, False]), junk),
+        vnet_hdr=maybe(st.sampled_from([0, 10, 12]), junk),
+        force=st.booleans(),
+    )
     def one(name, ns, zerocopy, mode, frags, vnet_hdr, force) -> None:
-        r = check_outcome(veth, lambda: open_port(
-            name, netns=ns, zerocopy=zerocopy, mode=mode, frags=frags, vnet_hdr=vnet_hdr,
-            force=force), f"{name} netns={ns!r} zc={zerocopy!r} mode={mode!r} "
-                          f"frags={frags!r} hdr={vnet_hdr!r}")
+        r = check_outcome(
+            veth,
+            lambda: open_port(
+                name,
+                netns=ns,
+                zerocopy=zerocopy,
+                mode=mode,
+                frags=frags,
+                vnet_hdr=vnet_hdr,
+                force=force,
+            ),
+            f"{name} netns={ns!r} zc={zerocopy!r} mode={mode!r} frags={frags!r} hdr={vnet_hdr!r}",
+        )
         outcomes[r] = outcomes.get(r, 0) + 1
 
     one()
@@ -210,31 +269,66 @@ def test_fuzz_open_port_arguments(veth: VethPair) -> None:
 
 # --- the CLI -------------------------------------------------------------------------------
 
-MISSING = ["nxrel0", "netmap:nxrel0", "netmap:nxrel1-1", "netmap:nxrel0/T", "nxrel0^",
-           "netmap:nxrel0@conf:slots=64"]
+MISSING = [
+    "nxrel0",
+    "netmap:nxrel0",
+    "netmap:nxrel1-1",
+    "netmap:nxrel0/T",
+    "nxrel0^",
+    "netmap:nxrel0@conf:slots=64",
+]
 
 
 def missing_iface() -> st.SearchStrategy[str]:
     """Interface names that exist nowhere, and junk that is no valid name at all."""
-    return st.one_of(st.sampled_from(MISSING),
-                     st.text(max_size=12).map(lambda s: "nx" + s),
-                     st.text(max_size=12).map(lambda s: "netmap:nx" + s))
+    return st.one_of(
+        st.sampled_from(MISSING),
+        st.text(max_size=12).map(lambda s: "nx" + s),
+        st.text(max_size=12).map(lambda s: "netmap:nx" + s),
+    )
 
 
 PKTGEN_OPTS: dict[str, st.SearchStrategy[str] | None] = {
     "-f": st.sampled_from(["tx", "rx", "ping", "pong", "txseq", "rxseq"]),
-    "-n": st.integers(0, 10**6).map(str), "-l": st.integers(42, 9000).map(str),
-    "-b": st.integers(1, 2048).map(str), "-s": st.sampled_from(["10.0.0.1", "10.0.0.1:9"]),
+    "-n": st.integers(0, 10**6).map(str),
+    "-l": st.integers(42, 9000).map(str),
+    "-b": st.integers(1, 2048).map(str),
+    "-s": st.sampled_from(["10.0.0.1", "10.0.0.1:9"]),
     "-d": st.sampled_from(["10.1.0.1", "10.1.0.1:9-10.1.0.2:20"]),
     "-D": st.sampled_from(["ff:ff:ff:ff:ff:ff", "02:00:00:00:00:01"]),
-    "-p": st.integers(1, 4).map(str), "-T": st.integers(1, 5000).map(str),
-    "-w": st.integers(0, 3).map(str), "-R": st.integers(0, 10**6).map(str),
-    "-H": st.sampled_from(["0", "10", "12"]), "--seed": st.integers(0, 99).map(str),
-    "-W": None, "-z": None, "-Z": None, "-A": None, "-N": None, "-B": None, "--json": None,
+    "-p": st.integers(1, 4).map(str),
+    "-T": st.integers(1, 5000).map(str),
+    "-w": st.integers(0, 3).map(str),
+    "-R": st.integers(0, 10**6).map(str),
+    "-H": st.sampled_from(["0", "10", "12"]),
+    "--seed": st.integers(0, 99).map(str),
+    "-W": None,
+    "-z": None,
+    "-Z": None,
+    "-A": None,
+    "-N": None,
+    "-B": None,
+    "--json": None,
     "-v": None,
 }
-BAD_TOKENS = ["--bogus", "-Q", "-n", "-l", "-f", "abc", "-1", "1e9", "", "--", "-b=x",
-              "-F", "-X", "-6", "-C", "--netns"]
+BAD_TOKENS = [
+    "--bogus",
+    "-Q",
+    "-n",
+    "-l",
+    "-f",
+    "abc",
+    "-1",
+    "1e9",
+    "",
+    "--",
+    "-b=x",
+    "-F",
+    "-X",
+    "-6",
+    "-C",
+    "--netns",
+]
 
 
 @st.composite
@@ -248,8 +342,11 @@ def pktgen_args(draw) -> tuple[list[str], bool]:
         args += [opt] if strat is None else [opt, draw(strat)]
     well_formed = "-i" in args
     if draw(st.booleans()):
-        bad = draw(st.lists(st.one_of(st.sampled_from(BAD_TOKENS), st.text(max_size=6)),
-                            min_size=1, max_size=3))
+        bad = draw(
+            st.lists(
+                st.one_of(st.sampled_from(BAD_TOKENS), st.text(max_size=6)), min_size=1, max_size=3
+            )
+        )
         args += bad
         well_formed = False
     return args, well_formed
@@ -258,13 +355,16 @@ def pktgen_args(draw) -> tuple[list[str], bool]:
 @st.composite
 def demo_args(draw) -> list[str]:
     """demo arguments that are always a usage error (a valid demo would run for real)."""
-    pool = [["--seconds", draw(st.sampled_from(["x", "", "1,5", "--", "0x"]))],
-            ["--show", draw(st.sampled_from(["1.5", "x", ""]))],
-            [draw(st.sampled_from(["--bogus", "-x", "extra"]))],
-            ["--seconds"]]
+    pool = [
+        ["--seconds", draw(st.sampled_from(["x", "", "1,5", "--", "0x"]))],
+        ["--show", draw(st.sampled_from(["1.5", "x", ""]))],
+        [draw(st.sampled_from(["--bogus", "-x", "extra"]))],
+        ["--seconds"],
+    ]
     bad = draw(st.sampled_from(pool))
-    good = draw(st.lists(st.sampled_from([["-t", "1"], ["--show", "2"], ["-t", "0.5"]]),
-                         max_size=2))
+    good = draw(
+        st.lists(st.sampled_from([["-t", "1"], ["--show", "2"], ["-t", "0.5"]]), max_size=2)
+    )
     parts = [p for g in good for p in g]
     return ["demo", *parts, *bad]  # a bare trailing --seconds lacks its value
 
@@ -276,8 +376,11 @@ def bridge_args(draw) -> tuple[list[str], bool]:
         args += ["-i", draw(missing_iface())]
     if draw(st.booleans()):
         args += [draw(missing_iface())]
-    for opt, strat in (("-b", st.integers(-5, 10000)), ("-w", st.integers(-1, 3)),
-                       ("-T", st.integers(0, 2000))):
+    for opt, strat in (
+        ("-b", st.integers(-5, 10000)),
+        ("-w", st.integers(-1, 3)),
+        ("-T", st.integers(0, 2000)),
+    ):
         if draw(st.booleans()):
             args += [opt, str(draw(strat))]
     args += draw(st.lists(st.sampled_from(["-c", "-L", "-v"]), max_size=2))
@@ -297,8 +400,9 @@ def invoke(args: list[str]):
 def assert_clean_exit(args: list[str], res, well_formed: bool | None) -> int:
     where = f"vtnetmap {' '.join(map(repr, args))}"
     out = res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), \
+    assert res.exception is None or isinstance(res.exception, SystemExit), (
         f"{where}: {type(res.exception).__name__}: {res.exception}"
+    )
     assert "Traceback" not in out, f"{where}: {out}"
     if res.exit_code == 2:  # click's usage error: one "Error:" line after the usage
         assert sum(line.startswith("Error:") for line in out.splitlines()) == 1, where
@@ -313,8 +417,7 @@ def assert_clean_exit(args: list[str], res, well_formed: bool | None) -> int:
 
 
 def _no_host_iface(args: list[str]) -> bool:
-    names = {a.split(":")[-1].split("-")[0].split("^")[0].split("/")[0].split("@")[0]
-             for a in args}
+    names = {a.split(":")[-1].split("-")[0].split("^")[0].split("/")[0].split("@")[0] for a in args}
     return not (names & HOST_IFACES)
 
 
@@ -354,13 +457,27 @@ def test_device_commands_with_bad_arguments_touch_nothing(veth: VethPair) -> Non
     seen: dict[int, int] = {}
 
     @settings(FUZZ, max_examples=25)
-    @given(cmd=st.sampled_from(["attach", "detach", "status"]),
-           ifname=st.one_of(st.sampled_from(["nxrel0", "", "-", "a b", "x" * 20]),
-                            st.text(max_size=8).map(lambda s: "nx" + s)),
-           extra=st.lists(st.sampled_from([["--rings", "0"], ["--rings", "x"],
-                                           ["--mode", "bogus"], ["--zerocopy", "maybe"],
-                                           ["--force"], ["--json"], ["--bogus"]]),
-                          max_size=2))
+    @given(
+        cmd=st.sampled_from(["attach", "detach", "status"]),
+        ifname=st.one_of(
+            st.sampled_from(["nxrel0", "", "-", "a b", "x" * 20]),
+            st.text(max_size=8).map(lambda s: "nx" + s),
+        ),
+        extra=st.lists(
+            st.sampled_from(
+                [
+                    ["--rings", "0"],
+                    ["--rings", "x"],
+                    ["--mode", "bogus"],
+                    ["--zerocopy", "maybe"],
+                    ["--force"],
+                    ["--json"],
+                    ["--bogus"],
+                ]
+            ),
+            max_size=2,
+        ),
+    )
     def one(cmd, ifname, extra) -> None:
         args = [cmd, ifname, *[p for e in extra for p in e], "--netns", veth.ns_a]
         args = [a for a in args if a != "--force" or cmd != "status"]
@@ -374,21 +491,28 @@ def test_device_commands_with_bad_arguments_touch_nothing(veth: VethPair) -> Non
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vtnetmap_cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vtnetmap_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize(("args", "code"), [
-    (["bogus-command"], 2),
-    (["pkt-gen"], 2),                                       # -i is required
-    (["pkt-gen", "-i", "netmap:nxrel0", "-f", "fly"], 2),
-    (["pkt-gen", "-i", "netmap:nxrel0", "-f", "tx"], 1),    # no such interface
-    (["pkt-gen", "-i", "netmap:nxrel0", "--netns", "nxrelns"], 1),
-    (["demo", "--seconds", "soon"], 2),
-    (["demo", "--seconds", "inf"], 2),                      # would never end
-    (["demo", "--seconds", "nan"], 2),
-    (["demo", "--seconds", "-1"], 2),
-])
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["bogus-command"], 2),
+        (["pkt-gen"], 2),  # -i is required
+        (["pkt-gen", "-i", "netmap:nxrel0", "-f", "fly"], 2),
+        (["pkt-gen", "-i", "netmap:nxrel0", "-f", "tx"], 1),  # no such interface
+        (["pkt-gen", "-i", "netmap:nxrel0", "--netns", "nxrelns"], 1),
+        (["demo", "--seconds", "soon"], 2),
+        (["demo", "--seconds", "inf"], 2),  # would never end
+        (["demo", "--seconds", "nan"], 2),
+        (["demo", "--seconds", "-1"], 2),
+    ],
+)
 def test_cli_exit_codes_in_a_real_process(args: list[str], code: int) -> None:
     if args[0] in ("pkt-gen",) and args[0] not in main_commands():
         pytest.skip(f"{args[0]} is not registered")
@@ -401,11 +525,11 @@ def test_cli_exit_codes_in_a_real_process(args: list[str], code: int) -> None:
 
 # --- ring misuse ---------------------------------------------------------------------------
 
+
 def checked_frame(dst: bytes, src: bytes, seq: int, size: int) -> bytes:
     """A frame that proves itself: seq, its own length and a CRC of its filler."""
     filler = np.random.default_rng(seq).integers(0, 256, size - 24, np.uint8).tobytes()
-    return dst + src + ETHERTYPE + struct.pack(">IHI", seq, size, zlib.crc32(filler))[:10] \
-        + filler
+    return dst + src + ETHERTYPE + struct.pack(">IHI", seq, size, zlib.crc32(filler))[:10] + filler
 
 
 def frame_ok(data: bytes) -> int | None:
@@ -439,10 +563,18 @@ def drain_peer(s: socket.socket, quiet: float = 0.15) -> list[bytes]:
 
 OPS = st.one_of(
     st.tuples(st.just("send"), st.integers(1, 63)),
-    st.tuples(st.just("bad_len"), st.integers(1, 20), st.integers(0, 19),
-              st.sampled_from([0, 3841, 65535])),
-    st.tuples(st.just("bad_buf"), st.integers(1, 20), st.integers(0, 19),
-              st.sampled_from(["range", "twice", "kernel_rx"])),
+    st.tuples(
+        st.just("bad_len"),
+        st.integers(1, 20),
+        st.integers(0, 19),
+        st.sampled_from([0, 3841, 65535]),
+    ),
+    st.tuples(
+        st.just("bad_buf"),
+        st.integers(1, 20),
+        st.integers(0, 19),
+        st.sampled_from(["range", "twice", "kernel_rx"]),
+    ),
     st.tuples(st.just("bad_head"), st.sampled_from([-1, 64, 71, 2.5, None, "3"])),
     st.tuples(st.just("bad_cur"), st.integers(1, 20)),
     st.tuples(st.just("morefrag"), st.integers(1, 20), st.integers(0, 19)),
@@ -549,8 +681,10 @@ def test_fuzz_ring_misuse_sends_nothing_corrupt(veth: VethPair) -> None:
         one()
     finally:
         s.close()
-    print(f"\nring misuse fuzz: {totals['ops']} operations, {totals['refused']} refused "
-          f"batches, {totals['accepted']} accepted frames all received byte-exact once")
+    print(
+        f"\nring misuse fuzz: {totals['ops']} operations, {totals['refused']} refused "
+        f"batches, {totals['accepted']} accepted frames all received byte-exact once"
+    )
     assert totals["refused"] > 0 and totals["accepted"] > 0
 
 
@@ -628,8 +762,9 @@ def test_morefrag_chains_that_never_end(veth_factory) -> None:
         nbs = port.nr_buf_size
 
         def chain(n: int, end: bool, size: int = 1000) -> None:
-            idx = write_frames(port, tx, [checked_frame(mac_b, mac_a, 500 + i, size)
-                                          for i in range(n)])
+            idx = write_frames(
+                port, tx, [checked_frame(mac_b, mac_a, 500 + i, size) for i in range(n)]
+            )
             tx.slot["flags"][idx] = NS_MOREFRAG
             if end:
                 tx.slot["flags"][idx[-1]] = 0
@@ -666,7 +801,7 @@ def test_morefrag_chains_that_never_end(veth_factory) -> None:
         assert st_tx["tx_dropped"] == 1 and st_tx["with_kernel"] == 0
         # and a proper frame still goes out whole
         data = checked_frame(mac_b, mac_a, 900, 9000)
-        pieces = [data[i: i + nbs] for i in range(0, len(data), nbs)]
+        pieces = [data[i : i + nbs] for i in range(0, len(data), nbs)]
         idx = write_frames(port, tx, pieces)
         tx.slot["flags"][idx[:-1]] = NS_MOREFRAG
         tx.head = tx.cur = tx.next(tx.head, len(pieces))

@@ -54,9 +54,11 @@ def measure(what: str, rounds: Callable[[int], None], n: int = 200) -> str:
     rounds(n - n // 2)
     seconds = time.monotonic() - t0
     fds, maps, rss = fd_count(), maps_count(), rss_kb()
-    line = (f"{what}: {n} rounds in {seconds:.1f} s; fds {fds0} -> {fds}, mappings "
-            f"{maps0} -> {maps}, RSS {rss0} -> {rss_half} -> {rss} kB ({rss - rss0:+d} kB, "
-            f"second half {rss - rss_half:+d} kB)")
+    line = (
+        f"{what}: {n} rounds in {seconds:.1f} s; fds {fds0} -> {fds}, mappings "
+        f"{maps0} -> {maps}, RSS {rss0} -> {rss_half} -> {rss} kB ({rss - rss0:+d} kB, "
+        f"second half {rss - rss_half:+d} kB)"
+    )
     print("\n" + line)
     assert fds == fds0, line
     assert maps <= maps0 + MAPS_SLACK, line
@@ -66,8 +68,15 @@ def measure(what: str, rounds: Callable[[int], None], n: int = 200) -> str:
 
 def test_open_close_200_times(veth: VethPair) -> None:
     a = veth.a
-    names = [f"netmap:{a}", f"netmap:{a}-0", f"netmap:{a}/T", f"netmap:{a}-1/R",
-             f"netmap:{a}*", f"netmap:{a}@conf:slots=256", f"netmap:{a}^"]
+    names = [
+        f"netmap:{a}",
+        f"netmap:{a}-0",
+        f"netmap:{a}/T",
+        f"netmap:{a}-1/R",
+        f"netmap:{a}*",
+        f"netmap:{a}@conf:slots=256",
+        f"netmap:{a}^",
+    ]
 
     def rounds(n: int) -> None:
         for i in range(n):
@@ -82,7 +91,7 @@ def test_open_close_200_times(veth: VethPair) -> None:
 
 
 def test_failed_opens_100_times(veth: VethPair) -> None:
-    """"netmap:IF" while another process owns queue 1: each attempt builds the memory,
+    """ "netmap:IF" while another process owns queue 1: each attempt builds the memory,
     joins the program and binds queue 0 before queue 1 is refused, then undoes it all."""
     holder = start_port_holder(f"netmap:{veth.a}-1", veth.ns_a)
     try:
@@ -120,6 +129,7 @@ def test_attach_detach_200_times(veth: VethPair) -> None:
     assert not veth.xdp_attached("a")
     with enter_netns(veth.ns_a):
         from vtnet_py._sys.proc import netns_inode
+
         nsino = netns_inode()
         assert read_record(nsino, veth.a) is None
         assert not os.path.exists(pin_dir(nsino, veth.a))

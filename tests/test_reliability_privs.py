@@ -35,8 +35,12 @@ NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 def without(*caps: str) -> list[str]:
     """Root, with ``caps`` gone from the bounding set (and so from the exec'd program's
     permitted and effective sets)."""
-    return ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
-            "--bounding-set=" + ",".join(f"-{c}" for c in caps)]
+    return [
+        "setpriv",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=" + ",".join(f"-{c}" for c in caps),
+    ]
 
 
 OPEN = textwrap.dedent("""
@@ -62,8 +66,9 @@ def snapshot(veth: VethPair) -> tuple[str, str]:
 
 def in_ns(veth: VethPair, pre: list[str], *cmd: str) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` inside a's namespace (entered as root), then with reduced rights."""
-    return subprocess.run(["ip", "netns", "exec", veth.ns_a, *pre, *cmd], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        ["ip", "netns", "exec", veth.ns_a, *pre, *cmd], capture_output=True, text=True, timeout=120
+    )
 
 
 def open_as(veth: VethPair, pre: list[str], name: str, netns: str = "") -> dict:
@@ -78,7 +83,7 @@ CASES = [
     ("nobody", "", ("PrivilegeError", "CAP_BPF")),
     ("nobody", "/T", ("PrivilegeError", "CAP_NET_RAW")),
     ("no-bpf", "", ("PrivilegeError", "CAP_BPF")),
-    ("no-bpf", "/T", ("open", "")),                       # TX only: no program needed
+    ("no-bpf", "/T", ("open", "")),  # TX only: no program needed
     ("no-net-admin", "", ("PrivilegeError", "CAP_NET_ADMIN")),
     ("no-net-admin", "/T", ("open", "")),
     ("no-net-raw", "", ("PrivilegeError", "CAP_NET_RAW")),  # after the program attached
@@ -86,17 +91,21 @@ CASES = [
     ("none", "", ("PrivilegeError", "CAP_")),
 ]
 # CAP_SYS_ADMIN (and CAP_PERFMON for bpf) would stand in for the dropped ones, so they go too
-PRE = {"nobody": NOBODY,
-       "no-bpf": without("bpf", "sys_admin", "perfmon"),
-       "no-net-admin": without("net_admin", "sys_admin"),
-       "no-net-raw": without("net_raw"),
-       "none": without("bpf", "net_admin", "net_raw", "sys_admin", "perfmon")}
+PRE = {
+    "nobody": NOBODY,
+    "no-bpf": without("bpf", "sys_admin", "perfmon"),
+    "no-net-admin": without("net_admin", "sys_admin"),
+    "no-net-raw": without("net_raw"),
+    "none": without("bpf", "net_admin", "net_raw", "sys_admin", "perfmon"),
+}
 
 
-@pytest.mark.parametrize(("who", "suffix", "expect"), CASES,
-                         ids=[f"{w}{s or '-all'}" for w, s, _ in CASES])
-def test_open_port_without_privileges(veth: VethPair, who: str, suffix: str,
-                                      expect: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("who", "suffix", "expect"), CASES, ids=[f"{w}{s or '-all'}" for w, s, _ in CASES]
+)
+def test_open_port_without_privileges(
+    veth: VethPair, who: str, suffix: str, expect: tuple[str, str]
+) -> None:
     before = snapshot(veth)
     out = open_as(veth, PRE[who], f"netmap:{veth.a}{suffix}")
     kind, cap = expect
@@ -107,10 +116,13 @@ def test_open_port_without_privileges(veth: VethPair, who: str, suffix: str,
     assert snapshot(veth) == before
 
 
-def test_entering_a_namespace_without_privileges_names_the_capability(
-        veth: VethPair) -> None:
-    r = subprocess.run([*NOBODY, sys.executable, "-c", OPEN, f"netmap:{veth.a}", veth.ns_a],
-                       capture_output=True, text=True, timeout=60)
+def test_entering_a_namespace_without_privileges_names_the_capability(veth: VethPair) -> None:
+    r = subprocess.run(
+        [*NOBODY, sys.executable, "-c", OPEN, f"netmap:{veth.a}", veth.ns_a],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["type"] == "PrivilegeError" and "CAP_SYS_ADMIN" in out["msg"], out
 
@@ -126,12 +138,16 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("who", "args", "cap"), CLI_CASES,
-                         ids=[f"{w}-{a[0]}{'-T' if any('/T' in x for x in a) else ''}"
-                              for w, a, _ in CLI_CASES])
-def test_cli_without_privileges_exits_1_with_one_line(veth: VethPair, who: str,
-                                                      args: list[str], cap: str) -> None:
+@pytest.mark.parametrize(
+    ("who", "args", "cap"),
+    CLI_CASES,
+    ids=[f"{w}-{a[0]}{'-T' if any('/T' in x for x in a) else ''}" for w, a, _ in CLI_CASES],
+)
+def test_cli_without_privileges_exits_1_with_one_line(
+    veth: VethPair, who: str, args: list[str], cap: str
+) -> None:
     from vtnetmap_cli.main import main as cli_main
+
     if args[0] not in cli_main.commands:
         pytest.skip(f"`vtnetmap {args[0]}` is not registered")
     before = snapshot(veth)
@@ -147,6 +163,7 @@ def test_cli_without_privileges_exits_1_with_one_line(veth: VethPair, who: str,
 
 # --- file modes ------------------------------------------------------------------------------
 
+
 def modes(root: Path) -> dict[str, tuple[str, int]]:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -155,8 +172,10 @@ def modes(root: Path) -> dict[str, tuple[str, int]]:
             st = p.lstat()
             if stat.S_ISLNK(st.st_mode):
                 continue  # a symlink's mode means nothing; its target is outside
-            out[str(p.relative_to(root))] = ("dir" if stat.S_ISDIR(st.st_mode) else "file",
-                                              stat.S_IMODE(st.st_mode))
+            out[str(p.relative_to(root))] = (
+                "dir" if stat.S_ISDIR(st.st_mode) else "file",
+                stat.S_IMODE(st.st_mode),
+            )
     return out
 
 
@@ -171,26 +190,31 @@ def test_configured_cache_dir_is_root_only(veth: VethPair) -> None:
     assert stat.S_IMODE(d.stat().st_mode) == 0o700 and d.stat().st_uid == 0
     found = modes(d)
     assert any(n.startswith("image-") for n in found), found
-    bad = {n: oct(m) for n, (kind, m) in found.items()
-           if m != (0o700 if kind == "dir" else 0o600)}
+    bad = {n: oct(m) for n, (kind, m) in found.items() if m != (0o700 if kind == "dir" else 0o600)}
     assert not bad, bad
 
 
 def test_fresh_cache_under_umask_0_is_root_only(tmp_path: Path) -> None:
     """A first compile into a new cache directory, with umask 0: still 0700 / 0600."""
     d = tmp_path / "deep" / "cache"
-    code = ("import os; os.umask(0)\n"
-            "from vtnet_py.ebpf.build import compile_image\n"
-            "from vtnet_py.ebpf.steer import PROG_NAME, MAX_QUEUES\n"
-            "compile_image('steer.c', (PROG_NAME,), (f'-DVTNM_MAX_QUEUES={MAX_QUEUES}',))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "VTNETMAP_CACHE_DIR": str(d)})
+    code = (
+        "import os; os.umask(0)\n"
+        "from vtnet_py.ebpf.build import compile_image\n"
+        "from vtnet_py.ebpf.steer import PROG_NAME, MAX_QUEUES\n"
+        "compile_image('steer.c', (PROG_NAME,), (f'-DVTNM_MAX_QUEUES={MAX_QUEUES}',))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VTNETMAP_CACHE_DIR": str(d)},
+    )
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     found = modes(d)
     assert any(n.startswith("image-") for n in found), found
-    bad = {n: oct(m) for n, (kind, m) in found.items()
-           if m != (0o700 if kind == "dir" else 0o600)}
+    bad = {n: oct(m) for n, (kind, m) in found.items() if m != (0o700 if kind == "dir" else 0o600)}
     assert not bad, bad
 
 
@@ -223,9 +247,16 @@ RACER = textwrap.dedent("""
 
 def test_racing_opens_of_one_queue_have_exactly_one_winner(veth: VethPair) -> None:
     nproc, rounds = 8, 20
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, veth.ns_a], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(nproc)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, veth.ns_a],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(nproc)
+    ]
     sel = selectors.DefaultSelector()
     for i, p in enumerate(procs):
         assert p.stdout is not None
@@ -270,5 +301,7 @@ def test_racing_opens_of_one_queue_have_exactly_one_winner(veth: VethPair) -> No
             p.kill()
             p.communicate(timeout=10)
     assert not veth.xdp_attached("a")
-    print(f"\nownership race: {rounds} rounds x {nproc} processes: one winner each round, "
-          f"{busy} BusyError")
+    print(
+        f"\nownership race: {rounds} rounds x {nproc} processes: one winner each round, "
+        f"{busy} BusyError"
+    )

@@ -97,13 +97,17 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
             self.tx = self.port.tx_rings[0]
             assert (self.rx.num_slots, self.tx.num_slots) == (RX_SLOTS, TX_SLOTS)
             self.ring = {"rx": self.rx, "tx": self.tx}
-            self.m = {"rx": {"head": 0, "cur": 0, "hwcur": 0, "tail": 0},
-                      "tx": {"head": 0, "cur": 0, "hwcur": 0, "tail": TX_SLOTS - 1}}
+            self.m = {
+                "rx": {"head": 0, "cur": 0, "hwcur": 0, "tail": 0},
+                "tx": {"head": 0, "cur": 0, "hwcur": 0, "tail": TX_SLOTS - 1},
+            }
             # the frame each slot's buffer holds, as far as the model knows (None: junk)
-            self.content: dict[str, list[bytes | None]] = {"rx": [None] * RX_SLOTS,
-                                                            "tx": [None] * TX_SLOTS}
-            self.peer_sent: list[bytes] = []   # b -> a, index = seq
-            self.rx_next = 0                   # lowest seq rxsync may still deliver
+            self.content: dict[str, list[bytes | None]] = {
+                "rx": [None] * RX_SLOTS,
+                "tx": [None] * TX_SLOTS,
+            }
+            self.peer_sent: list[bytes] = []  # b -> a, index = seq
+            self.rx_next = 0  # lowest seq rxsync may still deliver
             self.rx_seen = 0
             self.tx_seq = 0
             self.tx_expected: list[bytes] = []  # a -> b, handed to the kernel, in order
@@ -192,8 +196,11 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
                         return
                     time.sleep(0.002)
                     continue
-                if (addr[2] != PACKET_OUTGOING and data[12:14] == ETHERTYPE
-                        and data[14:18] == self.tag):
+                if (
+                    addr[2] != PACKET_OUTGOING
+                    and data[12:14] == ETHERTYPE
+                    and data[14:18] == self.tag
+                ):
                     self.peer_got.append(data)
 
         def _drops(self) -> int:
@@ -224,8 +231,11 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
                 else:
                     quiet += 1
                     time.sleep(0.005)
-            assert self.rx_seen + self._drops() == len(self.peer_sent), \
-                (self.rx_seen, self._drops(), len(self.peer_sent))
+            assert self.rx_seen + self._drops() == len(self.peer_sent), (
+                self.rx_seen,
+                self._drops(),
+                len(self.peer_sent),
+            )
 
         # --- actions, composed by the rules below -------------------------------------
         def _release_rx(self, data: st.DataObject) -> bool:
@@ -250,8 +260,7 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
                 if have is None:  # keep a frame already there (swapped in or held back)
                     f = make_frame(mac_b, mac_a, self.tag, FROM_A, self.tx_seq)
                     self.tx_seq += 1
-                    self.port.buf(int(t.slot["buf_idx"][s]))[: len(f)] = np.frombuffer(
-                        f, np.uint8)
+                    self.port.buf(int(t.slot["buf_idx"][s]))[: len(f)] = np.frombuffer(f, np.uint8)
                     t.slot["len"][s] = len(f)
                     self.content["tx"][s] = f
                 else:
@@ -266,8 +275,9 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
             (netmap checks head against the last head it saw), cur anywhere in [head,
             tail]."""
             m, n = self.m[kind], self.ring[kind].num_slots
-            head = (m["hwcur"] + data.draw(
-                st.integers(0, dist(m["hwcur"], m["head"], n)), label="h")) % n
+            head = (
+                m["hwcur"] + data.draw(st.integers(0, dist(m["hwcur"], m["head"], n)), label="h")
+            ) % n
             cur = (head + data.draw(st.integers(0, dist(head, m["tail"], n)), label="c")) % n
             self._set(kind, head, cur)
 
@@ -279,16 +289,15 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
                 kinds += ["dup", "morefrag"]
             what = data.draw(st.sampled_from(kinds), label="what")
             # NS_MOREFRAG on the batch's last slot would be an unfinished chain, held
-            s = data.draw(st.sampled_from(pend[:-1] if what == "morefrag" else pend),
-                          label="slot")
+            s = data.draw(st.sampled_from(pend[:-1] if what == "morefrag" else pend), label="slot")
             saved = t.slot[s].copy()
             nbufs = self.port.memory.nbufs  # type: ignore[union-attr]
             if what == "range":
                 t.slot["buf_idx"][s] = data.draw(
-                    st.sampled_from([nbufs, nbufs + 7, 0xFFFFFFFF]), label="bi")
+                    st.sampled_from([nbufs, nbufs + 7, 0xFFFFFFFF]), label="bi"
+                )
             elif what == "kernel":
-                t.slot["buf_idx"][s] = data.draw(st.sampled_from(self._kernel_bufs()),
-                                                 label="bi")
+                t.slot["buf_idx"][s] = data.draw(st.sampled_from(self._kernel_bufs()), label="bi")
             elif what == "dup":
                 other = data.draw(st.sampled_from([p for p in pend if p != s]), label="o")
                 t.slot["buf_idx"][s] = t.slot["buf_idx"][other]
@@ -296,7 +305,8 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
                 t.slot["len"][s] = 0
             elif what == "len_big":
                 t.slot["len"][s] = data.draw(
-                    st.sampled_from([t.nr_buf_size + 1, 65535]), label="len")
+                    st.sampled_from([t.nr_buf_size + 1, 65535]), label="len"
+                )
             else:
                 t.slot["flags"][s] |= NS_MOREFRAG
             tail = m["tail"]
@@ -323,8 +333,7 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
             if what == "range":
                 r.slot["buf_idx"][s] = nbufs + 1
             elif what == "kernel":
-                r.slot["buf_idx"][s] = data.draw(st.sampled_from(self._kernel_bufs()),
-                                                 label="bi")
+                r.slot["buf_idx"][s] = data.draw(st.sampled_from(self._kernel_bufs()), label="bi")
             else:
                 other = data.draw(st.sampled_from([p for p in rel if p != s]), label="o")
                 r.slot["buf_idx"][s] = r.slot["buf_idx"][other]
@@ -396,8 +405,10 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
             r.slot["flags"][ri] |= NS_BUF_CHANGED
             t.slot["flags"][ti] |= NS_BUF_CHANGED
             for a, b in zip(ri.tolist(), ti.tolist(), strict=True):
-                self.content["rx"][a], self.content["tx"][b] = \
-                    self.content["tx"][b], self.content["rx"][a]
+                self.content["rx"][a], self.content["tx"][b] = (
+                    self.content["tx"][b],
+                    self.content["rx"][a],
+                )
             self._set("rx", (mr["head"] + k) % RX_SLOTS, (mr["head"] + k) % RX_SLOTS)
             self._set("tx", (mt["head"] + k) % TX_SLOTS, (mt["head"] + k) % TX_SLOTS)
             exp = self._tx_before()
@@ -405,8 +416,7 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
             self.port.rxsync()
             self._rx_after()
 
-        @rule(how=st.sampled_from(["rxsync", "txsync", "poll"]), rx=st.booleans(),
-              tx=st.booleans())
+        @rule(how=st.sampled_from(["rxsync", "txsync", "poll"]), rx=st.booleans(), tx=st.booleans())
         def sync(self, how: str, rx: bool, tx: bool) -> None:
             if how == "rxsync":
                 self.port.rxsync()
@@ -420,19 +430,22 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
                 self._tx_after(exp)
                 if rx:
                     self._rx_after()
-                want = (rx and self.rx.cur != self.rx.tail) or \
-                    (tx and self.tx.cur != self.tx.tail)
+                want = (rx and self.rx.cur != self.rx.tail) or (tx and self.tx.cur != self.tx.tail)
                 assert ready == want, (rx, tx, ready)
 
-        @rule(kind=st.sampled_from(["rx", "tx"]), via=st.sampled_from(["sync", "poll"]),
-              data=st.data())
+        @rule(
+            kind=st.sampled_from(["rx", "tx"]),
+            via=st.sampled_from(["sync", "poll"]),
+            data=st.data(),
+        )
         def invalid_move(self, kind: str, via: str, data: st.DataObject) -> None:
             ring, m = self.ring[kind], self.m[kind]
             n = ring.num_slots
             span = dist(m["hwcur"], m["tail"], n)
             bad_heads = [p for p in range(n) if dist(m["hwcur"], p, n) > span]
-            bad_curs = [p for p in range(n) if dist(m["head"], p, n) > dist(m["head"],
-                                                                           m["tail"], n)]
+            bad_curs = [
+                p for p in range(n) if dist(m["head"], p, n) > dist(m["head"], m["tail"], n)
+            ]
             outside = [n, n + 3, -1, 1 << 20]
             which = data.draw(st.sampled_from(["head", "cur", "both"]), label="which")
             head, cur = m["head"], m["cur"]
@@ -465,8 +478,10 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
         def swap(self, data: st.DataObject) -> None:
             """Exchange the buffers of two user-owned slots (NS_BUF_CHANGED), RX or TX."""
             slots = [("rx", s) for s in self._user("rx")] + [("tx", s) for s in self._user("tx")]
-            i, j = data.draw(st.lists(st.integers(0, len(slots) - 1), min_size=2,
-                                      max_size=2, unique=True), label="pair")
+            i, j = data.draw(
+                st.lists(st.integers(0, len(slots) - 1), min_size=2, max_size=2, unique=True),
+                label="pair",
+            )
             (ka, sa), (kb, sb) = slots[i], slots[j]
             ra, rb = self.ring[ka].slot, self.ring[kb].slot
             for f in ("buf_idx", "len"):
@@ -477,8 +492,11 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
             ca, cb = self.content[ka][sa], self.content[kb][sb]
             self.content[ka][sa], self.content[kb][sb] = cb, ca
 
-        @rule(kind=st.sampled_from(["rx", "tx"]), via=st.sampled_from(["sync", "poll"]),
-              data=st.data())
+        @rule(
+            kind=st.sampled_from(["rx", "tx"]),
+            via=st.sampled_from(["sync", "poll"]),
+            data=st.data(),
+        )
         def corrupt(self, kind: str, via: str, data: st.DataObject) -> None:
             """Hand over a batch with one bad slot (releasing / filling one first if there
             is none): the sync refuses it whole."""
@@ -495,11 +513,18 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
         def rings_match_the_model(self) -> None:
             for kind, ring in self.ring.items():
                 m, n = self.m[kind], ring.num_slots
-                assert (ring.head, ring.cur, ring.hwcur, ring.tail) == \
-                    (m["head"], m["cur"], m["hwcur"], m["tail"]), kind
+                assert (ring.head, ring.cur, ring.hwcur, ring.tail) == (
+                    m["head"],
+                    m["cur"],
+                    m["hwcur"],
+                    m["tail"],
+                ), kind
                 # hwcur <= head <= cur <= tail, walking forward from hwcur
-                assert dist(m["hwcur"], m["head"], n) <= dist(m["hwcur"], m["cur"], n) \
-                    <= dist(m["hwcur"], m["tail"], n), kind
+                assert (
+                    dist(m["hwcur"], m["head"], n)
+                    <= dist(m["hwcur"], m["cur"], n)
+                    <= dist(m["hwcur"], m["tail"], n)
+                ), kind
             # TX: the hole at tail, then the slots in flight up to hwcur
             mt = self.m["tx"]
             assert dist(mt["tail"], mt["hwcur"], TX_SLOTS) >= 1
@@ -527,9 +552,15 @@ def test_ring_rules_hold_under_random_operations(veth_factory) -> None:
     # step by step as found (at most 30 steps).
     run_state_machine_as_test(
         machine_for(pair),
-        settings=settings(max_examples=25, stateful_step_count=30, deadline=None,
-                          database=None, phases=[Phase.explicit, Phase.generate],
-                          suppress_health_check=[HealthCheck.too_slow]))
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=30,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
     assert not pair.xdp_attached("a")  # every example's port let go of the interface
 
 

@@ -18,8 +18,12 @@ HERE = Path(__file__).parent
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     try:
-        parser.addoption("--soak", action="store_true", default=False,
-                         help="run the long soak tests in tests/soak (also VTNETMAP_SOAK=1)")
+        parser.addoption(
+            "--soak",
+            action="store_true",
+            default=False,
+            help="run the long soak tests in tests/soak (also VTNETMAP_SOAK=1)",
+        )
     except ValueError:  # registered already
         pass
 

@@ -57,7 +57,9 @@ COMMON = """
         return [time.monotonic(), len(os.listdir("/proc/self/fd")), rss]
 """
 
-SENDER = COMMON + """
+SENDER = (
+    COMMON
+    + """
     port = open_port(sys.argv[1], netns=sys.argv[2] or None)
     tx = port.tx_rings[0]
     frame = np.frombuffer(bytes.fromhex(sys.argv[3]), np.uint8)
@@ -87,8 +89,11 @@ SENDER = COMMON + """
                       "invariant": inv}), flush=True)
     port.close()
 """
+)
 
-RECEIVER = COMMON + """
+RECEIVER = (
+    COMMON
+    + """
     port = open_port(sys.argv[1], netns=sys.argv[2] or None)
     rx = port.rx_rings[0]
     got = gaps = disorder = other = 0
@@ -127,6 +132,7 @@ RECEIVER = COMMON + """
                       "invariant": inv}), flush=True)
     port.close()
 """
+)
 
 TCP_SERVER = """
     import hashlib, socket, sys
@@ -159,9 +165,13 @@ TCP_CLIENT = """
 
 
 def py(ns: str, script: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
-                             textwrap.dedent(script), *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(script), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def ready(p: subprocess.Popen[str]) -> None:
@@ -182,9 +192,16 @@ def kernel_on_queue_1(veth: VethPair) -> None:
     """XPS: every CPU transmits the stacks' traffic on queue 1, on both ends."""
     for ns, dev in ((veth.ns_a, veth.a), (veth.ns_b, veth.b)):
         q = f"/sys/class/net/{dev}/queues"
-        run("ip", "netns", "exec", ns, "sh", "-c",
+        run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
             f"echo 0 > {q}/tx-0/xps_cpus && echo {(1 << os.cpu_count()) - 1:x} > "  # type: ignore[operator]
-            f"{q}/tx-1/xps_cpus")
+            f"{q}/tx-1/xps_cpus",
+        )
 
 
 def flat(samples: list[list[float]], who: str) -> tuple[int, int, int]:
@@ -214,9 +231,24 @@ def soak(veth: VethPair, seconds: float) -> dict:
         ready(tx)
         client = py(veth.ns_a, TCP_CLIENT, veth.ip_b, str(seconds - 2))
         procs.append(client)
-        ping = subprocess.Popen(["ip", "netns", "exec", veth.ns_a, "ping", "-q", "-i", "0.2",
-                                 "-w", str(int(seconds - 1)), veth.ip_b],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ping = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                veth.ns_a,
+                "ping",
+                "-q",
+                "-i",
+                "0.2",
+                "-w",
+                str(int(seconds - 1)),
+                veth.ip_b,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(ping)  # type: ignore[arg-type]
         time.sleep(seconds)
         tx.send_signal(signal.SIGTERM)
@@ -231,8 +263,13 @@ def soak(veth: VethPair, seconds: float) -> dict:
             if p.poll() is None:
                 p.kill()
                 p.communicate(timeout=10)
-    return {"sent": sent, "recv": recv, "client": c_out.split(), "server": s_out.split(),
-            "ping": p_out}
+    return {
+        "sent": sent,
+        "recv": recv,
+        "client": c_out.split(),
+        "server": s_out.split(),
+        "ping": p_out,
+    }
 
 
 def check(report: dict, seconds: float) -> str:
@@ -257,12 +294,14 @@ def check(report: dict, seconds: float) -> str:
     fd_tx, rss_tx, grow_tx = flat(sent["samples"], "sender")
     fd_rx, rss_rx, grow_rx = flat(recv["samples"], "receiver")
     secs = sent["seconds"]
-    line = (f"soak {seconds:.0f} s: sent {sent['sent']} frames ({sent['sent'] / secs / 1e3:.0f} "
-            f"kpps), received {recv['received']}, dropped {sent['tx_dropped']} at TX + "
-            f"{rx_drops} at RX (= {lost} gaps): all accounted; TCP {tcp_bytes / 1e6:.0f} MB "
-            f"({tcp_bytes * 8 / secs / 1e6:.0f} Mbit/s) SHA-256 ok; ping {m.group(2)}/"
-            f"{m.group(1)}; fds sender {fd_tx} / receiver {fd_rx} constant; RSS sender "
-            f"{rss_tx} kB {grow_tx:+d}, receiver {rss_rx} kB {grow_rx:+d}")
+    line = (
+        f"soak {seconds:.0f} s: sent {sent['sent']} frames ({sent['sent'] / secs / 1e3:.0f} "
+        f"kpps), received {recv['received']}, dropped {sent['tx_dropped']} at TX + "
+        f"{rx_drops} at RX (= {lost} gaps): all accounted; TCP {tcp_bytes / 1e6:.0f} MB "
+        f"({tcp_bytes * 8 / secs / 1e6:.0f} Mbit/s) SHA-256 ok; ping {m.group(2)}/"
+        f"{m.group(1)}; fds sender {fd_tx} / receiver {fd_rx} constant; RSS sender "
+        f"{rss_tx} kB {grow_tx:+d}, receiver {rss_rx} kB {grow_rx:+d}"
+    )
     print("\n" + line)
     return line
 
@@ -279,7 +318,9 @@ def test_soak_long(veth: VethPair) -> None:
 
 # --- through the bridge (NIC rings <-> host rings) ------------------------------------------
 
-BRIDGE = COMMON + """
+BRIDGE = (
+    COMMON
+    + """
     from vtnet_py.apps.bridge import Bridge, open_pair
     host, nic, mem = open_pair(sys.argv[1], None, out=sys.stderr)
     br = Bridge(host, nic, out=sys.stderr)
@@ -301,6 +342,7 @@ BRIDGE = COMMON + """
     host.close()
     nic.close()
 """
+)
 
 TCP_SERVER_A = TCP_SERVER.replace("5201", "5202")
 TCP_CLIENT_B = TCP_CLIENT.replace("5201", "5202")
@@ -313,10 +355,13 @@ def ethtool_stats(ns: str, dev: str) -> dict[str, int]:
 
 def veth_counters(veth: VethPair) -> dict[str, int]:
     b = json.loads(run("ip", "-n", veth.ns_b, "-s", "-j", "link", "show", veth.b).stdout)[0]
-    xdp = sum(v for k, v in ethtool_stats(veth.ns_a, veth.a).items()
-              if k.endswith("_xdp_packets"))
-    return {"b_tx": b["stats64"]["tx"]["packets"], "b_tx_dropped": b["stats64"]["tx"]["dropped"],
-            "b_rx": b["stats64"]["rx"]["packets"], "a_xdp": xdp}
+    xdp = sum(v for k, v in ethtool_stats(veth.ns_a, veth.a).items() if k.endswith("_xdp_packets"))
+    return {
+        "b_tx": b["stats64"]["tx"]["packets"],
+        "b_tx_dropped": b["stats64"]["tx"]["dropped"],
+        "b_rx": b["stats64"]["rx"]["packets"],
+        "a_xdp": xdp,
+    }
 
 
 def bridge_soak(veth: VethPair, seconds: float) -> dict:
@@ -337,9 +382,24 @@ def bridge_soak(veth: VethPair, seconds: float) -> dict:
         ready(tx)
         client = py(veth.ns_b, TCP_CLIENT_B, veth.ip_a, str(seconds - 2))
         procs.append(client)
-        ping = subprocess.Popen(["ip", "netns", "exec", veth.ns_b, "ping", "-q", "-i", "0.2",
-                                 "-w", str(int(seconds - 1)), veth.ip_a],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ping = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                veth.ns_b,
+                "ping",
+                "-q",
+                "-i",
+                "0.2",
+                "-w",
+                str(int(seconds - 1)),
+                veth.ip_a,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(ping)  # type: ignore[arg-type]
         time.sleep(seconds)
         tx.send_signal(signal.SIGTERM)
@@ -356,8 +416,14 @@ def bridge_soak(veth: VethPair, seconds: float) -> dict:
                 p.kill()
                 p.communicate(timeout=10)
     after = veth_counters(veth)
-    return {"sent": sent, "bridge": bridged, "client": c_out.split(), "server": s_out.split(),
-            "ping": p_out, "veth": {k: after[k] - before[k] for k in after}}
+    return {
+        "sent": sent,
+        "bridge": bridged,
+        "client": c_out.split(),
+        "server": s_out.split(),
+        "ping": p_out,
+        "veth": {k: after[k] - before[k] for k in after},
+    }
 
 
 def check_bridge(report: dict, seconds: float) -> str:
@@ -371,8 +437,9 @@ def check_bridge(report: dict, seconds: float) -> str:
         return sum(r[key] for r in rings if r["kind"] == kind)
 
     nic_rx = total(nic, "rx", "frames")
-    nic_rx_drops = sum(r["kernel"]["rx_dropped"] + r["kernel"]["rx_ring_full"]
-                       for r in nic if r["kind"] == "rx")
+    nic_rx_drops = sum(
+        r["kernel"]["rx_dropped"] + r["kernel"]["rx_ring_full"] for r in nic if r["kind"] == "rx"
+    )
     # peer -> IF: everything the peer sent reached IF's XDP program, which handed each
     # frame to a NIC RX ring or had it counted as dropped (FILL ring empty, RX ring full)
     assert v["b_tx_dropped"] == 0 and v["b_tx"] == v["a_xdp"], v
@@ -382,8 +449,9 @@ def check_bridge(report: dict, seconds: float) -> str:
     host_tx_dropped = total(host, "tx", "tx_dropped") + total(host, "tx", "hdr_refused")
     assert hc["from_host_tx"] == br["nic_to_host"] - host_tx_dropped, hc
     # IF's stack -> host RX -> bridge -> NIC TX -> peer
-    host_rx_drops = sum(r["kernel"]["rx_dropped"] + r["kernel"]["rx_ring_full"]
-                        for r in host if r["kind"] == "rx")
+    host_rx_drops = sum(
+        r["kernel"]["rx_dropped"] + r["kernel"]["rx_ring_full"] for r in host if r["kind"] == "rx"
+    )
     assert hc["to_host_rx"] == total(host, "rx", "frames") + host_rx_drops, hc
     assert total(host, "rx", "frames") == br["host_to_nic"] == total(nic, "tx", "frames")
     assert v["b_rx"] == br["host_to_nic"] - total(nic, "tx", "tx_dropped"), v
@@ -397,17 +465,18 @@ def check_bridge(report: dict, seconds: float) -> str:
     # the flood saturates the bridge, so NIC RX drops frames of every kind, pings too;
     # a lost ping must be among the counted drops, and most get through
     pings, pongs = int(m.group(1)), int(m.group(2))
-    assert pings > 0 and pongs >= 0.8 * pings and (pongs == pings or nic_rx_drops), \
-        report["ping"]
+    assert pings > 0 and pongs >= 0.8 * pings and (pongs == pings or nic_rx_drops), report["ping"]
     fd_br, rss_br, grow_br = flat(br["samples"], "bridge")
     secs = sent["seconds"]
-    line = (f"bridge soak {seconds:.0f} s: peer sent {v['b_tx']} frames "
-            f"({sent['sent'] / secs / 1e3:.0f} kpps flood), {nic_rx} bridged to the host "
-            f"stack ({nic_rx / secs / 1e3:.0f} kpps), {nic_rx_drops} dropped at NIC RX, "
-            f"{br['host_to_nic']} from the stack to the peer: all accounted; TCP "
-            f"{tcp_bytes / 1e6:.0f} MB ({tcp_bytes * 8 / secs / 1e6:.0f} Mbit/s) SHA-256 ok; "
-            f"ping {m.group(2)}/{m.group(1)}; bridge fds {fd_br} constant, RSS {rss_br} kB "
-            f"{grow_br:+d}")
+    line = (
+        f"bridge soak {seconds:.0f} s: peer sent {v['b_tx']} frames "
+        f"({sent['sent'] / secs / 1e3:.0f} kpps flood), {nic_rx} bridged to the host "
+        f"stack ({nic_rx / secs / 1e3:.0f} kpps), {nic_rx_drops} dropped at NIC RX, "
+        f"{br['host_to_nic']} from the stack to the peer: all accounted; TCP "
+        f"{tcp_bytes / 1e6:.0f} MB ({tcp_bytes * 8 / secs / 1e6:.0f} Mbit/s) SHA-256 ok; "
+        f"ping {m.group(2)}/{m.group(1)}; bridge fds {fd_br} constant, RSS {rss_br} kB "
+        f"{grow_br:+d}"
+    )
     print("\n" + line)
     return line
 

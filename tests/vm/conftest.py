@@ -66,8 +66,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             tr.line(f"{name}: not booted: {run.error}")
             continue
         r = run.result
-        tr.line(f"{name}: rc={r.rc} wall={r.seconds:.1f}s guest-boot={r.boot_seconds}s "
-                f"scenarios={len(run.records)} results={r.results_dir}")
+        tr.line(
+            f"{name}: rc={r.rc} wall={r.seconds:.1f}s guest-boot={r.boot_seconds}s "
+            f"scenarios={len(run.records)} results={r.results_dir}"
+        )
         timings[name] = {"wall_s": round(r.seconds, 1), "boot_s": r.boot_seconds, "rc": r.rc}
     with open(harness.OUT_DIR / "timings.json", "w") as f:
         json.dump({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "boots": timings}, f, indent=1)
@@ -81,8 +83,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     lst = list_scenarios()
     if "guest_scenario" in names:
-        params = [pytest.param(s, id=f"{s[0]}:{s[1].rsplit('/', 1)[-1]}")
-                  for s in sorted(lst.scenarios, key=lambda s: s[0] != "main")]
+        params = [
+            pytest.param(s, id=f"{s[0]}:{s[1].rsplit('/', 1)[-1]}")
+            for s in sorted(lst.scenarios, key=lambda s: s[0] != "main")
+        ]
         if lst.error:
             params.append(pytest.param(("", lst.error), id="listing-error"))
         metafunc.parametrize("guest_scenario", params)

@@ -152,21 +152,24 @@ def find_kernel() -> Path:
     """The vmlinuz of the ABI that linux-headers-amd64 points at (what setup_vm.sh
     installs and bcc compiles against); else the newest one with headers in
     /lib/modules/<abi>/build."""
-    p = subprocess.run(["dpkg-query", "-W", "-f=${Depends}", "linux-headers-amd64"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Depends}", "linux-headers-amd64"], capture_output=True, text=True
+    )
     m = re.search(r"linux-headers-(\d[^ ,()]*-amd64)", p.stdout) if p.returncode == 0 else None
     if m and (Path("/boot") / f"vmlinuz-{m.group(1)}").is_file():
         return Path("/boot") / f"vmlinuz-{m.group(1)}"
     mods = Path("/lib/modules")
-    abis = [d.name for d in (mods.iterdir() if mods.is_dir() else ())
-            if (d / "build").is_dir() and (Path("/boot") / f"vmlinuz-{d.name}").is_file()]
+    abis = [
+        d.name
+        for d in (mods.iterdir() if mods.is_dir() else ())
+        if (d / "build").is_dir() and (Path("/boot") / f"vmlinuz-{d.name}").is_file()
+    ]
     if not abis:
         raise HarnessError(
             "no /boot/vmlinuz-<abi> with headers in /lib/modules/<abi>/build: "
             "run tests/vm/setup_vm.sh as root"
         )
-    newest = max(abis, key=lambda a: [int(x) if x.isdigit() else -1
-                                      for x in re.split(r"[.-]", a)])
+    newest = max(abis, key=lambda a: [int(x) if x.isdigit() else -1 for x in re.split(r"[.-]", a)])
     return Path("/boot") / f"vmlinuz-{newest}"
 
 
@@ -275,8 +278,18 @@ class TestNetwork:
             _sh(*n, "tuntap", "add", "dev", self.tap, "mode", "tap", *mq)
             _sh(*n, "addr", "add", f"{HOST_IP}/{PREFIX_LEN}", "dev", self.tap)
             _sh(*n, "link", "set", self.tap, "up")
-            _sh(*n, "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC, "dev", self.tap,
-                "nud", "permanent")
+            _sh(
+                *n,
+                "neigh",
+                "replace",
+                GUEST_IP,
+                "lladdr",
+                GUEST_MAC,
+                "dev",
+                self.tap,
+                "nud",
+                "permanent",
+            )
             for t in self.extra_taps:
                 _sh(*n, "tuntap", "add", "dev", t, "mode", "tap")
                 _sh(*n, "link", "set", t, "up")
@@ -369,14 +382,27 @@ class HostLink:
     def _handle(self, req: dict[str, Any]) -> dict[str, object]:
         op = req.get("op")
         if op == "info":
-            return {"netns": self.net.ns, "tap": self.net.tap, "host_ip": HOST_IP,
-                    "guest_ip": GUEST_IP, "guest_mac": GUEST_MAC,
-                    "python": str(GUEST_PYTHON), "repo": str(REPO)}
+            return {
+                "netns": self.net.ns,
+                "tap": self.net.tap,
+                "host_ip": HOST_IP,
+                "guest_ip": GUEST_IP,
+                "guest_mac": GUEST_MAC,
+                "python": str(GUEST_PYTHON),
+                "repo": str(REPO),
+            }
         if op == "stats":
             p = subprocess.run(
-                [*self.net.exec_prefix(), "sh", "-c",
-                 f"cd /sys/class/net/{self.net.tap}/statistics && grep -r . ."],
-                capture_output=True, text=True, timeout=20)
+                [
+                    *self.net.exec_prefix(),
+                    "sh",
+                    "-c",
+                    f"cd /sys/class/net/{self.net.tap}/statistics && grep -r . .",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             stats = {}
             for ln in p.stdout.splitlines():
                 k, _, v = ln.partition(":")
@@ -386,15 +412,23 @@ class HostLink:
             argv = [str(a) for a in req["argv"]]
             timeout = float(req.get("timeout_s", 60))
             inp = req.get("input")
-            proc = subprocess.Popen([*self.net.exec_prefix(), *argv],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+            proc = subprocess.Popen(
+                [*self.net.exec_prefix(), *argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             return self._finish(proc, timeout, inp.encode() if isinstance(inp, str) else b"")
         if op == "spawn":
             argv = [str(a) for a in req["argv"]]
-            proc = subprocess.Popen([*self.net.exec_prefix(), *argv],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+            proc = subprocess.Popen(
+                [*self.net.exec_prefix(), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             self.procs[proc.pid] = proc
             return {"handle": proc.pid}
         if op == "wait":
@@ -408,8 +442,9 @@ class HostLink:
         raise ValueError(f"unknown op {op!r}")
 
     @staticmethod
-    def _finish(proc: subprocess.Popen[bytes], timeout: float,
-                inp: bytes | None) -> dict[str, object]:
+    def _finish(
+        proc: subprocess.Popen[bytes], timeout: float, inp: bytes | None
+    ) -> dict[str, object]:
         timed_out = False
         try:
             out, err = proc.communicate(input=inp, timeout=timeout)
@@ -418,8 +453,12 @@ class HostLink:
             _kill_group(proc.pid)  # the leader is still unreaped here
             proc.returncode = -signal.SIGKILL
             out, err = proc.communicate()
-        return {"rc": proc.returncode, "stdout": out.decode(errors="replace"),
-                "stderr": err.decode(errors="replace"), "timed_out": timed_out}
+        return {
+            "rc": proc.returncode,
+            "stdout": out.decode(errors="replace"),
+            "stderr": err.decode(errors="replace"),
+            "timed_out": timed_out,
+        }
 
 
 # Guest side of VmConfig.cached_root: a cache=loose 9p view of the host root (tag
@@ -459,8 +498,11 @@ def _guest_script(cfg: VmConfig, results: Path, extra_macs: Sequence[str], comma
         "PATH": f"{REPO / '.venv' / 'bin'}:{_GUEST_PATH}",
         "PYTHONDONTWRITEBYTECODE": "1",  # the repository is read-only in the guest
         # A per-scenario time limit set on the host applies in the guest too.
-        **({"VTVM_TEST_TIMEOUT": os.environ["VTVM_TEST_TIMEOUT"]}
-           if "VTVM_TEST_TIMEOUT" in os.environ else {}),
+        **(
+            {"VTVM_TEST_TIMEOUT": os.environ["VTVM_TEST_TIMEOUT"]}
+            if "VTVM_TEST_TIMEOUT" in os.environ
+            else {}
+        ),
         **cfg.env,
     }
     exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
@@ -501,8 +543,9 @@ exit "$rc"
 """
 
 
-def _nic_args(netdev: str, tap: str, queues: int, mac: str,
-              dev_opts: Mapping[str, str | int]) -> list[str]:
+def _nic_args(
+    netdev: str, tap: str, queues: int, mac: str, dev_opts: Mapping[str, str | int]
+) -> list[str]:
     nd = f"tap,id={netdev},ifname={tap},script=no,downscript=no,vhost=off"
     dev = f"virtio-net-pci,netdev={netdev},mac={mac}"
     if queues > 1:
@@ -513,8 +556,12 @@ def _nic_args(netdev: str, tap: str, queues: int, mac: str,
     return ["-netdev", nd, "-device", dev]
 
 
-def boot(command: str, config: VmConfig | None = None, suffix: str | None = None,
-         results_dir: Path | None = None) -> GuestResult:
+def boot(
+    command: str,
+    config: VmConfig | None = None,
+    suffix: str | None = None,
+    results_dir: Path | None = None,
+) -> GuestResult:
     """Boot the guest once, run shell ``command`` in it as root (cwd: the repository).
 
     ``results_dir`` (default ``tests/vm/out/<suffix>``; emptied first) is writable in the
@@ -546,35 +593,65 @@ def boot(command: str, config: VmConfig | None = None, suffix: str | None = None
         with TestNetwork(suffix, extra_taps=len(cfg.extra_nics), queues=cfg.queues) as net:
             qemu = _nic_args("n0", net.tap, cfg.queues, GUEST_MAC, cfg.dev_opts)
             for i, nic in enumerate(cfg.extra_nics):
-                qemu += _nic_args(f"n{i + 1}", net.extra_taps[i], 1, extra_macs[i],
-                                  nic.dev_opts)
+                qemu += _nic_args(f"n{i + 1}", net.extra_taps[i], 1, extra_macs[i], nic.dev_opts)
             if cfg.cached_root:
-                qemu += ["-fsdev", "local,id=vtvmroot,path=/,security_model=none,readonly=on,"
-                                   "multidevs=remap",
-                         "-device", "virtio-9p-pci,fsdev=vtvmroot,mount_tag=vtvmroot"]
+                qemu += [
+                    "-fsdev",
+                    "local,id=vtvmroot,path=/,security_model=none,readonly=on,multidevs=remap",
+                    "-device",
+                    "virtio-9p-pci,fsdev=vtvmroot,mount_tag=vtvmroot",
+                ]
             sock = str(tmp / "host.sock")
             if cfg.host_link:
-                qemu += ["-device", "virtio-serial-pci,id=vtvmser",
-                         "-chardev", f"socket,id=vtvmhost,path={sock},server=on,wait=off",
-                         "-device", f"virtserialport,bus=vtvmser.0,chardev=vtvmhost,"
-                                    f"name={HOST_LINK_PORT}"]
-            argv = [*net.exec_prefix(), str(VNG), "--run", str(kernel), "--disable-kvm",
-                    "--force-9p", "--verbose", "--cpus", str(cfg.cpus), "--memory", cfg.memory,
-                    "--append", "modprobe.blacklist=" + _BLACKLIST,
-                    "--qemu-opts=" + shlex.join(qemu),
-                    f"--rwdir={results}", "--cwd", str(REPO),
-                    "--exec", f"sh {shlex.quote(str(script))}"]
-            env = dict(os.environ, TMPDIR=str(tmp),
-                       PATH=f"{VNG.parent}:{os.environ.get('PATH', _GUEST_PATH)}")
+                qemu += [
+                    "-device",
+                    "virtio-serial-pci,id=vtvmser",
+                    "-chardev",
+                    f"socket,id=vtvmhost,path={sock},server=on,wait=off",
+                    "-device",
+                    f"virtserialport,bus=vtvmser.0,chardev=vtvmhost,name={HOST_LINK_PORT}",
+                ]
+            argv = [
+                *net.exec_prefix(),
+                str(VNG),
+                "--run",
+                str(kernel),
+                "--disable-kvm",
+                "--force-9p",
+                "--verbose",
+                "--cpus",
+                str(cfg.cpus),
+                "--memory",
+                cfg.memory,
+                "--append",
+                "modprobe.blacklist=" + _BLACKLIST,
+                "--qemu-opts=" + shlex.join(qemu),
+                f"--rwdir={results}",
+                "--cwd",
+                str(REPO),
+                "--exec",
+                f"sh {shlex.quote(str(script))}",
+            ]
+            env = dict(
+                os.environ,
+                TMPDIR=str(tmp),
+                PATH=f"{VNG.parent}:{os.environ.get('PATH', _GUEST_PATH)}",
+            )
             (results / "vng-argv.txt").write_text(shlex.join(argv) + "\n")
             t0 = time.monotonic()
             link = HostLink(sock, net, t0 + cfg.timeout) if cfg.host_link else None
             # stdout and stderr must be distinct pipes: qemu opens /proc/self/fd/1 and
             # /proc/self/fd/2 separately. A new session makes vng, virtme-run and qemu
             # one process group that a timeout kills at once.
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, cwd="/",
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd="/",
+                start_new_session=True,
+            )
             out_r, err_r = _Drain(proc.stdout), _Drain(proc.stderr)
             timed_out = False
             try:
@@ -606,8 +683,16 @@ def boot(command: str, config: VmConfig | None = None, suffix: str | None = None
         boot_s = float((results / "boot-seconds").read_text())
     if timed_out:
         stderr += f"\n[vtvm harness] timeout after {cfg.timeout:.0f}s: QEMU killed\n"
-    return GuestResult(rc=rc, stdout=stdout, stderr=stderr, console=console, seconds=seconds,
-                       timed_out=timed_out, results_dir=results, boot_seconds=boot_s)
+    return GuestResult(
+        rc=rc,
+        stdout=stdout,
+        stderr=stderr,
+        console=console,
+        seconds=seconds,
+        timed_out=timed_out,
+        results_dir=results,
+        boot_seconds=boot_s,
+    )
 
 
 # One boot per profile per pytest session. Guest scenarios pick theirs with
@@ -621,12 +706,20 @@ PROFILES: dict[str, VmConfig] = {
     # NIC whose device MTU (VIRTIO_NET_F_MTU) is 9000, and a legacy (virtio 0.9.5) NIC
     # with mergeable buffers but without ANY_LAYOUT (no any_header_sg).
     "refusals": VmConfig(
-        cpus=4, queues=4, timeout=240,
-        extra_nics=(Nic({"ctrl_guest_offloads": "off"}), Nic({"host_mtu": 9000}),
-                    Nic({"disable-modern": "on", "disable-legacy": "off",
-                         "any_layout": "off"})),
-        env={"VTVM_NIC_NO_CTRL_OFFLOADS": "eth1", "VTVM_NIC_HOST_MTU": "eth2",
-             "VTVM_NIC_LEGACY": "eth3"}),
+        cpus=4,
+        queues=4,
+        timeout=240,
+        extra_nics=(
+            Nic({"ctrl_guest_offloads": "off"}),
+            Nic({"host_mtu": 9000}),
+            Nic({"disable-modern": "on", "disable-legacy": "off", "any_layout": "off"}),
+        ),
+        env={
+            "VTVM_NIC_NO_CTRL_OFFLOADS": "eth1",
+            "VTVM_NIC_HOST_MTU": "eth2",
+            "VTVM_NIC_LEGACY": "eth3",
+        },
+    ),
 }
 
 
@@ -652,16 +745,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--queues", type=int, default=4)
     ap.add_argument("--memory", default="2G")
-    ap.add_argument("--dev-opt", action="append", default=[],
-                    help="virtio-net-pci property of eth0, k=v")
-    ap.add_argument("--extra-nic", action="append", default=[],
-                    help="add a NIC with these k=v[,k=v] properties ('' for none)")
+    ap.add_argument(
+        "--dev-opt", action="append", default=[], help="virtio-net-pci property of eth0, k=v"
+    )
+    ap.add_argument(
+        "--extra-nic",
+        action="append",
+        default=[],
+        help="add a NIC with these k=v[,k=v] properties ('' for none)",
+    )
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--suffix", default=None)
     ap.add_argument("--console", action="store_true", help="print the kernel console too")
-    ap.add_argument("--profile", choices=sorted(PROFILES),
-                    help="boot this profile's VM (other VM options ignored); the command "
-                         "defaults to its guest scenarios")
+    ap.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="boot this profile's VM (other VM options ignored); the command "
+        "defaults to its guest scenarios",
+    )
     ap.add_argument("command", nargs="?")
     a = ap.parse_args(argv)
     if a.profile:
@@ -670,18 +771,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if not a.command:
             ap.error("a command (or --profile) is required")
-        cfg = VmConfig(cpus=a.cpus, queues=a.queues, memory=a.memory,
-                       dev_opts=_parse_opts(a.dev_opt),
-                       extra_nics=[Nic(_parse_opts([x]) if x else {}) for x in a.extra_nic],
-                       timeout=a.timeout)
+        cfg = VmConfig(
+            cpus=a.cpus,
+            queues=a.queues,
+            memory=a.memory,
+            dev_opts=_parse_opts(a.dev_opt),
+            extra_nics=[Nic(_parse_opts([x]) if x else {}) for x in a.extra_nic],
+            timeout=a.timeout,
+        )
         command = a.command
     r = boot(command, cfg, suffix=a.suffix)
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
     if a.console:
         sys.stderr.write("--- console ---\n" + r.console)
-    print(f"[vtvm] rc={r.rc} wall={r.seconds:.1f}s boot={r.boot_seconds}s "
-          f"results={r.results_dir}", file=sys.stderr)
+    print(
+        f"[vtvm] rc={r.rc} wall={r.seconds:.1f}s boot={r.boot_seconds}s results={r.results_dir}",
+        file=sys.stderr,
+    )
     return r.rc
 
 

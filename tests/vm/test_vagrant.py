@@ -19,10 +19,21 @@ def _vagrant(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     if vagrant is None:
         pytest.fail("vagrant is not installed: run tests/vm/setup_vm.sh", pytrace=False)
     # Vagrant's state (~/.vagrant.d, vagrant/.vagrant) goes to the test's temp dir.
-    env = dict(os.environ, VAGRANT_HOME=str(home), VAGRANT_DOTFILE_PATH=str(home / "dot"),
-               VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DEFAULT_PROVIDER="libvirt")
-    return subprocess.run([vagrant, *args], cwd=harness.REPO / "vagrant", env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        VAGRANT_HOME=str(home),
+        VAGRANT_DOTFILE_PATH=str(home / "dot"),
+        VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_DEFAULT_PROVIDER="libvirt",
+    )
+    return subprocess.run(
+        [vagrant, *args],
+        cwd=harness.REPO / "vagrant",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_vagrantfile_validates(tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ def _fail_with(run_text: str, result: harness.GuestResult | None, tail: int = 80
 
 def _console_tail(result: harness.GuestResult, tail: int = 4000) -> str:
     c = result.console
-    return (f"\n--- guest console (last {tail} chars; all files in {result.results_dir}) ---\n"
-            + (c if len(c) <= tail else "...[cut]...\n" + c[-tail:]))
+    return f"\n--- guest console (last {tail} chars; all files in {result.results_dir}) ---\n" + (
+        c if len(c) <= tail else "...[cut]...\n" + c[-tail:]
+    )
 
 
 def test_guest_scenario(vm_runs: VmRuns, guest_scenario: tuple[str, str]) -> None:
@@ -51,11 +52,11 @@ def test_guest_suite_completed(vm_runs: VmRuns, vm_profile_name: str) -> None:
     run = vm_runs.get(vm_profile_name)
     r = run.result
     if r is None:
-        pytest.fail(f"VM profile {vm_profile_name!r} could not start: {run.error}",
-                    pytrace=False)
+        pytest.fail(f"VM profile {vm_profile_name!r} could not start: {run.error}", pytrace=False)
     ns = harness.NS_PREFIX + f"{vm_profile_name}-{os.getpid()}"
-    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                    text=True).stdout, f"namespace {ns} left behind"
+    assert (
+        ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    ), f"namespace {ns} left behind"
     if r.timed_out:
         _fail_with(f"guest timed out after {r.seconds:.0f}s", r)
     exit_file = r.results_dir / "exit-code"
@@ -67,8 +68,7 @@ def test_guest_suite_completed(vm_runs: VmRuns, vm_profile_name: str) -> None:
     if not junit.exists():
         _fail_with("no junit.xml from the guest", r)
     cases = ET.parse(junit).getroot().iter("testcase")
-    want = {nodeid for prof, nodeid in list_scenarios().scenarios
-            if prof == vm_profile_name}
+    want = {nodeid for prof, nodeid in list_scenarios().scenarios if prof == vm_profile_name}
     assert len(list(cases)) == len(want), "junit.xml does not list every scenario"
     assert set(run.records) == want, "results.jsonl does not cover every scenario"
     alarms = [ln for ln in r.console.splitlines() if any(a in ln for a in _CONSOLE_ALARMS)]
@@ -84,8 +84,7 @@ def test_timeout_kills_qemu_and_removes_namespace(tmp_path: Path) -> None:
     assert r.timed_out and r.rc == 124
     assert r.seconds < 30
     ns = harness.NS_PREFIX + suffix
-    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                    text=True).stdout
+    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     # No process of that boot is left (qemu's command line names the results dir).
     left = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -102,16 +101,17 @@ def test_timeout_kills_qemu_and_removes_namespace(tmp_path: Path) -> None:
 def test_guest_panic_is_a_failure_with_console() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    r = harness.boot("echo c > /proc/sysrq-trigger; sleep 30",
-                     harness.VmConfig(timeout=120, host_link=False),
-                     suffix=f"panic-{os.getpid()}")
+    r = harness.boot(
+        "echo c > /proc/sysrq-trigger; sleep 30",
+        harness.VmConfig(timeout=120, host_link=False),
+        suffix=f"panic-{os.getpid()}",
+    )
     assert r.rc != 0 and not r.timed_out, r.describe(3000)
     assert "Kernel panic" in r.console, r.describe(3000)
     assert not (r.results_dir / "exit-code").exists()
 
 
-def test_missing_prerequisite_is_an_error(monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
+def test_missing_prerequisite_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(harness, "VNG", tmp_path / "no-vng")
     with pytest.raises(harness.HarnessError, match="setup_vm.sh"):
         harness.boot("true", suffix=f"missing-{os.getpid()}", results_dir=tmp_path / "r")

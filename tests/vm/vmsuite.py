@@ -30,20 +30,35 @@ def list_scenarios() -> Listing:
     """The guest scenarios and their profiles, collected (not run) on the host."""
     global _listing
     if _listing is None:
-        p = subprocess.run(
-            [str(harness.GUEST_PYTHON), "-m", "pytest", "-p", "no:cacheprovider", "-q",
-             "--vtvm-list", "tests/vm/guest"],
-            cwd=harness.REPO, capture_output=True, text=True, timeout=120,
-            # Lifts collect_ignore above; --vtvm-list deselects everything, nothing runs.
-            env=dict(os.environ, VTVM_IN_GUEST="1"),
-        ) if harness.GUEST_PYTHON.is_file() else None
+        p = (
+            subprocess.run(
+                [
+                    str(harness.GUEST_PYTHON),
+                    "-m",
+                    "pytest",
+                    "-p",
+                    "no:cacheprovider",
+                    "-q",
+                    "--vtvm-list",
+                    "tests/vm/guest",
+                ],
+                cwd=harness.REPO,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                # Lifts collect_ignore above; --vtvm-list deselects everything, nothing runs.
+                env=dict(os.environ, VTVM_IN_GUEST="1"),
+            )
+            if harness.GUEST_PYTHON.is_file()
+            else None
+        )
         if p is None:
             _listing = Listing([], f"{harness.GUEST_PYTHON} missing: run scripts/setup.sh")
         else:
             found = []
             for ln in p.stdout.splitlines():
                 if ln.startswith(_LIST_PREFIX):
-                    prof, _, nodeid = ln[len(_LIST_PREFIX):].partition(" ")
+                    prof, _, nodeid = ln[len(_LIST_PREFIX) :].partition(" ")
                     found.append((prof, nodeid))
             err = ""
             if p.returncode not in (0, 5) or not found:
@@ -82,7 +97,8 @@ class ProfileRun:
         text = "\n".join(
             f"[{r['when']}: {r['outcome']}]\n{r['longrepr']}"
             + "".join(f"\n--- {k} ---\n{v}" for k, v in r["sections"])  # type: ignore[attr-defined]
-            for r in recs if r["outcome"] != "passed" or r["sections"]
+            for r in recs
+            if r["outcome"] != "passed" or r["sections"]
         )
         if any(r["outcome"] == "failed" for r in recs):
             call_failed = any(r["outcome"] == "failed" and r["when"] == "call" for r in recs)
@@ -117,8 +133,9 @@ class VmRuns:
             env["VTVM_XDP_PASS_OBJ"] = str(obj)
         cfg = dataclasses.replace(cfg, env=env)
         try:
-            run.result = harness.boot(harness.guest_suite_command(profile), cfg,
-                                      suffix=f"{profile}-{os.getpid()}")
+            run.result = harness.boot(
+                harness.guest_suite_command(profile), cfg, suffix=f"{profile}-{os.getpid()}"
+            )
         except harness.HarnessError as e:
             run.error = str(e)
             return run
@@ -131,6 +148,13 @@ def _prebuild_xdp_pass() -> Path | None:
     src = harness.VM_DIR / "guest" / "xdp_pass.c"
     out = harness.OUT_DIR / "build" / "xdp_pass.o"
     out.parent.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-c", str(src), "-o", str(out)],
-                       capture_output=True, text=True) if shutil.which("clang") else None
+    p = (
+        subprocess.run(
+            ["clang", "-O2", "-g", "-target", "bpf", "-c", str(src), "-o", str(out)],
+            capture_output=True,
+            text=True,
+        )
+        if shutil.which("clang")
+        else None
+    )
     return out if p is not None and p.returncode == 0 else None

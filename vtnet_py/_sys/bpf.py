@@ -22,25 +22,34 @@ def _bpf(cmd: int, attr: ctypes.Structure) -> int:
     return int(ret)
 
 
-def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
-               name: str = "", flags: int = 0) -> int:
-    attr = K.bpf_attr_map_create(map_type=map_type, key_size=key_size, value_size=value_size,
-                                 max_entries=max_entries, map_flags=flags,
-                                 map_name=name.encode()[: K.BPF_OBJ_NAME_LEN - 1])
+def map_create(
+    map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
+) -> int:
+    attr = K.bpf_attr_map_create(
+        map_type=map_type,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_flags=flags,
+        map_name=name.encode()[: K.BPF_OBJ_NAME_LEN - 1],
+    )
     return _bpf(K.BPF_MAP_CREATE, attr)
 
 
-def map_update(map_fd: int, key: ctypes._SimpleCData, value: ctypes._SimpleCData,
-               flags: int = K.BPF_ANY) -> None:
-    attr = K.bpf_attr_map_elem(map_fd=map_fd, key=ctypes.addressof(key),
-                               value=ctypes.addressof(value), flags=flags)
+def map_update(
+    map_fd: int, key: ctypes._SimpleCData, value: ctypes._SimpleCData, flags: int = K.BPF_ANY
+) -> None:
+    attr = K.bpf_attr_map_elem(
+        map_fd=map_fd, key=ctypes.addressof(key), value=ctypes.addressof(value), flags=flags
+    )
     _bpf(K.BPF_MAP_UPDATE_ELEM, attr)
 
 
 def map_lookup(map_fd: int, key: ctypes._SimpleCData, value: ctypes._SimpleCData) -> bool:
     """Fill ``value``; False when the key has no entry (ENOENT)."""
-    attr = K.bpf_attr_map_elem(map_fd=map_fd, key=ctypes.addressof(key),
-                               value=ctypes.addressof(value))
+    attr = K.bpf_attr_map_elem(
+        map_fd=map_fd, key=ctypes.addressof(key), value=ctypes.addressof(value)
+    )
     try:
         _bpf(K.BPF_MAP_LOOKUP_ELEM, attr)
     except OSError as exc:
@@ -61,8 +70,15 @@ def map_delete(map_fd: int, key: ctypes._SimpleCData) -> bool:
     return True
 
 
-def prog_load(prog_type: int, insns: bytes, name: str, *, license: str = "Dual BSD/GPL",
-              prog_flags: int = 0, expected_attach_type: int = 0) -> int:
+def prog_load(
+    prog_type: int,
+    insns: bytes,
+    name: str,
+    *,
+    license: str = "Dual BSD/GPL",
+    prog_flags: int = 0,
+    expected_attach_type: int = 0,
+) -> int:
     """Load a program; on a verifier refusal the OSError message carries the log."""
     buf = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license.encode())
@@ -70,12 +86,17 @@ def prog_load(prog_type: int, insns: bytes, name: str, *, license: str = "Dual B
 
     def attempt(log_level: int) -> int:
         attr = K.bpf_attr_prog_load(
-            prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(buf),
-            license=ctypes.addressof(lic), log_level=log_level,
+            prog_type=prog_type,
+            insn_cnt=len(insns) // 8,
+            insns=ctypes.addressof(buf),
+            license=ctypes.addressof(lic),
+            log_level=log_level,
             log_size=ctypes.sizeof(log) if log_level else 0,
             log_buf=ctypes.addressof(log) if log_level else 0,
-            prog_flags=prog_flags, prog_name=name.encode()[: K.BPF_OBJ_NAME_LEN - 1],
-            expected_attach_type=expected_attach_type)
+            prog_flags=prog_flags,
+            prog_name=name.encode()[: K.BPF_OBJ_NAME_LEN - 1],
+            expected_attach_type=expected_attach_type,
+        )
         return _bpf(K.BPF_PROG_LOAD, attr)
 
     try:
@@ -86,8 +107,10 @@ def prog_load(prog_type: int, insns: bytes, name: str, *, license: str = "Dual B
             return attempt(1)
         except OSError as exc:
             text = log.value.decode(errors="replace").strip().splitlines()[-8:]
-            raise OSError(exc.errno, f"loading BPF program {name!r}: {exc.strerror}; "
-                          f"verifier: {' | '.join(text)}") from first
+            raise OSError(
+                exc.errno,
+                f"loading BPF program {name!r}: {exc.strerror}; verifier: {' | '.join(text)}",
+            ) from first
 
 
 def prog_bind_map(prog_fd: int, map_fd: int) -> None:
@@ -139,8 +162,10 @@ def link_fd_by_id(link_id: int) -> int:
 
 
 def _info(fd: int, info: ctypes.Structure) -> None:
-    _bpf(K.BPF_OBJ_GET_INFO_BY_FD, K.bpf_attr_info(
-        bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
+    _bpf(
+        K.BPF_OBJ_GET_INFO_BY_FD,
+        K.bpf_attr_info(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
+    )
 
 
 def prog_info(fd: int) -> tuple[K.bpf_prog_info, list[int]]:
@@ -167,8 +192,12 @@ def link_info(fd: int) -> K.bpf_link_info:
 
 
 def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) -> int:
-    return _bpf(K.BPF_LINK_CREATE, K.bpf_attr_link_create(
-        prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type, flags=flags))
+    return _bpf(
+        K.BPF_LINK_CREATE,
+        K.bpf_attr_link_create(
+            prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type, flags=flags
+        ),
+    )
 
 
 def link_detach(link_fd: int) -> None:

@@ -46,4 +46,3 @@ def live_netns_inodes() -> set[int]:
                 with suppress(OSError, ValueError):
                     inos.add(int(os.readlink(f"/proc/{pid}/task/{tid}/ns/net")[5:-1]))
     return inos
-

@@ -70,21 +70,33 @@ NR_BUF_SIZE = CHUNK_SIZE - XDP_PACKET_HEADROOM
 def _pending_state(info: DeviceInfo, ch_plan: dict[str, int], mode: Mode) -> SavedState:
     """Before anything changes: the requested state of every offload attach may turn off
     and the channels it will change (a superset of what prepare() will record)."""
-    feats = {n: info.features[n].wanted for n in offloads_to_disable(info)
-             if not info.features[n].fixed}
+    feats = {
+        n: info.features[n].wanted for n in offloads_to_disable(info) if not info.features[n].fixed
+    }
     chans = {k: getattr(info.channels, k) for k in ch_plan} or None
-    return SavedState(ifname=info.ifname, ifindex=info.ifindex, driver=info.driver,
-                      mode=mode, channels=chans, features=feats)
+    return SavedState(
+        ifname=info.ifname,
+        ifindex=info.ifindex,
+        driver=info.driver,
+        mode=mode,
+        channels=chans,
+        features=feats,
+    )
 
 
 def _describe_changes(saved: SavedState, info_after: DeviceInfo) -> str:
-    off = sorted(n for n, v in saved.features.items()
-                 if v and n in info_after.features and not info_after.features[n].wanted)
+    off = sorted(
+        n
+        for n, v in saved.features.items()
+        if v and n in info_after.features and not info_after.features[n].wanted
+    )
     parts = [f"offloads turned off: {', '.join(off)}" if off else "no offload to turn off"]
     if saved.channels:
         now = info_after.channels
-        parts.append("channels " + ", ".join(
-            f"{k} {v} -> {getattr(now, k)}" for k, v in sorted(saved.channels.items())))
+        parts.append(
+            "channels "
+            + ", ".join(f"{k} {v} -> {getattr(now, k)}" for k, v in sorted(saved.channels.items()))
+        )
     return "; ".join(parts)
 
 
@@ -97,9 +109,16 @@ class AttachResult:
     warnings: list[str]
 
 
-def attach(ifname: str, *, rings: int | None = None, mode: str | None = None,
-           zerocopy: str = "auto", force: bool = False, netns: str | None = None,
-           layer: DeviceLayer | None = None) -> AttachResult:
+def attach(
+    ifname: str,
+    *,
+    rings: int | None = None,
+    mode: str | None = None,
+    zerocopy: str = "auto",
+    force: bool = False,
+    netns: str | None = None,
+    layer: DeviceLayer | None = None,
+) -> AttachResult:
     """Prepare ``ifname`` and leave vtnetmap's steering program attached and pinned.
 
     ``rings`` sets the channel count first, ``mode`` forces native/generic XDP,
@@ -129,10 +148,20 @@ def attach(ifname: str, *, rings: int | None = None, mode: str | None = None,
         chosen, _ = support_mode(info, mode)
         ch_plan = plan_channels(info, rings)
         frags = info.mtu + ETH_OVERHEAD > NR_BUF_SIZE
-        rec = AttachRecord(ifname=ifname, ifindex=info.ifindex, netns_inode=nsino,
-                           phase="preparing", saved=_pending_state(info, ch_plan, chosen),
-                           mode=chosen, frags=frags, zerocopy=zerocopy, rings=rings,
-                           pid=os.getpid(), time=time.time(), netns=netns)
+        rec = AttachRecord(
+            ifname=ifname,
+            ifindex=info.ifindex,
+            netns_inode=nsino,
+            phase="preparing",
+            saved=_pending_state(info, ch_plan, chosen),
+            mode=chosen,
+            frags=frags,
+            zerocopy=zerocopy,
+            rings=rings,
+            pid=os.getpid(),
+            time=time.time(),
+            netns=netns,
+        )
         write_record(rec)
         pdir = pin_dir(nsino, ifname)
         try:
@@ -142,13 +171,16 @@ def attach(ifname: str, *, rings: int | None = None, mode: str | None = None,
             ensure_bpffs(ifname)
             mkdirs_0700(pdir, stop=BPFFS)
             try:
-                rec.prog_id, rec.link_id = attach_pinned(ifname, info.ifindex, saved.mode,
-                                                         frags, pdir)
+                rec.prog_id, rec.link_id = attach_pinned(
+                    ifname, info.ifindex, saved.mode, frags, pdir
+                )
             except UnsupportedError as exc:
                 if info.driver == "veth" and ch_plan.get("rx"):
-                    exc.add_note(f"{ifname}: veth takes XDP only with at least as many rx "
-                                 "queues as its peer has tx queues; lower the peer's first "
-                                 "(`ethtool -L PEER tx N`)")
+                    exc.add_note(
+                        f"{ifname}: veth takes XDP only with at least as many rx "
+                        "queues as its peer has tx queues; lower the peer's first "
+                        "(`ethtool -L PEER tx N`)"
+                    )
                 raise
             rec.pin_dir, rec.phase = pdir, "attached"
             write_record(rec)
@@ -163,7 +195,8 @@ def attach(ifname: str, *, rings: int | None = None, mode: str | None = None,
         messages.append(
             f"{ifname}: attached vtnetmap's steering program (id {rec.prog_id}, "
             f"{rec.mode} XDP{', multi-buffer' if frags else ''}), pinned in {pdir}; "
-            f"ports default to zerocopy={zerocopy}")
+            f"ports default to zerocopy={zerocopy}"
+        )
         messages.append(f"{ifname}: {_describe_changes(rec.saved, after)}")
         return AttachResult(rec, messages, list(rec.saved.warnings))
 
@@ -172,11 +205,18 @@ def _refuse_if_attached(ifname: str, info: DeviceInfo, nsino: int) -> None:
     """BusyError when ``ifname`` is attached by vtnetmap and the attach is live."""
     pin = read_pin(pin_dir(nsino, ifname), ifname)
     rec = read_record(nsino, ifname)
-    if (pin is not None and pin.ifindex == info.ifindex and pin.prog_id == info.xdp_prog_id
-            and rec is not None and rec.phase == "attached"):
-        raise BusyError(f"{ifname} is already attached by vtnetmap (program {pin.prog_id}, "
-                        f"pinned in {pin_dir(nsino, ifname)}); `vtnetmap detach {ifname}` "
-                        "first to attach it again")
+    if (
+        pin is not None
+        and pin.ifindex == info.ifindex
+        and pin.prog_id == info.xdp_prog_id
+        and rec is not None
+        and rec.phase == "attached"
+    ):
+        raise BusyError(
+            f"{ifname} is already attached by vtnetmap (program {pin.prog_id}, "
+            f"pinned in {pin_dir(nsino, ifname)}); `vtnetmap detach {ifname}` "
+            "first to attach it again"
+        )
 
 
 def _refuse_foreign_or_busy(ifname: str, info: DeviceInfo) -> None:
@@ -185,13 +225,17 @@ def _refuse_foreign_or_busy(ifname: str, info: DeviceInfo) -> None:
     if view is None:
         return  # went away just now
     if not view.ours:
-        raise BusyError(f"{ifname} already has an XDP program (id {view.prog_id}, name "
-                        f"{view.name!r}) that is not vtnetmap's; detach it first")
+        raise BusyError(
+            f"{ifname} already has an XDP program (id {view.prog_id}, name "
+            f"{view.name!r}) that is not vtnetmap's; detach it first"
+        )
     live = sorted({p for p in view.owners.values() if pid_alive(p)})
     who = f"open ports of pid {describe_pids(live)}" if live else "a process"
-    raise BusyError(f"{ifname}: vtnetmap's steering program (id {view.prog_id}) is attached "
-                    f"implicitly by {who} (for its lifetime); close those ports first, or "
-                    f"`vtnetmap detach --force {ifname}`")
+    raise BusyError(
+        f"{ifname}: vtnetmap's steering program (id {view.prog_id}) is attached "
+        f"implicitly by {who} (for its lifetime); close those ports first, or "
+        f"`vtnetmap detach --force {ifname}`"
+    )
 
 
 def _probe_zerocopy(ifname: str, force: bool) -> None:
@@ -202,8 +246,9 @@ def _probe_zerocopy(ifname: str, force: bool) -> None:
         raise UnsupportedError(f"{ifname}: --zerocopy on: {exc}") from exc
 
 
-def _undo_attach(ifname: str, nsino: int, layer: DeviceLayer, saved: SavedState,
-                 exc: BaseException) -> None:
+def _undo_attach(
+    ifname: str, nsino: int, layer: DeviceLayer, saved: SavedState, exc: BaseException
+) -> None:
     """Take back a failed attach; notes on ``exc`` say what could not be."""
     pdir = pin_dir(nsino, ifname)
     try:
@@ -216,13 +261,14 @@ def _undo_attach(ifname: str, nsino: int, layer: DeviceLayer, saved: SavedState,
                 os.close(fd)
         remove_pins(pdir)
     except (OSError, VtnetError) as undo:
-        exc.add_note(f"{ifname}: could not remove the steering program pinned in {pdir}: "
-                     f"{undo}")
+        exc.add_note(f"{ifname}: could not remove the steering program pinned in {pdir}: {undo}")
     try:
         restore(layer, saved)
     except Exception as undo:  # noqa: BLE001 - reported on the original error
-        exc.add_note(f"{ifname}: could not restore the device ({undo}); its previous state "
-                     f"stays in {state_path(nsino, ifname)}: run `vtnetmap detach {ifname}`")
+        exc.add_note(
+            f"{ifname}: could not restore the device ({undo}); its previous state "
+            f"stays in {state_path(nsino, ifname)}: run `vtnetmap detach {ifname}`"
+        )
         return
     remove_record(nsino, ifname)
 
@@ -236,8 +282,9 @@ class DetachResult:
     acted: bool = False
 
 
-def detach(ifname: str, *, netns: str | None = None, force: bool = False,
-           layer: DeviceLayer | None = None) -> DetachResult:
+def detach(
+    ifname: str, *, netns: str | None = None, force: bool = False, layer: DeviceLayer | None = None
+) -> DetachResult:
     """Unpin and detach vtnetmap's steering program from ``ifname`` and restore the
     offloads and channels recorded at attach. Idempotent.
 
@@ -269,8 +316,9 @@ def detach(ifname: str, *, netns: str | None = None, force: bool = False,
         return res
 
 
-def _cleanup(ifname: str, nsino: int, info: DeviceInfo | None, layer: DeviceLayer, *,
-             force: bool) -> DetachResult:
+def _cleanup(
+    ifname: str, nsino: int, info: DeviceInfo | None, layer: DeviceLayer, *, force: bool
+) -> DetachResult:
     """detach's work, under the lock, in the interface's netns."""
     res = DetachResult(ifname)
     rec = read_record(nsino, ifname)
@@ -279,7 +327,8 @@ def _cleanup(ifname: str, nsino: int, info: DeviceInfo | None, layer: DeviceLaye
     if rec is not None and rec.phase != "attached":
         res.messages.append(
             f"{ifname}: repairing an attach that did not finish (pid {rec.pid}, "
-            f"{'still running' if pid_alive(rec.pid) else 'dead'}; phase {rec.phase})")
+            f"{'still running' if pid_alive(rec.pid) else 'dead'}; phase {rec.phase})"
+        )
     if pin is not None:
         _detach_pinned(ifname, pdir, pin, info, res)
     elif os.path.isdir(pdir):
@@ -292,18 +341,23 @@ def _cleanup(ifname: str, nsino: int, info: DeviceInfo | None, layer: DeviceLaye
         res.acted = True
         _restore_recorded(ifname, nsino, rec, info, layer, res)
     if not res.acted:
-        res.messages.append(f"{ifname}: not attached by vtnetmap; nothing to do" if info else
-                            f"{ifname}: no such interface here and no vtnetmap state for it; "
-                            "nothing to do")
+        res.messages.append(
+            f"{ifname}: not attached by vtnetmap; nothing to do"
+            if info
+            else f"{ifname}: no such interface here and no vtnetmap state for it; nothing to do"
+        )
     return res
 
 
-def _detach_pinned(ifname: str, pdir: str, pin: PinView, info: DeviceInfo | None,
-                   res: DetachResult) -> None:
+def _detach_pinned(
+    ifname: str, pdir: str, pin: PinView, info: DeviceInfo | None, res: DetachResult
+) -> None:
     res.acted = True
     if not pin.ifindex:
-        res.messages.append(f"{ifname}: the pinned program {pin.prog_id} was no longer "
-                            "attached (interface gone or detached elsewhere); removed its pins")
+        res.messages.append(
+            f"{ifname}: the pinned program {pin.prog_id} was no longer "
+            "attached (interface gone or detached elsewhere); removed its pins"
+        )
         return
     view = inspect_prog(pin.prog_id, ifname)
     live = sorted({p for p in (view.owners.values() if view else ()) if pid_alive(p)})
@@ -316,39 +370,48 @@ def _detach_pinned(ifname: str, pdir: str, pin: PinView, info: DeviceInfo | None
             os.close(fd)
     except OSError as exc:
         raise bpf_error(ifname, f"detaching the link pinned at {path}", exc) from exc
-    res.messages.append(f"{ifname}: detached vtnetmap's steering program (id {pin.prog_id}) "
-                        f"and removed its pins in {pdir}")
+    res.messages.append(
+        f"{ifname}: detached vtnetmap's steering program (id {pin.prog_id}) "
+        f"and removed its pins in {pdir}"
+    )
     if live:
         queues = sorted(q for q, p in view.owners.items() if p in live) if view else []
         res.messages.append(
             f"{ifname}: forcibly detached although pid {describe_pids(live)} still had "
             f"queue {', '.join(map(str, queues))} open: those ports receive nothing more "
-            "and fail on their next poll")
+            "and fail on their next poll"
+        )
 
 
-def _detach_unpinned(ifname: str, info: DeviceInfo, rec: AttachRecord | None, force: bool,
-                     res: DetachResult) -> None:
+def _detach_unpinned(
+    ifname: str, info: DeviceInfo, rec: AttachRecord | None, force: bool, res: DetachResult
+) -> None:
     """The interface has a program that no pin of ours holds."""
     assert info.xdp_prog_id
     view = inspect_prog(info.xdp_prog_id, ifname)
     if view is None:
         return
     if not view.ours:
-        res.messages.append(f"{ifname}: XDP program {view.prog_id} ({view.name!r}) is not "
-                            "vtnetmap's; left alone")
+        res.messages.append(
+            f"{ifname}: XDP program {view.prog_id} ({view.name!r}) is not vtnetmap's; left alone"
+        )
         return
     live = sorted({p for p in view.owners.values() if pid_alive(p)})
     ours_by_record = rec is not None and rec.prog_id == view.prog_id
     if live and not (force or ours_by_record):
-        raise BusyError(f"{ifname}: vtnetmap's steering program (id {view.prog_id}) is in use "
-                        f"by open ports of pid {describe_pids(live)} (queue "
-                        f"{', '.join(str(q) for q, p in sorted(view.owners.items()) if p in live)}"
-                        f"); close them, or `vtnetmap detach --force {ifname}`")
+        raise BusyError(
+            f"{ifname}: vtnetmap's steering program (id {view.prog_id}) is in use "
+            f"by open ports of pid {describe_pids(live)} (queue "
+            f"{', '.join(str(q) for q, p in sorted(view.owners.items()) if p in live)}"
+            f"); close them, or `vtnetmap detach --force {ifname}`"
+        )
     lfd = xdp_link_fd(view.prog_id)
     if lfd < 0:
-        raise DeviceError(f"{ifname}: vtnetmap's program {view.prog_id} is attached without a "
-                          f"BPF link (not by this version); remove it with `ip link set dev "
-                          f"{ifname} xdp off`")
+        raise DeviceError(
+            f"{ifname}: vtnetmap's program {view.prog_id} is attached without a "
+            f"BPF link (not by this version); remove it with `ip link set dev "
+            f"{ifname} xdp off`"
+        )
     try:
         bpf.link_detach(lfd)
     except OSError as exc:
@@ -358,34 +421,50 @@ def _detach_unpinned(ifname: str, info: DeviceInfo, rec: AttachRecord | None, fo
     res.acted = True
     dead = sorted(set(view.owners.values()) - set(live))
     if live:
-        res.messages.append(f"{ifname}: forcibly detached vtnetmap's steering program (id "
-                            f"{view.prog_id}) used by pid {describe_pids(live)}: those ports "
-                            "receive nothing more and fail on their next poll")
+        res.messages.append(
+            f"{ifname}: forcibly detached vtnetmap's steering program (id "
+            f"{view.prog_id}) used by pid {describe_pids(live)}: those ports "
+            "receive nothing more and fail on their next poll"
+        )
     else:
         left = f"dead pid {describe_pids(dead)}" if dead else "no live owner"
-        res.messages.append(f"{ifname}: detached vtnetmap's steering program (id "
-                            f"{view.prog_id}) left behind by {left}")
+        res.messages.append(
+            f"{ifname}: detached vtnetmap's steering program (id "
+            f"{view.prog_id}) left behind by {left}"
+        )
 
 
-def _restore_recorded(ifname: str, nsino: int, rec: AttachRecord, info: DeviceInfo | None,
-                      layer: DeviceLayer, res: DetachResult) -> None:
+def _restore_recorded(
+    ifname: str,
+    nsino: int,
+    rec: AttachRecord,
+    info: DeviceInfo | None,
+    layer: DeviceLayer,
+    res: DetachResult,
+) -> None:
     path = state_path(nsino, ifname)
     if info is None:
         remove_record(nsino, ifname)
-        res.messages.append(f"{ifname} no longer exists: its recorded offloads and channels "
-                            f"cannot be restored; removed {path}")
+        res.messages.append(
+            f"{ifname} no longer exists: its recorded offloads and channels "
+            f"cannot be restored; removed {path}"
+        )
         return
     saved = rec.saved
     if info.ifindex != saved.ifindex:  # the device it describes is gone for good
         remove_record(nsino, ifname)
-        res.messages.append(f"{ifname} was replaced since the attach (ifindex {saved.ifindex} "
-                            f"-> {info.ifindex}): its recorded offloads and channels were not "
-                            f"applied to the new one; removed {path}")
+        res.messages.append(
+            f"{ifname} was replaced since the attach (ifindex {saved.ifindex} "
+            f"-> {info.ifindex}): its recorded offloads and channels were not "
+            f"applied to the new one; removed {path}"
+        )
         return
-    feats = {n: v for n, v in saved.features.items()
-             if n in info.features and info.features[n].wanted != v}
-    chans = {k: v for k, v in (saved.channels or {}).items()
-             if getattr(info.channels, k) != v}
+    feats = {
+        n: v
+        for n, v in saved.features.items()
+        if n in info.features and info.features[n].wanted != v
+    }
+    chans = {k: v for k, v in (saved.channels or {}).items() if getattr(info.channels, k) != v}
     try:
         restore(layer, saved)
     except VtnetError as exc:
@@ -394,12 +473,16 @@ def _restore_recorded(ifname: str, nsino: int, rec: AttachRecord, info: DeviceIn
     remove_record(nsino, ifname)
     what = []
     if feats:
-        what.append("offloads " + ", ".join(f"{n} {'on' if v else 'off'}"
-                                            for n, v in sorted(feats.items())))
+        what.append(
+            "offloads " + ", ".join(f"{n} {'on' if v else 'off'}" for n, v in sorted(feats.items()))
+        )
     if chans:
         what.append("channels " + ", ".join(f"{k} {v}" for k, v in sorted(chans.items())))
-    res.messages.append(f"{ifname}: restored {'; '.join(what)}" if what else
-                        f"{ifname}: offloads and channels were already as recorded")
+    res.messages.append(
+        f"{ifname}: restored {'; '.join(what)}"
+        if what
+        else f"{ifname}: offloads and channels were already as recorded"
+    )
 
 
 def sweep_deleted_namespaces(current: int) -> list[str]:
@@ -428,8 +511,10 @@ def sweep_deleted_namespaces(current: int) -> list[str]:
                 continue
             remove_pins(pdir)
             remove_record(nsino, ifname)
-            msgs.append(f"{ifname}: removed the stale pins and state of an interface in a "
-                        f"deleted network namespace (inode {nsino})")
+            msgs.append(
+                f"{ifname}: removed the stale pins and state of an interface in a "
+                f"deleted network namespace (inode {nsino})"
+            )
     with suppress(FileNotFoundError):  # records of attaches that died before pinning
         for fn in sorted(os.listdir(record.STATE_DIR)):
             head, sep, rest = fn.partition("-")
@@ -440,7 +525,8 @@ def sweep_deleted_namespaces(current: int) -> list[str]:
                 continue
             live = live_netns_inodes() if live is None else live
             if nsino not in live and remove_record(nsino, ifname):
-                msgs.append(f"{ifname}: removed the state of an interface in a deleted "
-                            f"network namespace (inode {nsino})")
+                msgs.append(
+                    f"{ifname}: removed the state of an interface in a deleted "
+                    f"network namespace (inode {nsino})"
+                )
     return msgs
-

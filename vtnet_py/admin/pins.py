@@ -68,7 +68,8 @@ def ensure_bpffs(ifname: str) -> None:
         raise DeviceError(
             f"{ifname}: {BPFFS} has no bpffs in this process's private mount namespace "
             "(`ip netns exec`?), and pins made here would vanish with it; run "
-            f"`vtnetmap attach --netns NS {ifname}` from the host's mount namespace")
+            f"`vtnetmap attach --netns NS {ifname}` from the host's mount namespace"
+        )
     if not os.path.isdir(BPFFS):
         raise DeviceError(f"{ifname}: {BPFFS} does not exist, so bpffs cannot be mounted")
     ret = K.libc.mount(b"bpf", BPFFS.encode(), b"bpf", ctypes.c_ulong(0), b"mode=0700")
@@ -176,4 +177,3 @@ def read_pin(pdir: str, ifname: str) -> PinView | None:
 
 def describe_pids(pids: Iterable[int]) -> str:
     return ", ".join(str(p) for p in sorted(set(pids)))
-

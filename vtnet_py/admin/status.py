@@ -45,7 +45,7 @@ def _recorded_names(nsino: int) -> list[str]:
     with suppress(FileNotFoundError):
         for fn in os.listdir(record.STATE_DIR):
             if fn.startswith(prefix) and fn.endswith(".json"):
-                names.add(fn[len(prefix):-len(".json")])
+                names.add(fn[len(prefix) : -len(".json")])
     with suppress(FileNotFoundError, NotADirectoryError):
         names.update(os.listdir(os.path.join(pins.PIN_ROOT, str(nsino))))
     return sorted(names)
@@ -57,16 +57,27 @@ def _ring_view(port: Port) -> dict[int, list[dict[str, Any]]]:
     rings = port.rx_rings + port.tx_rings
     for r, d in zip(rings, port.stats()["rings"], strict=True):
         user = (r.tail - r.head) % r.num_slots  # slots in [head, tail): the user's
-        out.setdefault(r.queue, []).append({
-            "port": port.name, "ring": r.ring_id, "kind": d["kind"],
-            "num_slots": r.num_slots, "head": r.head, "cur": r.cur, "tail": r.tail,
-            "user_slots": user, "kernel_slots": r.num_slots - 1 - user,
-            "zerocopy": port.zerocopy, "afxdp": d["kernel"]})
+        out.setdefault(r.queue, []).append(
+            {
+                "port": port.name,
+                "ring": r.ring_id,
+                "kind": d["kind"],
+                "num_slots": r.num_slots,
+                "head": r.head,
+                "cur": r.cur,
+                "tail": r.tail,
+                "user_slots": user,
+                "kernel_slots": r.num_slots - 1 - user,
+                "zerocopy": port.zerocopy,
+                "afxdp": d["kernel"],
+            }
+        )
     return out
 
 
-def interface_status(ifname: str, nsino: int, ports: Sequence[Port] = (),
-                     layer: DeviceLayer | None = None) -> dict[str, Any]:
+def interface_status(
+    ifname: str, nsino: int, ports: Sequence[Port] = (), layer: DeviceLayer | None = None
+) -> dict[str, Any]:
     """Status of one interface (current netns) as a JSON-able dict.
 
     ``ports``: ports open in this process; their rings' occupancy and AF_XDP statistics
@@ -79,30 +90,47 @@ def interface_status(ifname: str, nsino: int, ports: Sequence[Port] = (),
     attach_d: dict[str, Any] | None = None
     if rec is not None:
         attach_d = {
-            "phase": rec.phase, "pid": rec.pid, "pid_alive": pid_alive(rec.pid),
+            "phase": rec.phase,
+            "pid": rec.pid,
+            "pid_alive": pid_alive(rec.pid),
             "time": rec.time,
             "time_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(rec.time)),
-            "mode": rec.mode, "frags": rec.frags, "zerocopy": rec.zerocopy,
-            "rings": rec.rings, "prog_id": rec.prog_id,
-            "saved": json.loads(rec.saved.to_json()), "state_file": state_path(nsino, ifname)}
+            "mode": rec.mode,
+            "frags": rec.frags,
+            "zerocopy": rec.zerocopy,
+            "rings": rec.rings,
+            "prog_id": rec.prog_id,
+            "saved": json.loads(rec.saved.to_json()),
+            "state_file": state_path(nsino, ifname),
+        }
     try:
         info = layer.read(ifname)
     except DeviceError:
         if rec is None and pin is None:
             raise
-        return {"ifname": ifname, "exists": False, "attach": attach_d,
-                "pinned": pin is not None, "pin_dir": pdir if pin else None,
-                "notes": [f"{ifname} no longer exists: stale state; `vtnetmap detach "
-                          f"{ifname}` removes it"]}
+        return {
+            "ifname": ifname,
+            "exists": False,
+            "attach": attach_d,
+            "pinned": pin is not None,
+            "pin_dir": pdir if pin else None,
+            "notes": [
+                f"{ifname} no longer exists: stale state; `vtnetmap detach {ifname}` removes it"
+            ],
+        }
     view = inspect_prog(info.xdp_prog_id, ifname) if info.xdp_prog_id else None
     pinned = bool(pin and pin.ifindex and view and pin.prog_id == view.prog_id)
     notes: list[str] = []
     if rec is not None and not (pinned and rec.phase == "attached"):
-        notes.append(f"stale attach record (phase {rec.phase}, pid {rec.pid}): "
-                     f"`vtnetmap detach {ifname}` repairs it")
+        notes.append(
+            f"stale attach record (phase {rec.phase}, pid {rec.pid}): "
+            f"`vtnetmap detach {ifname}` repairs it"
+        )
     if view is not None and view.ours and not pinned:
-        notes.append("the steering program was attached implicitly by an open port; it goes "
-                     "away with the last port")
+        notes.append(
+            "the steering program was attached implicitly by an open port; it goes "
+            "away with the last port"
+        )
     nq = max(info.rx_queues, info.tx_queues)
     owners = view.owners if view and view.ours else {}
     mine = [p for p in ports if p.ifname == ifname and p.ifindex == info.ifindex]
@@ -113,35 +141,62 @@ def interface_status(ifname: str, nsino: int, ports: Sequence[Port] = (),
     queues = []
     for q in sorted(set(range(nq)) | set(owners) | set(rings)):
         pid = owners.get(q, 0)
-        queues.append({"queue": q, "owner_pid": pid,
-                       "owner_alive": pid_alive(pid) if pid else None,
-                       "beyond_channels": q >= nq, "rings": rings.get(q, [])})
+        queues.append(
+            {
+                "queue": q,
+                "owner_pid": pid,
+                "owner_alive": pid_alive(pid) if pid else None,
+                "beyond_channels": q >= nq,
+                "rings": rings.get(q, []),
+            }
+        )
     if mine:
         afxdp = "shown per ring for the ports of this process"
     else:
-        afxdp = ("per socket: visible only inside the process that owns the socket"
-                 + (f" (pid {describe_pids(owners.values())})" if owners else ""))
-    offloads = {n: {"active": info.features[n].active, "fixed": info.features[n].fixed}
-                for n in offloads_to_disable(info)}
+        afxdp = "per socket: visible only inside the process that owns the socket" + (
+            f" (pid {describe_pids(owners.values())})" if owners else ""
+        )
+    offloads = {
+        n: {"active": info.features[n].active, "fixed": info.features[n].fixed}
+        for n in offloads_to_disable(info)
+    }
     return {
-        "ifname": ifname, "exists": True, "ifindex": info.ifindex, "driver": info.driver,
-        "netns_inode": nsino, "mtu": info.mtu, "oper_up": info.oper_up,
+        "ifname": ifname,
+        "exists": True,
+        "ifindex": info.ifindex,
+        "driver": info.driver,
+        "netns_inode": nsino,
+        "mtu": info.mtu,
+        "oper_up": info.oper_up,
         "vnet_hdr_len": info.vnet_hdr_len,
-        "channels": info.channels.to_dict(), "rx_queues": info.rx_queues,
+        "channels": info.channels.to_dict(),
+        "rx_queues": info.rx_queues,
         "tx_queues": info.tx_queues,
-        "xdp": {"prog_id": info.xdp_prog_id, "mode": info.xdp_mode,
-                "prog_name": view.name if view else None,
-                "vtnetmap": bool(view and view.ours),
-                "frags": bool(view and view.frags)},
-        "pinned": pinned, "pin_dir": pdir if pin else None, "attach": attach_d,
+        "xdp": {
+            "prog_id": info.xdp_prog_id,
+            "mode": info.xdp_mode,
+            "prog_name": view.name if view else None,
+            "vtnetmap": bool(view and view.ours),
+            "frags": bool(view and view.frags),
+        },
+        "pinned": pinned,
+        "pin_dir": pdir if pin else None,
+        "attach": attach_d,
         "offloads": offloads,
         "offloads_on": sorted(n for n, f in offloads.items() if f["active"]),
-        "queues": queues, "afxdp_statistics": afxdp, "notes": notes,
+        "queues": queues,
+        "afxdp_statistics": afxdp,
+        "notes": notes,
     }
 
 
-def status(ifname: str | None = None, *, netns: str | None = None,
-           ports: Sequence[Port] = (), layer: DeviceLayer | None = None) -> dict[str, Any]:
+def status(
+    ifname: str | None = None,
+    *,
+    netns: str | None = None,
+    ports: Sequence[Port] = (),
+    layer: DeviceLayer | None = None,
+) -> dict[str, Any]:
     """Status of ``ifname``, or of every interface of the netns that vtnetmap uses (has
     its program attached, a state file or pins). Changes nothing."""
     if ifname is not None:
@@ -152,6 +207,8 @@ def status(ifname: str | None = None, *, netns: str | None = None,
             names = [ifname]
         else:
             names = sorted(set(_ours_on_links()) | set(_recorded_names(nsino)))
-        return {"netns": netns, "netns_inode": nsino,
-                "interfaces": [interface_status(n, nsino, ports, layer) for n in names]}
-
+        return {
+            "netns": netns,
+            "netns_inode": nsino,
+            "interfaces": [interface_status(n, nsino, ports, layer) for n in names],
+        }

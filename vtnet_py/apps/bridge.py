@@ -66,8 +66,9 @@ def buffers_needed(name: str, netns: str | None = None) -> int:
     return (nic + host) * per_pair
 
 
-def rings_move(rx: Ring, tx: Ring, limit: int, zerocopy: bool,
-               src_bufs: np.ndarray, dst_bufs: np.ndarray) -> tuple[int, int]:
+def rings_move(
+    rx: Ring, tx: Ring, limit: int, zerocopy: bool, src_bufs: np.ndarray, dst_bufs: np.ndarray
+) -> tuple[int, int]:
     """Move up to ``limit`` frames from ``rx`` (from head) to ``tx`` (from head); returns
     (frames, bytes). Zero copy swaps buf_idx; otherwise copies each frame's bytes."""
     m = min(limit, rx.space(), tx.space())
@@ -106,6 +107,7 @@ def tx_avail(port: Port) -> int:
 @dataclass
 class Direction:
     """One direction of the bridge and its counters."""
+
     src: Port
     dst: Port
     label: str
@@ -120,8 +122,17 @@ class Bridge:
     ``a``). The ports stay the caller's to close. ``wake_fd`` is an fd that becomes
     readable to interrupt a sleeping step (the caller drains it)."""
 
-    def __init__(self, a: Port, b: Port, *, burst: int = DEFAULT_BURST, zerocopy: bool = True,
-                 verbose: int = 0, out: TextIO | None = None, wake_fd: int | None = None):
+    def __init__(
+        self,
+        a: Port,
+        b: Port,
+        *,
+        burst: int = DEFAULT_BURST,
+        zerocopy: bool = True,
+        verbose: int = 0,
+        out: TextIO | None = None,
+        wake_fd: int | None = None,
+    ):
         self.a, self.b = a, b
         self.burst = burst
         self.zerocopy = zerocopy and a.memory is not None and a.memory is b.memory
@@ -158,8 +169,11 @@ class Bridge:
             d.bytes += nbytes
             d.batches += 1
             if self.verbose:
-                dlog("rings_move", f"{d.label} fwd {n} packets: rxring {rx.ring_id} --> "
-                     f"txring {tx.ring_id}", self.out)
+                dlog(
+                    "rings_move",
+                    f"{d.label} fwd {n} packets: rxring {rx.ring_id} --> txring {tx.ring_id}",
+                    self.out,
+                )
         d.packets += moved
         return moved
 
@@ -216,8 +230,10 @@ class Bridge:
         def state(p: Port) -> str:
             head = p.rx_rings[0].head if p.rx_rings else 0
             return f"rx {rx_avail(p)}@{head} tx {tx_avail(p)}"
-        dlog("main", f"poll timeout [0] ev 1 0 {state(self.a)}, [1] ev 1 0 {state(self.b)}",
-             self.out)
+
+        dlog(
+            "main", f"poll timeout [0] ev 1 0 {state(self.a)}, [1] ev 1 0 {state(self.b)}", self.out
+        )
 
     def report(self, interval: float, only_if_moved: bool = False) -> None:
         """A rate line for the last ``interval`` seconds (both directions)."""
@@ -227,8 +243,7 @@ class Bridge:
             pk, by = d.packets - d.last[0], d.bytes - d.last[1]
             d.last = (d.packets, d.bytes)
             moved += pk
-            parts.append(f"{d.label}: {pk / interval:.0f} pps {by * 8 / interval / 1e6:.3f} "
-                         f"Mbps")
+            parts.append(f"{d.label}: {pk / interval:.0f} pps {by * 8 / interval / 1e6:.3f} Mbps")
         if moved or not only_if_moved:
             dlog("main", "; ".join(parts), self.out)
 
@@ -236,10 +251,14 @@ class Bridge:
         lines = []
         for d in (self.a2b, self.b2a) if self.a is not self.b else (self.a2b,):
             avg = d.packets / d.batches if d.batches else 0.0
-            lines.append(f"{d.label}: {d.packets} packets {d.bytes} bytes in {d.batches} "
-                         f"batches (avg {avg:.1f})")
-        lines.append(f"polls {self.polls} timeouts {self.timeouts} zerocopy "
-                     f"{'yes' if self.zerocopy else 'no'}")
+            lines.append(
+                f"{d.label}: {d.packets} packets {d.bytes} bytes in {d.batches} "
+                f"batches (avg {avg:.1f})"
+            )
+        lines.append(
+            f"polls {self.polls} timeouts {self.timeouts} zerocopy "
+            f"{'yes' if self.zerocopy else 'no'}"
+        )
         return lines
 
 
@@ -250,9 +269,15 @@ def _side(p: Port) -> str:
     return f"{p.ifname}:{kind}"
 
 
-def open_pair(ifa: str, ifb: str | None, *, copy: bool = False, loopback: bool = False,
-              netns: str | None = None, out: TextIO | None = None,
-              ) -> tuple[Port, Port, Memory | None]:
+def open_pair(
+    ifa: str,
+    ifb: str | None,
+    *,
+    copy: bool = False,
+    loopback: bool = False,
+    netns: str | None = None,
+    out: TextIO | None = None,
+) -> tuple[Port, Port, Memory | None]:
     """Open the two ports as bridge does: one name (or two equal ones) bridges IF's NIC
     rings with its host rings, unless ``loopback``. Both share one Memory sized for both
     (zero copy) unless ``copy``. Returns (a, b, the shared Memory or None); on failure
@@ -267,8 +292,10 @@ def open_pair(ifa: str, ifb: str | None, *, copy: bool = False, loopback: bool =
         dlog("main", "same interface, endpoint 0 goes to host", out)
         spec = parse_port_name(ifa)
         if spec.mode is not RegMode.ALL_NIC:
-            raise UnsupportedError(f"{ifa}: bridging an interface with its host rings needs "
-                                   f"all its NIC rings (netmap:IF, no ring suffix)")
+            raise UnsupportedError(
+                f"{ifa}: bridging an interface with its host rings needs "
+                f"all its NIC rings (netmap:IF, no ring suffix)"
+            )
         ifa = str(dataclasses.replace(spec, name="", mode=RegMode.SW))
     elif same:
         dlog("main", "same interface, loopbacking traffic", out)

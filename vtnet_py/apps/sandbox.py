@@ -31,17 +31,43 @@ class Sandbox:
     @classmethod
     def create(cls, queues: int = 1, prefix: str = "vtdemo") -> Sandbox:
         tag = secrets.token_hex(2)
-        sb = cls(ns_rx=f"{prefix}{tag}r", ns_tx=f"{prefix}{tag}t", if_rx=f"vtd{tag}r",
-                 if_tx=f"vtd{tag}t", queues=queues)
+        sb = cls(
+            ns_rx=f"{prefix}{tag}r",
+            ns_tx=f"{prefix}{tag}t",
+            if_rx=f"vtd{tag}r",
+            if_tx=f"vtd{tag}t",
+            queues=queues,
+        )
         try:
             _ip("netns", "add", sb.ns_rx)
             _ip("netns", "add", sb.ns_tx)
             q = str(queues)
-            _ip("link", "add", sb.if_rx, "numtxqueues", q, "numrxqueues", q, "netns",
-                sb.ns_rx, "type", "veth", "peer", "name", sb.if_tx, "numtxqueues", q,
-                "numrxqueues", q, "netns", sb.ns_tx)
-            for ns, dev, addr in ((sb.ns_rx, sb.if_rx, "198.51.100.1/24"),
-                                  (sb.ns_tx, sb.if_tx, "198.51.100.2/24")):
+            _ip(
+                "link",
+                "add",
+                sb.if_rx,
+                "numtxqueues",
+                q,
+                "numrxqueues",
+                q,
+                "netns",
+                sb.ns_rx,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                sb.if_tx,
+                "numtxqueues",
+                q,
+                "numrxqueues",
+                q,
+                "netns",
+                sb.ns_tx,
+            )
+            for ns, dev, addr in (
+                (sb.ns_rx, sb.if_rx, "198.51.100.1/24"),
+                (sb.ns_tx, sb.if_tx, "198.51.100.2/24"),
+            ):
                 _ip("-n", ns, "addr", "add", addr, "dev", dev)
                 _ip("-n", ns, "link", "set", dev, "up")
         except BaseException:

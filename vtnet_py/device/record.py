@@ -52,10 +52,16 @@ def check_ifname(ifname: str) -> None:
     before it is looked up or put into a path: "/" or ".." would reach outside the state
     and pin directories, and a control character would be echoed into messages."""
     raw = ifname.encode("utf-8", "replace")
-    if (not ifname or ifname in (".", "..") or len(raw) > 15
-            or any(c in "/:" or c.isspace() or not c.isprintable() for c in ifname)):
-        raise DeviceError(f"{ifname!r} is not a valid interface name (Linux: 1 to 15 bytes, "
-                          f"printable, no '/', ':' or whitespace)")
+    if (
+        not ifname
+        or ifname in (".", "..")
+        or len(raw) > 15
+        or any(c in "/:" or c.isspace() or not c.isprintable() for c in ifname)
+    ):
+        raise DeviceError(
+            f"{ifname!r} is not a valid interface name (Linux: 1 to 15 bytes, "
+            f"printable, no '/', ':' or whitespace)"
+        )
 
 
 @dataclass
@@ -97,13 +103,22 @@ class AttachRecord:
                 raise ValueError("bad zerocopy")
             saved = SavedState.from_json(json.dumps(d["saved"]))
             return cls(
-                ifname=str(d["ifname"]), ifindex=int(d["ifindex"]),
-                netns_inode=int(d["netns_inode"]), phase=d["phase"], saved=saved,
-                mode=str(d["mode"]), frags=bool(d["frags"]), zerocopy=d["zerocopy"],
+                ifname=str(d["ifname"]),
+                ifindex=int(d["ifindex"]),
+                netns_inode=int(d["netns_inode"]),
+                phase=d["phase"],
+                saved=saved,
+                mode=str(d["mode"]),
+                frags=bool(d["frags"]),
+                zerocopy=d["zerocopy"],
                 rings=None if d.get("rings") is None else int(d["rings"]),
-                pid=int(d["pid"]), time=float(d["time"]), netns=d.get("netns"),
-                prog_id=int(d.get("prog_id") or 0), link_id=int(d.get("link_id") or 0),
-                pin_dir=str(d.get("pin_dir") or ""))
+                pid=int(d["pid"]),
+                time=float(d["time"]),
+                netns=d.get("netns"),
+                prog_id=int(d.get("prog_id") or 0),
+                link_id=int(d.get("link_id") or 0),
+                pin_dir=str(d.get("pin_dir") or ""),
+            )
         except (ValueError, KeyError, TypeError, DeviceError) as exc:
             raise DeviceError(f"{where} is not readable: {exc}") from exc
 
@@ -117,8 +132,7 @@ def read_record(nsino: int, ifname: str) -> AttachRecord | None:
     except FileNotFoundError:
         return None
     except PermissionError as exc:
-        raise PrivilegeError(f"{path} is root-only: reading vtnetmap's state needs root"
-                             ) from exc
+        raise PrivilegeError(f"{path} is root-only: reading vtnetmap's state needs root") from exc
     return AttachRecord.from_json(text, path)
 
 
@@ -158,8 +172,9 @@ def locked() -> Iterator[None]:
         mkdirs_0700(STATE_DIR)
         fd = os.open(STATE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except PermissionError as exc:
-        raise PrivilegeError(f"{STATE_DIR} is root-only: `vtnetmap attach/detach` need root "
-                             f"(CAP_NET_ADMIN, CAP_BPF)") from exc
+        raise PrivilegeError(
+            f"{STATE_DIR} is root-only: `vtnetmap attach/detach` need root (CAP_NET_ADMIN, CAP_BPF)"
+        ) from exc
     try:
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         while True:
@@ -168,8 +183,10 @@ def locked() -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise BusyError(f"another `vtnetmap attach/detach` has held {STATE_DIR} "
-                                    f"for {LOCK_TIMEOUT_S:.0f} s; try again") from None
+                    raise BusyError(
+                        f"another `vtnetmap attach/detach` has held {STATE_DIR} "
+                        f"for {LOCK_TIMEOUT_S:.0f} s; try again"
+                    ) from None
                 time.sleep(0.05)
         yield
     finally:
@@ -189,4 +206,3 @@ def attached_zerocopy(ifname: str, asked: str) -> str:
     if rec is None or rec.phase != "attached":
         return asked
     return rec.zerocopy
-

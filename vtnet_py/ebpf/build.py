@@ -49,9 +49,10 @@ def cache_dir() -> Path:
         os.chmod(d, 0o700)
     except PermissionError as exc:
         # the cache is root's; whoever cannot use it cannot load the program either
-        raise PrivilegeError(f"the BPF program cache {d} belongs to root: loading vtnetmap's "
-                             f"XDP program needs CAP_BPF and CAP_NET_ADMIN (run as root)"
-                             ) from exc
+        raise PrivilegeError(
+            f"the BPF program cache {d} belongs to root: loading vtnetmap's "
+            f"XDP program needs CAP_BPF and CAP_NET_ADMIN (run as root)"
+        ) from exc
     return d
 
 
@@ -61,8 +62,10 @@ def bpf_source_dir() -> Path:
     for cand in (here / "bpf", here.parent / "bpf"):
         if (cand / "steer.c").is_file():
             return cand
-    raise VtnetError(f"vtnetmap's BPF sources (steer.c) are missing: looked in {here / 'bpf'} "
-                     f"and {here.parent / 'bpf'}; reinstall the package")
+    raise VtnetError(
+        f"vtnetmap's BPF sources (steer.c) are missing: looked in {here / 'bpf'} "
+        f"and {here.parent / 'bpf'}; reinstall the package"
+    )
 
 
 # --- kernel headers ---------------------------------------------------------------------
@@ -112,10 +115,11 @@ def find_kernel_headers() -> Path | None:
             raise UnsupportedError(
                 f"no kernel headers for the running kernel {release} and none installed by the "
                 "distribution: install them (Debian: apt-get install linux-headers-amd64); "
-                "bcc needs headers to compile vtnetmap's XDP program")
+                "bcc needs headers to compile vtnetmap's XDP program"
+            )
 
         def version_key(item: tuple[Path, Path | None]) -> list[int]:
-            ver = item[0].name[len("linux-headers-"):].split("-")[0]
+            ver = item[0].name[len("linux-headers-") :].split("-")[0]
             return [int(x) for x in ver.split(".") if x.isdigit()]
 
         arch_dir, common_dir = max(candidates, key=version_key)
@@ -132,13 +136,18 @@ def find_kernel_headers() -> Path | None:
             # said once: a warning when the merged tree is first made on this machine (or
             # cache directory), an info line in later processes
             _headers_said = True
-            log.log(logging.WARNING if first_time else logging.INFO,
-                    "vtnetmap: no headers for running kernel %s; compiling BPF against %s "
-                    "(XDP/TC programs use only stable UAPI)", release, arch_dir.name)
+            log.log(
+                logging.WARNING if first_time else logging.INFO,
+                "vtnetmap: no headers for running kernel %s; compiling BPF against %s "
+                "(XDP/TC programs use only stable UAPI)",
+                release,
+                arch_dir.name,
+            )
         return merged
 
 
 # --- images -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MapSpec:
@@ -153,6 +162,7 @@ class MapSpec:
 @dataclass(frozen=True)
 class ProgramImage:
     """Compiled instructions with map fds to patch, and the maps' shapes."""
+
     source: str
     insns: dict[str, bytes]
     maps: dict[int, MapSpec]  # the placeholder fd baked into insns -> its shape
@@ -173,18 +183,19 @@ _compile_lock = threading.Lock()
 _memory_cache: dict[str, ProgramImage] = {}
 
 
-def _image_key(source_text: str, funcs: tuple[str, ...], cflags: tuple[str, ...],
-               headers: Path | None) -> str:
+def _image_key(
+    source_text: str, funcs: tuple[str, ...], cflags: tuple[str, ...], headers: Path | None
+) -> str:
     h = hashlib.sha256()
-    for part in (source_text, ",".join(funcs), ",".join(cflags), str(headers),
-                 str(IMAGE_FORMAT)):
+    for part in (source_text, ",".join(funcs), ",".join(cflags), str(headers), str(IMAGE_FORMAT)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
 
 
-def compile_image(source: str, funcs: tuple[str, ...], cflags: tuple[str, ...] = ()
-                  ) -> ProgramImage:
+def compile_image(
+    source: str, funcs: tuple[str, ...], cflags: tuple[str, ...] = ()
+) -> ProgramImage:
     """Compile ``bpf/<source>`` with bcc (or take it from the cache) into an image."""
     text = (bpf_source_dir() / source).read_text()
     headers = find_kernel_headers()
@@ -206,10 +217,13 @@ def compile_image(source: str, funcs: tuple[str, ...], cflags: tuple[str, ...] =
 
 
 def _image_to_json(image: ProgramImage) -> dict:
-    return {"format": IMAGE_FORMAT, "source": image.source,
-            "insns": {k: v.hex() for k, v in image.insns.items()},
-            "maps": {str(fd): vars(m) for fd, m in image.maps.items()},
-            "extra_maps": [vars(m) for m in image.extra_maps]}
+    return {
+        "format": IMAGE_FORMAT,
+        "source": image.source,
+        "insns": {k: v.hex() for k, v in image.insns.items()},
+        "maps": {str(fd): vars(m) for fd, m in image.maps.items()},
+        "extra_maps": [vars(m) for m in image.extra_maps],
+    }
 
 
 def _load_image(path: Path) -> ProgramImage | None:
@@ -223,27 +237,28 @@ def _image_from_json(data: dict) -> ProgramImage | None:
     try:
         if data.get("format") != IMAGE_FORMAT:
             return None
-        return ProgramImage(source=data["source"],
-                            insns={k: bytes.fromhex(v) for k, v in data["insns"].items()},
-                            maps={int(fd): MapSpec(**m) for fd, m in data["maps"].items()},
-                            extra_maps=tuple(MapSpec(**m) for m in data["extra_maps"]))
+        return ProgramImage(
+            source=data["source"],
+            insns={k: bytes.fromhex(v) for k, v in data["insns"].items()},
+            maps={int(fd): MapSpec(**m) for fd, m in data["maps"].items()},
+            extra_maps=tuple(MapSpec(**m) for m in data["extra_maps"]),
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _compile_in_child(source: str, funcs: tuple[str, ...], cflags: tuple[str, ...],
-                      headers: Path | None) -> ProgramImage:
+def _compile_in_child(
+    source: str, funcs: tuple[str, ...], cflags: tuple[str, ...], headers: Path | None
+) -> ProgramImage:
     """Run bcc in a child process: bcc (LLVM) crashes when it compiles on a thread other
     than the main one, and a child also keeps LLVM's memory and any crash out of the
     caller. The child prints the image as JSON."""
     env = dict(os.environ)
     if headers is not None:
         env["BCC_KERNEL_SOURCE"] = str(headers)
-    args = [sys.executable, "-m", "vtnet_py.ebpf.build", source, ",".join(funcs),
-            *cflags]
+    args = [sys.executable, "-m", "vtnet_py.ebpf.build", source, ",".join(funcs), *cflags]
     here = str(Path(__file__).resolve().parents[2])  # the directory holding vtnet_py
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                else "")
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     r = subprocess.run(args, capture_output=True, text=True, env=env)
     if r.returncode == 3:
         raise PrivilegeError(r.stderr.strip().splitlines()[-1])
@@ -291,25 +306,31 @@ def _has_cap(bit: int) -> bool:
     return True
 
 
-def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
-                      cflags: tuple[str, ...], headers: Path | None) -> ProgramImage:
+def _compile_with_bcc(
+    source: str, text: str, funcs: tuple[str, ...], cflags: tuple[str, ...], headers: Path | None
+) -> ProgramImage:
     if headers is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers)
     try:
         from bcc import BPF
     except ImportError as exc:
-        raise UnsupportedError("bcc is not importable: install Debian's python3-bpfcc and use "
-                               "a venv made with --system-site-packages") from exc
+        raise UnsupportedError(
+            "bcc is not importable: install Debian's python3-bpfcc and use "
+            "a venv made with --system-site-packages"
+        ) from exc
     try:
         b = BPF(text=text, cflags=list(cflags))
     except Exception as exc:  # bcc raises bare Exception
         # bcc creates the maps while compiling (an XSKMAP needs CAP_NET_ADMIN): root
         # without these capabilities fails here just like a non-root user
         admin = _has_cap(CAP_SYS_ADMIN)
-        if os.geteuid() != 0 or not ((_has_cap(CAP_BPF) or admin)
-                                     and (_has_cap(CAP_NET_ADMIN) or admin)):
-            raise PrivilegeError(f"compiling {source} with bcc needs CAP_BPF, CAP_PERFMON "
-                                 "and CAP_NET_ADMIN (run as root)") from exc
+        if os.geteuid() != 0 or not (
+            (_has_cap(CAP_BPF) or admin) and (_has_cap(CAP_NET_ADMIN) or admin)
+        ):
+            raise PrivilegeError(
+                f"compiling {source} with bcc needs CAP_BPF, CAP_PERFMON "
+                "and CAP_NET_ADMIN (run as root)"
+            ) from exc
         raise VtnetError(f"bcc failed to compile {source}: {exc}") from exc
     try:
         insns = {fn: bytes(b.dump_func(fn.encode())) for fn in funcs}
@@ -320,6 +341,7 @@ def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
                     maps[fd] = _spec_of(fd)
         extra = []
         from bcc.libbcc import lib
+
         for i in range(lib.bpf_num_tables(b.module)):
             fd = lib.bpf_table_fd_id(b.module, i)
             if fd >= 0 and fd not in maps:
@@ -331,16 +353,23 @@ def _compile_with_bcc(source: str, text: str, funcs: tuple[str, ...],
 
 def _spec_of(fd: int) -> MapSpec:
     info = bpf.map_info(fd)
-    return MapSpec(name=info.name.decode(), map_type=info.type, key_size=info.key_size,
-                   value_size=info.value_size, max_entries=info.max_entries,
-                   flags=info.map_flags)
+    return MapSpec(
+        name=info.name.decode(),
+        map_type=info.type,
+        key_size=info.key_size,
+        value_size=info.value_size,
+        max_entries=info.max_entries,
+        flags=info.map_flags,
+    )
 
 
 # --- instances --------------------------------------------------------------------------
 
+
 @dataclass
 class LoadedProgram:
     """A loaded program and its own maps; close() releases every fd."""
+
     prog_fd: int
     maps: dict[str, int]
     name: str
@@ -356,9 +385,16 @@ class LoadedProgram:
         self.maps = {}
 
 
-def instantiate(image: ProgramImage, func: str, prog_type: int, *, name: str,
-                prog_flags: int = 0, expected_attach_type: int = 0,
-                map_sizes: dict[str, int] | None = None) -> LoadedProgram:
+def instantiate(
+    image: ProgramImage,
+    func: str,
+    prog_type: int,
+    *,
+    name: str,
+    prog_flags: int = 0,
+    expected_attach_type: int = 0,
+    map_sizes: dict[str, int] | None = None,
+) -> LoadedProgram:
     """Create fresh maps for ``image``, patch them in and load ``func``.
 
     On failure every fd made here is closed again.
@@ -369,16 +405,27 @@ def instantiate(image: ProgramImage, func: str, prog_type: int, *, name: str,
         specs = list(image.maps.items()) + [(-1, m) for m in image.extra_maps]
         for placeholder, spec in specs:
             entries = (map_sizes or {}).get(spec.name, spec.max_entries)
-            fd = bpf.map_create(spec.map_type, spec.key_size, spec.value_size, entries,
-                                name=spec.name, flags=spec.flags)
+            fd = bpf.map_create(
+                spec.map_type,
+                spec.key_size,
+                spec.value_size,
+                entries,
+                name=spec.name,
+                flags=spec.flags,
+            )
             created[spec.name] = fd
             if placeholder >= 0:
                 fd_map[placeholder] = fd
         code = bytearray(image.insns[func])
         for off, old in _map_fd_slots(bytes(code)):
             struct.pack_into("<i", code, off, fd_map[old])
-        prog_fd = bpf.prog_load(prog_type, bytes(code), name, prog_flags=prog_flags,
-                                expected_attach_type=expected_attach_type)
+        prog_fd = bpf.prog_load(
+            prog_type,
+            bytes(code),
+            name,
+            prog_flags=prog_flags,
+            expected_attach_type=expected_attach_type,
+        )
         loaded = LoadedProgram(prog_fd=prog_fd, maps=created, name=name)
         try:
             for spec in image.extra_maps:  # make unreferenced maps findable from the prog
@@ -391,8 +438,9 @@ def instantiate(image: ProgramImage, func: str, prog_type: int, *, name: str,
         for fd in created.values():
             os.close(fd)
         if exc.errno == 1:  # EPERM
-            raise PrivilegeError(f"loading BPF program {name!r} needs CAP_BPF and "
-                                 "CAP_NET_ADMIN") from exc
+            raise PrivilegeError(
+                f"loading BPF program {name!r} needs CAP_BPF and CAP_NET_ADMIN"
+            ) from exc
         raise UnsupportedError(f"loading BPF program {name!r}: {exc.strerror}") from exc
     except BaseException:
         for fd in created.values():

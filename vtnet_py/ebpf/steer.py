@@ -53,8 +53,16 @@ def xdp_attachment(ifindex: int) -> tuple[int, str | None]:
     prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
     attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
     # pyroute2 decodes IFLA_XDP_ATTACHED to a name ("xdp", ...); older versions to the int
-    mode = {1: "native", 2: "generic", 3: "offload", 4: "multi", "xdp": "native",
-            "xdpgeneric": "generic", "xdpoffload": "offload", "xdpmulti": "multi"}.get(attached)
+    mode = {
+        1: "native",
+        2: "generic",
+        3: "offload",
+        4: "multi",
+        "xdp": "native",
+        "xdpgeneric": "generic",
+        "xdpoffload": "offload",
+        "xdpmulti": "multi",
+    }.get(attached)
     return int(prog_id), mode
 
 
@@ -101,12 +109,14 @@ class Steering:
                 raise InterfaceChangedError(
                     f"{ifname}: the steering program this process uses (id {st.prog_id}) was "
                     f"detached meanwhile (`vtnetmap detach {ifname}`?); close this process's "
-                    f"ports on {ifname}, then open again")
+                    f"ports on {ifname}, then open again"
+                )
             elif frags and not st.frags:
                 raise UnsupportedError(
                     f"{ifname}: the steering program in use is not multi-buffer aware; close "
                     f"the ports on {ifname} (or `vtnetmap detach {ifname}`) and open with "
-                    f"frags first")
+                    f"frags first"
+                )
             st._refs += 1
             return st
 
@@ -198,9 +208,14 @@ class _Retry(Exception):
 def _attach(ifname: str, ifindex: int, mode: str | None, frags: bool) -> _Held:
     image = compile_image("steer.c", (PROG_NAME,), (f"-DVTNM_MAX_QUEUES={MAX_QUEUES}",))
     name = PROG_NAME_FRAGS if frags else PROG_NAME
-    prog = instantiate(image, PROG_NAME, K.BPF_PROG_TYPE_XDP, name=name,
-                       prog_flags=K.BPF_F_XDP_HAS_FRAGS if frags else 0,
-                       expected_attach_type=K.BPF_XDP)
+    prog = instantiate(
+        image,
+        PROG_NAME,
+        K.BPF_PROG_TYPE_XDP,
+        name=name,
+        prog_flags=K.BPF_F_XDP_HAS_FRAGS if frags else 0,
+        expected_attach_type=K.BPF_XDP,
+    )
     try:
         modes = [mode] if mode else ["native", "generic"]
         for i, m in enumerate(modes):
@@ -210,20 +225,32 @@ def _attach(ifname: str, ifindex: int, mode: str | None, frags: bool) -> _Held:
                 if exc.errno == errno.EBUSY or exc.errno == errno.EEXIST:
                     raise _Retry(f"{ifname} got an XDP program meanwhile") from exc
                 if exc.errno == errno.EPERM:
-                    raise PrivilegeError(f"{ifname}: attaching XDP needs CAP_NET_ADMIN and "
-                                         f"CAP_BPF") from exc
+                    raise PrivilegeError(
+                        f"{ifname}: attaching XDP needs CAP_NET_ADMIN and CAP_BPF"
+                    ) from exc
                 if i + 1 < len(modes) and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                    log.warning("vtnetmap: %s has no native XDP (%s); using generic (SKB) "
-                                "XDP, which is much slower", ifname, exc.strerror)
+                    log.warning(
+                        "vtnetmap: %s has no native XDP (%s); using generic (SKB) "
+                        "XDP, which is much slower",
+                        ifname,
+                        exc.strerror,
+                    )
                     continue
                 why = exc.strerror or str(exc)
                 if exc.errno == errno.EINVAL and frags is False:
                     why += " (an MTU too large for single-buffer XDP? open with frags=True)"
-                raise UnsupportedError(f"{ifname}: attaching XDP in {m} mode refused: "
-                                       f"{why}") from exc
-            held = _Held(link_fd=link, prog_fd=prog.prog_fd, xsks_fd=prog.maps["xsks"],
-                         owners_fd=prog.maps["owners"], prog_id=bpf.prog_info(prog.prog_fd)[0].id,
-                         mode=m, frags=frags)
+                raise UnsupportedError(
+                    f"{ifname}: attaching XDP in {m} mode refused: {why}"
+                ) from exc
+            held = _Held(
+                link_fd=link,
+                prog_fd=prog.prog_fd,
+                xsks_fd=prog.maps["xsks"],
+                owners_fd=prog.maps["owners"],
+                prog_id=bpf.prog_info(prog.prog_fd)[0].id,
+                mode=m,
+                frags=frags,
+            )
             return held
         raise AssertionError("unreachable")
     except BaseException:
@@ -243,20 +270,24 @@ def _join(ifname: str, ifindex: int, prog_id: int, cur_mode: str | None, frags: 
         info, map_ids = bpf.prog_info(prog_fd)
         name = info.name.decode()
         if name not in (PROG_NAME, PROG_NAME_FRAGS):
-            raise BusyError(f"{ifname} already has an XDP program (id {prog_id}, name "
-                            f"{name!r}) that is not vtnetmap's; detach it first")
+            raise BusyError(
+                f"{ifname} already has an XDP program (id {prog_id}, name "
+                f"{name!r}) that is not vtnetmap's; detach it first"
+            )
         if frags and name != PROG_NAME_FRAGS:
             raise UnsupportedError(
                 f"{ifname}: the steering program attached (id {prog_id}) is not multi-buffer "
-                f"aware; close the other ports on {ifname} (or `vtnetmap detach {ifname}`)")
+                f"aware; close the other ports on {ifname} (or `vtnetmap detach {ifname}`)"
+            )
         maps: dict[str, int] = {}
         for mid in map_ids:
             mfd = bpf.map_fd_by_id(mid)
             fds.append(mfd)
             maps[bpf.map_info(mfd).name.decode()] = mfd
         if "xsks" not in maps or "owners" not in maps:
-            raise BusyError(f"{ifname}: XDP program {prog_id} is named like vtnetmap's but "
-                            f"lacks its maps")
+            raise BusyError(
+                f"{ifname}: XDP program {prog_id} is named like vtnetmap's but lacks its maps"
+            )
         link_fd = xdp_link_fd(prog_id)
         if link_fd < 0:
             # attached without a link (a pinned `vtnetmap attach`), or the link just died
@@ -264,9 +295,15 @@ def _join(ifname: str, ifindex: int, prog_id: int, cur_mode: str | None, frags: 
             if prog_now != prog_id:
                 raise _Retry("program detached while joining")
         fds.append(link_fd)
-        return _Held(link_fd=link_fd, prog_fd=prog_fd, xsks_fd=maps["xsks"],
-                     owners_fd=maps["owners"], prog_id=prog_id, mode=cur_mode,
-                     frags=name == PROG_NAME_FRAGS)
+        return _Held(
+            link_fd=link_fd,
+            prog_fd=prog_fd,
+            xsks_fd=maps["xsks"],
+            owners_fd=maps["owners"],
+            prog_id=prog_id,
+            mode=cur_mode,
+            frags=name == PROG_NAME_FRAGS,
+        )
     except BaseException:
         for fd in fds:
             if fd >= 0:
@@ -277,8 +314,9 @@ def _join(ifname: str, ifindex: int, prog_id: int, cur_mode: str | None, frags: 
 PIN_NAMES = ("xsks", "owners", "link")  # the link last: a pinned link implies pinned maps
 
 
-def attach_pinned(ifname: str, ifindex: int, mode: str, frags: bool,
-                  pin_dir: str) -> tuple[int, int]:
+def attach_pinned(
+    ifname: str, ifindex: int, mode: str, frags: bool, pin_dir: str
+) -> tuple[int, int]:
     """Attach the steering program to ``ifname`` (current netns) with a BPF link and pin
     the maps ``xsks``, ``owners`` and then the link in ``pin_dir`` (an existing bpffs
     directory), files 0600, so the program stays attached after this process exits and
@@ -304,8 +342,9 @@ def attach_pinned(ifname: str, ifindex: int, mode: str, frags: bool,
         for path in reversed(made):
             with suppress(OSError):
                 os.unlink(path)
-        raise DeviceError(f"{ifname}: pinning the steering program in {pin_dir} failed: "
-                          f"{exc.strerror or exc}") from exc
+        raise DeviceError(
+            f"{ifname}: pinning the steering program in {pin_dir} failed: {exc.strerror or exc}"
+        ) from exc
     finally:
         for fd in (held.xsks_fd, held.owners_fd, held.prog_fd, held.link_fd):
             os.close(fd)

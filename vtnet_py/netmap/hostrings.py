@@ -91,8 +91,13 @@ FAR_PREFIX = "vtnmH"  # far end, in the port's private namespace
 EG_PROG = "vtnm_host_eg"
 IN_PROG = "vtnm_host_in"
 # bpf/host.c counters, in index order
-HOST_COUNTERS = ("to_host_rx", "gso_segmented", "oversize_dropped", "owner_gone_passed",
-                 "from_host_tx")
+HOST_COUNTERS = (
+    "to_host_rx",
+    "gso_segmented",
+    "oversize_dropped",
+    "owner_gone_passed",
+    "from_host_tx",
+)
 CFG_NEAR, CFG_IFINDEX, CFG_MAX_LEN, CFG_DIVERT = 0, 1, 2, 3
 TC_MODE_ENV = "VTNETMAP_HOST_TC"  # "tcx" or "clsact": force the attachment kind
 TC_PRIO = 0xC1  # cls_bpf filter priority used for our filters (clsact fallback only)
@@ -101,9 +106,14 @@ ETH_VLAN_LEN = 14 + 4  # what a frame may add to the MTU: Ethernet header and on
 HOST_RINGS = 1  # host ring pairs per interface (netmap's default)
 _OWNER_RE = re.compile(r"^vtnetmap host rings of (\S+): pid (\d+) start (\d+)$")
 # ethtool feature names the near end must have off (see the module docstring)
-_OFFLOAD_PATTERNS = (re.compile(r"^tx-checksum"), re.compile(r"^tx-.*segmentation$"),
-                     re.compile(r"^tx-gso-"), re.compile(r"^tx-scatter-gather"),
-                     re.compile(r"^rx-gro"), re.compile(r"^rx-lro$"))
+_OFFLOAD_PATTERNS = (
+    re.compile(r"^tx-checksum"),
+    re.compile(r"^tx-.*segmentation$"),
+    re.compile(r"^tx-gso-"),
+    re.compile(r"^tx-scatter-gather"),
+    re.compile(r"^rx-gro"),
+    re.compile(r"^rx-lro$"),
+)
 
 
 def helper_names(ifindex: int) -> tuple[str, str]:
@@ -112,6 +122,7 @@ def helper_names(ifindex: int) -> tuple[str, str]:
 
 
 # --- owners -------------------------------------------------------------------------------
+
 
 def _proc_start(pid: int) -> int | None:
     """Start time (clock ticks since boot) of ``pid``, or None when it does not exist."""
@@ -166,13 +177,24 @@ def check_request(spec: Any, zerocopy: str) -> str:
     if spec.mode is not RegMode.NIC_SW:
         return zerocopy
     if zerocopy == "on":
-        raise UnsupportedError(f"{spec.name}: host rings share the NIC rings' memory and "
-                               f"work in copy mode only; zerocopy='on' is impossible here")
+        raise UnsupportedError(
+            f"{spec.name}: host rings share the NIC rings' memory and "
+            f"work in copy mode only; zerocopy='on' is impossible here"
+        )
     return "off"
 
 
-def port_built(port: Port, info: DeviceInfo, mem: Memory, *, rx_slots: int, tx_slots: int,
-               first_buf: int, frags: bool, max_frags: int) -> None:
+def port_built(
+    port: Port,
+    info: DeviceInfo,
+    mem: Memory,
+    *,
+    rx_slots: int,
+    tx_slots: int,
+    first_buf: int,
+    frags: bool,
+    max_frags: int,
+) -> None:
     """Called by open_port after the NIC rings exist (inside IF's namespace): note NIC TX
     rings in netmap mode, and open the host rings if the port name asks for them. On
     failure what this made is undone by :func:`port_closing` (open_port closes the port).
@@ -185,8 +207,14 @@ def port_built(port: Port, info: DeviceInfo, mem: Memory, *, rx_slots: int, tx_s
         return
     host = HostRings(port, info, key)
     port._host = host
-    host.open(mem, rx_slots=rx_slots, tx_slots=tx_slots, first_buf=first_buf, frags=frags,
-              max_frags=max_frags)
+    host.open(
+        mem,
+        rx_slots=rx_slots,
+        tx_slots=tx_slots,
+        first_buf=first_buf,
+        frags=frags,
+        max_frags=max_frags,
+    )
 
 
 def port_closing(port: Port) -> None:
@@ -202,6 +230,7 @@ def port_closing(port: Port) -> None:
 
 # --- namespaces ---------------------------------------------------------------------------
 
+
 def _new_private_netns() -> int:
     """An fd of a fresh, anonymous network namespace; the calling thread stays where it
     is. The namespace lives while the fd (or a socket made inside it) does."""
@@ -210,8 +239,7 @@ def _new_private_netns() -> int:
         if K.libc.unshare(K.CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             if err == errno.EPERM:
-                raise PrivilegeError("host rings: creating a network namespace needs "
-                                     "CAP_SYS_ADMIN")
+                raise PrivilegeError("host rings: creating a network namespace needs CAP_SYS_ADMIN")
             raise DeviceError(f"host rings: unshare(CLONE_NEWNET): {os.strerror(err)}")
         try:
             return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -243,32 +271,42 @@ def _offloads_off(ifname: str) -> None:
     eth = IoctlEthtool(ifname)
     try:
         feats = eth.get_features()
-        names = [n for n in feats.keys()
-                 if any(p.match(n) for p in _OFFLOAD_PATTERNS) and feats.is_available(n)]
+        names = [
+            n
+            for n in feats.keys()
+            if any(p.match(n) for p in _OFFLOAD_PATTERNS) and feats.is_available(n)
+        ]
         for n in names:
             feats.set_value(n, False)
         with suppress(Exception):  # partial success is reported as an error; check below
             eth.set_features(feats)
         after = eth.get_features()
-        left = [n for n in after.keys() if after.is_active(n) and
-                (n.startswith("tx-checksum") or n.endswith("segmentation"))
-                and n not in ("tx-checksum-fcoe-crc", "tx-fcoe-segmentation")]
+        left = [
+            n
+            for n in after.keys()
+            if after.is_active(n)
+            and (n.startswith("tx-checksum") or n.endswith("segmentation"))
+            and n not in ("tx-checksum-fcoe-crc", "tx-fcoe-segmentation")
+        ]
         if left:
-            raise DeviceError(f"{ifname}: could not turn off {', '.join(left)} on the host "
-                              f"ring helper")
+            raise DeviceError(
+                f"{ifname}: could not turn off {', '.join(left)} on the host ring helper"
+            )
     finally:
         eth.close()
 
 
 # --- TC attachments -----------------------------------------------------------------------
 
+
 class _TcAttachment:
     """One TC program on one hook of one interface: a tcx link or a cls_bpf filter
     (direct-action), or with ``mirred_to`` a classic cls_bpf filter whose act_mirred action
     redirects every frame it matches into that interface's ingress."""
 
-    def __init__(self, ifindex: int, egress: bool, prog: LoadedProgram, mode: str | None,
-                 mirred_to: int = 0):
+    def __init__(
+        self, ifindex: int, egress: bool, prog: LoadedProgram, mode: str | None, mirred_to: int = 0
+    ):
         self.ifindex = ifindex
         self.egress = egress
         self.link_fd = -1
@@ -281,17 +319,20 @@ class _TcAttachment:
         if mode in (None, "tcx"):
             try:
                 self.link_fd = bpf.link_create(
-                    prog.prog_fd, ifindex, K.BPF_TCX_EGRESS if egress else K.BPF_TCX_INGRESS)
+                    prog.prog_fd, ifindex, K.BPF_TCX_EGRESS if egress else K.BPF_TCX_INGRESS
+                )
                 self.kind = "tcx"
                 return
             except OSError as exc:
                 if exc.errno == errno.EPERM:
-                    raise PrivilegeError("attaching a TC program needs CAP_NET_ADMIN and "
-                                         "CAP_BPF") from exc
+                    raise PrivilegeError(
+                        "attaching a TC program needs CAP_NET_ADMIN and CAP_BPF"
+                    ) from exc
                 # EINVAL: a kernel without tcx (before 6.6) does not know the attach type
                 if mode == "tcx" or exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                    raise DeviceError(f"ifindex {ifindex}: tcx attach failed: "
-                                      f"{exc.strerror}") from exc
+                    raise DeviceError(
+                        f"ifindex {ifindex}: tcx attach failed: {exc.strerror}"
+                    ) from exc
         self._attach_cls_bpf(prog)
         self.kind = "clsact"
 
@@ -301,8 +342,14 @@ class _TcAttachment:
 
     def _attach_cls_bpf(self, prog: LoadedProgram, mirred_to: int = 0) -> None:
         if mirred_to:
-            how: dict[str, Any] = {"action": {"kind": "mirred", "direction": "ingress",
-                                              "action": "redirect", "ifindex": mirred_to}}
+            how: dict[str, Any] = {
+                "action": {
+                    "kind": "mirred",
+                    "direction": "ingress",
+                    "action": "redirect",
+                    "ifindex": mirred_to,
+                }
+            }
         else:
             how = {"direct_action": True}
         with IPRoute() as ipr:
@@ -311,17 +358,29 @@ class _TcAttachment:
                 self.created_qdisc = True
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
-                    raise DeviceError(f"ifindex {self.ifindex}: adding a clsact qdisc: "
-                                      f"{exc}") from exc
+                    raise DeviceError(
+                        f"ifindex {self.ifindex}: adding a clsact qdisc: {exc}"
+                    ) from exc
             try:
-                ipr.tc("add-filter", "bpf", self.ifindex, TC_HANDLE, fd=prog.prog_fd,
-                       name=prog.name, parent=self.parent, classid=1, prio=TC_PRIO, **how)
+                ipr.tc(
+                    "add-filter",
+                    "bpf",
+                    self.ifindex,
+                    TC_HANDLE,
+                    fd=prog.prog_fd,
+                    name=prog.name,
+                    parent=self.parent,
+                    classid=1,
+                    prio=TC_PRIO,
+                    **how,
+                )
             except NetlinkError as exc:
                 if self.created_qdisc:
                     with suppress(NetlinkError):
                         ipr.tc("del", "clsact", self.ifindex)
-                raise DeviceError(f"ifindex {self.ifindex}: adding the {prog.name} "
-                                  f"filter: {exc}") from exc
+                raise DeviceError(
+                    f"ifindex {self.ifindex}: adding the {prog.name} filter: {exc}"
+                ) from exc
 
     def detach(self) -> None:
         """Remove the attachment (idempotent; a vanished interface is not an error)."""
@@ -342,8 +401,7 @@ def _filters(ipr: IPRoute, ifindex: int) -> list[Any]:
     out = []
     for parent in (K.TC_H_CLSACT_INGRESS, K.TC_H_CLSACT_EGRESS):
         try:
-            out += [f for f in ipr.get_filters(index=ifindex, parent=parent)
-                    if f.get("TCA_KIND")]
+            out += [f for f in ipr.get_filters(index=ifindex, parent=parent) if f.get("TCA_KIND")]
         except NetlinkError:
             pass
     return out
@@ -369,6 +427,7 @@ def _stale_filters(ipr: IPRoute, ifindex: int) -> list[tuple[int, int, int]]:
 
 # --- stale helpers ------------------------------------------------------------------------
 
+
 def _link_by_name(ipr: IPRoute, name: str) -> Any | None:
     try:
         found = ipr.link_lookup(ifname=name)
@@ -392,19 +451,23 @@ def _clear_stale(ipr: IPRoute, ifname: str, ifindex: int, who: str) -> list[str]
     if link is not None:
         owner = _owner_of(link.get("IFLA_IFALIAS"))
         if owner is None:
-            raise BusyError(f"{who}: {near}, the name of {ifname}'s host ring helper, is "
-                            f"taken by a device that is not vtnetmap's")
+            raise BusyError(
+                f"{who}: {near}, the name of {ifname}'s host ring helper, is "
+                f"taken by a device that is not vtnetmap's"
+            )
         pid, alive = owner
         if alive:
-            raise BusyError(f"{who}: the host rings of {ifname} are open in pid {pid} "
-                            f"(helper {near})")
+            raise BusyError(
+                f"{who}: the host rings of {ifname} are open in pid {pid} (helper {near})"
+            )
         with suppress(NetlinkError):  # deleting one end deletes the pair
             ipr.link("del", index=link["index"])
         removed.append(f"helper {near} of dead pid {pid}")
     for parent, prio, handle in _stale_filters(ipr, ifindex):
         _del_filter(ipr, ifindex, parent, prio, handle)
-        removed.append(f"{'egress' if parent == K.TC_H_CLSACT_EGRESS else 'ingress'} "
-                       f"filter on {ifname}")
+        removed.append(
+            f"{'egress' if parent == K.TC_H_CLSACT_EGRESS else 'ingress'} filter on {ifname}"
+        )
     for what in removed:
         log.warning("vtnetmap: %s: removed stale %s", who, what)
     return removed
@@ -421,12 +484,12 @@ def cleanup_stale(ifname: str, netns: str | None = None) -> list[str]:
     with enter_netns(netns), IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
-            raise DeviceError(f"interface '{ifname}' does not exist (in this network "
-                              f"namespace)")
+            raise DeviceError(f"interface '{ifname}' does not exist (in this network namespace)")
         return _clear_stale(ipr, ifname, found[0], f"netmap:{ifname}^")
 
 
 # --- the host side of a port --------------------------------------------------------------
+
 
 class HostRings:
     """The host rings of one port: helper pair, private namespace, socket, programs."""
@@ -457,26 +520,40 @@ class HostRings:
         self._closed = False
 
     # --- open ---------------------------------------------------------------------------
-    def open(self, mem: Memory, *, rx_slots: int, tx_slots: int, first_buf: int,
-             frags: bool, max_frags: int) -> None:
+    def open(
+        self,
+        mem: Memory,
+        *,
+        rx_slots: int,
+        tx_slots: int,
+        first_buf: int,
+        frags: bool,
+        max_frags: int,
+    ) -> None:
         """Build everything (called inside IF's namespace). On failure the caller closes
         the port, which calls :meth:`close`, which undoes whatever was done."""
         port, spec = self.port, self.port.spec
         want_rx, want_tx = spec.rx, spec.tx
         if spec.mode is RegMode.ONE_SW and spec.ring_id != 0:
-            raise DeviceError(f"{self.name}: {self.ifname} has {HOST_RINGS} host ring pair; "
-                              f"host ring {spec.ring_id} does not exist")
+            raise DeviceError(
+                f"{self.name}: {self.ifname} has {HOST_RINGS} host ring pair; "
+                f"host ring {spec.ring_id} does not exist"
+            )
         if want_rx and self.mtu + ETH_VLAN_LEN > mem.nr_buf_size and not frags:
-            raise UnsupportedError(f"{self.name}: {self.ifname} MTU {self.mtu} does not fit "
-                                   f"one {mem.nr_buf_size}-byte buffer; open with frags=True")
+            raise UnsupportedError(
+                f"{self.name}: {self.ifname} MTU {self.mtu} does not fit "
+                f"one {mem.nr_buf_size}-byte buffer; open with frags=True"
+            )
         share = mem.share_socket()
         if share is not None and share.zerocopy:
             raise UnsupportedError(
                 f"{self.name}: the memory is bound in zero-copy mode, but host rings work "
-                f"in copy mode only; open the NIC port with zerocopy='off'")
+                f"in copy mode only; open the NIC port with zerocopy='off'"
+            )
         if self.key in _hosts:
-            raise BusyError(f"{self.name}: the host rings of {self.ifname} are already open "
-                            f"in this process")
+            raise BusyError(
+                f"{self.name}: the host rings of {self.ifname} are already open in this process"
+            )
         self._if_ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         with IPRoute() as ipr:
             _clear_stale(ipr, self.ifname, self.ifindex, self.name)
@@ -486,9 +563,16 @@ class HostRings:
         with _in_fd_netns(self._netns_fd):
             sizes = ring_sizes(rx_slots if want_rx else 0, tx_slots if want_tx else 0)
             try:
-                self._sock = XskSocket(ifname=self.far, ifindex=self.far_ifindex, queue=0,
-                                       umem=mem.umem, share_with=share, sizes=sizes,
-                                       zerocopy=False, frags=frags)
+                self._sock = XskSocket(
+                    ifname=self.far,
+                    ifindex=self.far_ifindex,
+                    queue=0,
+                    umem=mem.umem,
+                    share_with=share,
+                    sizes=sizes,
+                    zerocopy=False,
+                    frags=frags,
+                )
             except VtnetError as exc:
                 raise type(exc)(f"{self.name}: host rings: {exc}") from exc
             sock = self._sock
@@ -497,19 +581,41 @@ class HostRings:
             rings = []
             nxt = first_buf
             if want_rx:
-                self.rx_ring = Ring(port_name=self.name, ring_id=len(port.rx_rings), queue=0,
-                                    is_tx=False, host=True, num_slots=rx_slots, pool=mem.pool,
-                                    xsk=sock, kid=kid, first_buf=nxt, frags=frags,
-                                    max_frags=max_frags, chunks=mem.umem.chunks,
-                                    vnet_hdr=port.vnet_hdr)
+                self.rx_ring = Ring(
+                    port_name=self.name,
+                    ring_id=len(port.rx_rings),
+                    queue=0,
+                    is_tx=False,
+                    host=True,
+                    num_slots=rx_slots,
+                    pool=mem.pool,
+                    xsk=sock,
+                    kid=kid,
+                    first_buf=nxt,
+                    frags=frags,
+                    max_frags=max_frags,
+                    chunks=mem.umem.chunks,
+                    vnet_hdr=port.vnet_hdr,
+                )
                 nxt += rx_slots
                 rings.append(self.rx_ring)
             if want_tx:
-                self.tx_ring = Ring(port_name=self.name, ring_id=len(port.tx_rings), queue=0,
-                                    is_tx=True, host=True, num_slots=tx_slots, pool=mem.pool,
-                                    xsk=sock, kid=kid, first_buf=nxt, frags=frags,
-                                    max_frags=max_frags, chunks=mem.umem.chunks,
-                                    vnet_hdr=port.vnet_hdr)
+                self.tx_ring = Ring(
+                    port_name=self.name,
+                    ring_id=len(port.tx_rings),
+                    queue=0,
+                    is_tx=True,
+                    host=True,
+                    num_slots=tx_slots,
+                    pool=mem.pool,
+                    xsk=sock,
+                    kid=kid,
+                    first_buf=nxt,
+                    frags=frags,
+                    max_frags=max_frags,
+                    chunks=mem.umem.chunks,
+                    vnet_hdr=port.vnet_hdr,
+                )
                 rings.append(self.tx_ring)
             mem.add_rings(rings)
             if self.rx_ring is not None:
@@ -517,8 +623,9 @@ class HostRings:
             if self.tx_ring is not None:
                 port.tx_rings.append(self.tx_ring)
             if want_rx:
-                self._steering = Steering.acquire(self.far, self.far_ifindex, mode=None,
-                                                  frags=frags)
+                self._steering = Steering.acquire(
+                    self.far, self.far_ifindex, mode=None, frags=frags
+                )
                 self._steering.claim(0, sock.fileno())
         if want_rx and port._epoll is not None:
             port._epoll.register(sock.fileno(), select.EPOLLIN)
@@ -529,8 +636,9 @@ class HostRings:
         mode = os.environ.get(TC_MODE_ENV) or None
         if want_tx:
             assert self._in is not None
-            self._attached.append(_TcAttachment(self.near_ifindex, False, self._in, mode,
-                                                mirred_to=self.ifindex))
+            self._attached.append(
+                _TcAttachment(self.near_ifindex, False, self._in, mode, mirred_to=self.ifindex)
+            )
         if want_rx:
             assert self._eg is not None
             self.set_divert(_divert_wanted(self.key))
@@ -546,16 +654,31 @@ class HostRings:
                 # The near end gets IF's MAC address: frames from the host TX ring pass
                 # its receive path (which classifies them as for this host or not) before
                 # act_mirred hands them to IF unchanged.
-                ipr.link("add", ifname=self.near, kind="veth", num_tx_queues=1,
-                         num_rx_queues=1, mtu=self.mtu, **({"address": mac} if mac else {}),
-                         peer={"ifname": self.far, "net_ns_fd": self._netns_fd,
-                               "num_tx_queues": 1, "num_rx_queues": 1, "mtu": self.mtu})
+                ipr.link(
+                    "add",
+                    ifname=self.near,
+                    kind="veth",
+                    num_tx_queues=1,
+                    num_rx_queues=1,
+                    mtu=self.mtu,
+                    **({"address": mac} if mac else {}),
+                    peer={
+                        "ifname": self.far,
+                        "net_ns_fd": self._netns_fd,
+                        "num_tx_queues": 1,
+                        "num_rx_queues": 1,
+                        "mtu": self.mtu,
+                    },
+                )
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
-                    raise BusyError(f"{self.name}: {self.near} appeared meanwhile: another "
-                                    f"process opens the host rings of {self.ifname}") from exc
-                raise DeviceError(f"{self.name}: creating the host ring helper "
-                                  f"{self.near}: {exc}") from exc
+                    raise BusyError(
+                        f"{self.name}: {self.near} appeared meanwhile: another "
+                        f"process opens the host rings of {self.ifname}"
+                    ) from exc
+                raise DeviceError(
+                    f"{self.name}: creating the host ring helper {self.near}: {exc}"
+                ) from exc
             self._made_pair = True
             self.near_ifindex = ipr.link_lookup(ifname=self.near)[0]
             ipr.link("set", index=self.near_ifindex, ifalias=_owner_tag(self.ifname))
@@ -574,18 +697,24 @@ class HostRings:
         self._in = instantiate(image, IN_PROG, K.BPF_PROG_TYPE_SCHED_CLS, name=IN_PROG)
         for prog in (self._eg, self._in):
             cfg = prog.maps["cfg"]
-            for k, v in ((CFG_NEAR, self.near_ifindex), (CFG_IFINDEX, self.ifindex),
-                         (CFG_MAX_LEN, self.mtu + ETH_VLAN_LEN), (CFG_DIVERT, 0)):
+            for k, v in (
+                (CFG_NEAR, self.near_ifindex),
+                (CFG_IFINDEX, self.ifindex),
+                (CFG_MAX_LEN, self.mtu + ETH_VLAN_LEN),
+                (CFG_DIVERT, 0),
+            ):
                 bpf.map_update(cfg, ctypes.c_uint32(k), ctypes.c_uint32(v))
         if self._sock is not None and self.rx_ring is not None:
-            bpf.map_update(self._eg.maps["alive"], ctypes.c_uint32(0),
-                           ctypes.c_uint32(self._sock.fileno()))
+            bpf.map_update(
+                self._eg.maps["alive"], ctypes.c_uint32(0), ctypes.c_uint32(self._sock.fileno())
+            )
 
     def set_divert(self, on: bool) -> None:
         """Whether the stack's frames go to the host RX ring (True) or to the wire."""
         if self._eg is not None and self._eg.prog_fd >= 0:
-            bpf.map_update(self._eg.maps["cfg"], ctypes.c_uint32(CFG_DIVERT),
-                           ctypes.c_uint32(1 if on else 0))
+            bpf.map_update(
+                self._eg.maps["cfg"], ctypes.c_uint32(CFG_DIVERT), ctypes.c_uint32(1 if on else 0)
+            )
 
     def diverting(self) -> bool:
         if self._eg is None or self._eg.prog_fd < 0:
@@ -600,11 +729,13 @@ class HostRings:
         nic_tx = [r for r in port.tx_rings if not r.is_host]
         if self.tx_ring is not None:
             for r in nic_rx:
-                r._forward = partial(_forward, dsts=[self.tx_ring], stats=self.stats,
-                                     key="forwarded_to_host")
+                r._forward = partial(
+                    _forward, dsts=[self.tx_ring], stats=self.stats, key="forwarded_to_host"
+                )
         if self.rx_ring is not None and nic_tx:
-            self.rx_ring._forward = partial(_forward, dsts=nic_tx, stats=self.stats,
-                                            key="forwarded_to_nic")
+            self.rx_ring._forward = partial(
+                _forward, dsts=nic_tx, stats=self.stats, key="forwarded_to_nic"
+            )
 
     # --- status -------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -616,8 +747,7 @@ class HostRings:
                 continue
             for i, name in enumerate(HOST_COUNTERS):
                 vals = (ctypes.c_uint64 * ncpu)()
-                if bpf.map_lookup(prog.maps["counters"], ctypes.c_uint32(i),
-                                  vals):  # type: ignore[arg-type]
+                if bpf.map_lookup(prog.maps["counters"], ctypes.c_uint32(i), vals):  # type: ignore[arg-type]
                     out[name] += sum(vals)
         out.update(self.stats)
         out["tc"] = self.tc_kind  # type: ignore[assignment]
@@ -646,7 +776,7 @@ class HostRings:
         self._attached.clear()
         if self._registered:
             _hosts.pop(self.key, None)
-        for r in (self.port.rx_rings + self.port.tx_rings):
+        for r in self.port.rx_rings + self.port.tx_rings:
             r._forward = None
         if self._steering is not None:
             with suppress(OSError, VtnetError):
@@ -661,8 +791,9 @@ class HostRings:
         if self._made_pair:
             # deleting one end deletes both, whatever namespace the other is in
             with suppress(NetlinkError, OSError), IPRoute() as ipr:
-                found = [self.near_ifindex] if self.near_ifindex else \
-                    ipr.link_lookup(ifname=self.near)
+                found = (
+                    [self.near_ifindex] if self.near_ifindex else ipr.link_lookup(ifname=self.near)
+                )
                 if found:
                     ipr.link("del", index=found[0])
         if self._netns_fd >= 0:
@@ -670,8 +801,9 @@ class HostRings:
             self._netns_fd = -1
 
 
-def _forward(src: Ring, idx: np.ndarray, *, dsts: list[Ring], stats: dict[str, int],
-             key: str) -> None:
+def _forward(
+    src: Ring, idx: np.ndarray, *, dsts: list[Ring], stats: dict[str, int], key: str
+) -> None:
     """NS_FORWARD: move the released slots ``idx`` of ``src`` that carry NS_FORWARD into
     the TX rings ``dsts`` (first with room first) by swapping buffers, then sync those
     TX rings. Frames that find no room are dropped (their slots are released as usual)."""
@@ -690,7 +822,7 @@ def _forward(src: Ring, idx: np.ndarray, *, dsts: list[Ring], stats: dict[str, i
         k = min(room, left)
         if k <= 0:
             continue
-        part = sel[done: done + k]
+        part = sel[done : done + k]
         if k < left and fl[part[-1]] & NS_MOREFRAG:
             # do not split a multi-slot frame: it would be sent without its end
             ends = np.flatnonzero((fl[part] & NS_MOREFRAG) == 0)
@@ -712,5 +844,12 @@ def _forward(src: Ring, idx: np.ndarray, *, dsts: list[Ring], stats: dict[str, i
     stats["forward_dropped"] += int(sel.size) - done
 
 
-__all__ = ["HOST_COUNTERS", "HostRings", "check_request", "cleanup_stale", "helper_names",
-           "port_built", "port_closing"]
+__all__ = [
+    "HOST_COUNTERS",
+    "HostRings",
+    "check_request",
+    "cleanup_stale",
+    "helper_names",
+    "port_built",
+    "port_closing",
+]

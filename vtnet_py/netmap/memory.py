@@ -28,7 +28,7 @@ class Memory:
         self.nbufs = nbufs
         self.nr_buf_size = CHUNK_SIZE - K.XDP_PACKET_HEADROOM
         # the netmap view: row i is buffer i, starting where frames start in chunk i
-        self.bufs = self.umem.chunks[:, K.XDP_PACKET_HEADROOM:]
+        self.bufs = self.umem.chunks[:, K.XDP_PACKET_HEADROOM :]
         self._next_free = 0
         self._sockets: list[XskSocket] = []
         self._next_kid = 0
@@ -41,7 +41,8 @@ class Memory:
             raise UnsupportedError(
                 f"{who}: needs {n} buffers but the shared memory region has only "
                 f"{self.nbufs - self._next_free} left of {self.nbufs}; open the first port "
-                f"with a larger Memory")
+                f"with a larger Memory"
+            )
         first = self._next_free
         self._next_free += n
         return first
@@ -91,26 +92,37 @@ class Memory:
                 raise InvariantError(f"buf_idx {int(uniq[counts > 1][0])} is in two slots")
             if not (owner[all_held] == APP).all():
                 bad = int(all_held[owner[all_held] != APP][0])
-                raise InvariantError(f"buf_idx {bad} is in a slot but "
-                                     f"{self.pool.describe(int(owner[bad]))}")
+                raise InvariantError(
+                    f"buf_idx {bad} is in a slot but {self.pool.describe(int(owner[bad]))}"
+                )
         if self.pool.count(APP) != all_held.size:
-            raise InvariantError(f"{self.pool.count(APP)} buffers marked as in slots, "
-                                 f"{all_held.size} found in slots")
-        totals = {"slots": int(all_held.size), "kernel_rx": 0, "kernel_tx": 0,
-                  "free": self.pool.count(FREE)}
+            raise InvariantError(
+                f"{self.pool.count(APP)} buffers marked as in slots, {all_held.size} found in slots"
+            )
+        totals = {
+            "slots": int(all_held.size),
+            "kernel_rx": 0,
+            "kernel_tx": 0,
+            "free": self.pool.count(FREE),
+        }
         for kid, n in expect_rx.items():
             if self.pool.count(krx(kid)) != n:
-                raise InvariantError(f"socket {kid}: {self.pool.count(krx(kid))} buffers with "
-                                     f"the kernel for RX, the ring expects {n}")
+                raise InvariantError(
+                    f"socket {kid}: {self.pool.count(krx(kid))} buffers with "
+                    f"the kernel for RX, the ring expects {n}"
+                )
             totals["kernel_rx"] += n
         for kid, n in expect_tx.items():
             if self.pool.count(ktx(kid)) != n:
-                raise InvariantError(f"socket {kid}: {self.pool.count(ktx(kid))} buffers with "
-                                     f"the kernel for TX, the ring expects {n}")
+                raise InvariantError(
+                    f"socket {kid}: {self.pool.count(ktx(kid))} buffers with "
+                    f"the kernel for TX, the ring expects {n}"
+                )
             totals["kernel_tx"] += n
         if sum(totals.values()) != self.nbufs:
-            raise InvariantError(f"{sum(totals.values())} buffers accounted for, "
-                                 f"{self.nbufs} exist: {totals}")
+            raise InvariantError(
+                f"{sum(totals.values())} buffers accounted for, {self.nbufs} exist: {totals}"
+            )
         return totals
 
     def close(self) -> None:

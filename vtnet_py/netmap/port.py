@@ -94,7 +94,7 @@ class Port:
         With a virtio-net header the row starts with the header."""
         mem = self._mem()
         if self._bufs is None:
-            self._bufs = mem.umem.chunks[:, mem.umem.chunk_size - self.nr_buf_size:]
+            self._bufs = mem.umem.chunks[:, mem.umem.chunk_size - self.nr_buf_size :]
         return self._bufs
 
     def buf(self, buf_idx: int) -> np.ndarray:
@@ -141,8 +141,9 @@ class Port:
                 if rx:
                     for r in self.rx_rings:
                         r.rxsync()
-                if (rx and any(r.cur != r.tail for r in self.rx_rings)) or \
-                        (tx and any(r.cur != r.tail for r in self.tx_rings)):
+                if (rx and any(r.cur != r.tail for r in self.rx_rings)) or (
+                    tx and any(r.cur != r.tail for r in self.tx_rings)
+                ):
                     return True
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
@@ -186,8 +187,10 @@ class Port:
             if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 bad = next((x for x in self._sockets if x.fileno() == fd), None)
                 where = f"queue {bad.queue}" if bad else f"fd {fd}"
-                raise InterfaceChangedError(f"{self.name}: {self.ifname} {where}: the socket "
-                                            f"reports an error (interface down or gone)")
+                raise InterfaceChangedError(
+                    f"{self.name}: {self.ifname} {where}: the socket "
+                    f"reports an error (interface down or gone)"
+                )
         if not events:
             self._check_sockets()
 
@@ -196,8 +199,10 @@ class Port:
         for s in self._sockets:
             err = s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if s.sock else 0
             if err:
-                self._failed = (f"{self.name}: {self.ifname} queue {s.queue}: "
-                                f"{os.strerror(err)} (the interface went away); close the port")
+                self._failed = (
+                    f"{self.name}: {self.ifname} queue {s.queue}: "
+                    f"{os.strerror(err)} (the interface went away); close the port"
+                )
                 raise InterfaceChangedError(self._failed)
 
     def stats(self) -> dict[str, Any]:
@@ -205,12 +210,23 @@ class Port:
         after the interface went away, so the final counters can be reported)."""
         if self._closed:
             raise PortClosedError(f"{self.name}: port is closed")
-        out: dict[str, Any] = {"port": self.name, "zerocopy": self.zerocopy,
-                               "xdp_mode": self.xdp_mode, "frags": self.frags, "rings": []}
+        out: dict[str, Any] = {
+            "port": self.name,
+            "zerocopy": self.zerocopy,
+            "xdp_mode": self.xdp_mode,
+            "frags": self.frags,
+            "rings": [],
+        }
         for r in self.rx_rings + self.tx_rings:
-            d: dict[str, Any] = {"ring": r.ring_id, "kind": "tx" if r.is_tx else "rx",
-                                 "queue": r.queue, "head": r.head, "cur": r.cur,
-                                 "tail": r.tail, **r.stats}
+            d: dict[str, Any] = {
+                "ring": r.ring_id,
+                "kind": "tx" if r.is_tx else "rx",
+                "queue": r.queue,
+                "head": r.head,
+                "cur": r.cur,
+                "tail": r.tail,
+                **r.stats,
+            }
             d["kernel"] = r._xsk.statistics()
             # buffers with the kernel (TX: submitted, not yet reaped; RX: on FILL/RX), and
             # of those what the kernel already handed back that no sync has taken yet
@@ -282,8 +298,10 @@ class Port:
                 self.close()
 
     def __repr__(self) -> str:
-        return (f"<Port {self.name} rx_rings={len(self.rx_rings)} tx_rings={len(self.tx_rings)}"
-                f"{' closed' if self._closed else ''}>")
+        return (
+            f"<Port {self.name} rx_rings={len(self.rx_rings)} tx_rings={len(self.tx_rings)}"
+            f"{' closed' if self._closed else ''}>"
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -311,10 +329,17 @@ def _queues(spec: PortSpec, nrx: int, ntx: int) -> Iterator[tuple[int, bool, boo
         yield q, want_rx and q < nrx, want_tx and q < ntx
 
 
-def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
-              mode: str | None = None, frags: bool | None = None,
-              memory: Memory | None = None, force: bool = False,
-              vnet_hdr: int = 0) -> Port:
+def open_port(
+    name: str,
+    *,
+    netns: str | None = None,
+    zerocopy: str = "auto",
+    mode: str | None = None,
+    frags: bool | None = None,
+    memory: Memory | None = None,
+    force: bool = False,
+    vnet_hdr: int = 0,
+) -> Port:
     """Open a netmap port by name (netmap's grammar, see vtnet_py.netmap.portname).
 
     ``netns`` opens an interface of that network namespace. ``zerocopy`` is "auto" (zero
@@ -344,8 +369,16 @@ def open_port(name: str, *, netns: str | None = None, zerocopy: str = "auto",
     return port
 
 
-def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: bool | None,
-           memory: Memory | None, force: bool, vnet_hdr: int) -> None:
+def _build(
+    port: Port,
+    spec: PortSpec,
+    zerocopy: str,
+    mode: str | None,
+    frags: bool | None,
+    memory: Memory | None,
+    force: bool,
+    vnet_hdr: int,
+) -> None:
     name = spec.name
     info = read_device(spec.ifname)
     refuse_default_route(info, force)
@@ -359,11 +392,15 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
     if frags is None:
         frags = frame_max > nr_buf_size
     elif not frags and frame_max > nr_buf_size and nic_rx:
-        raise UnsupportedError(f"{name}: {spec.ifname} MTU {info.mtu} does not fit one "
-                               f"{nr_buf_size}-byte buffer; open with frags=True")
+        raise UnsupportedError(
+            f"{name}: {spec.ifname} MTU {info.mtu} does not fit one "
+            f"{nr_buf_size}-byte buffer; open with frags=True"
+        )
     if frags and vnet_hdr:
-        raise UnsupportedError(f"{name}: a virtio-net header with multi-buffer frames is not "
-                               f"supported (lower the MTU of {spec.ifname} or drop the header)")
+        raise UnsupportedError(
+            f"{name}: a virtio-net header with multi-buffer frames is not "
+            f"supported (lower the MTU of {spec.ifname} or drop the header)"
+        )
     tx_before = _real_queues(info)[1]
     if nic_rx:
         if not info.xdp_prog_id:
@@ -388,12 +425,14 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
         if asked is not None and asked != have:
             raise UnsupportedError(
                 f"{name}: @conf:{key}={asked} but {spec.ifname} has {have}; the number of "
-                f"queues is the device's (change it with `vtnetmap attach --rings N`)")
+                f"queues is the device's (change it with `vtnetmap attach --rings N`)"
+            )
     if spec.mode is RegMode.ONE_NIC:
         assert spec.ring_id is not None
         if spec.ring_id >= max(nrx, ntx):
-            raise DeviceError(f"{name}: {spec.ifname} has no queue {spec.ring_id} "
-                              f"({nrx} rx / {ntx} tx queues)")
+            raise DeviceError(
+                f"{name}: {spec.ifname} has no queue {spec.ring_id} ({nrx} rx / {ntx} tx queues)"
+            )
     rx_slots = spec.effective_rx_slots or DEFAULT_RX_SLOTS
     tx_slots = spec.effective_tx_slots or DEFAULT_TX_SLOTS
     plan = list(_queues(spec, nrx, ntx))
@@ -418,25 +457,48 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
         if not (want_rx or want_tx):
             continue
         sizes = ring_sizes(rx_slots if want_rx else 0, tx_slots if want_tx else 0)
-        sock = _bind_retrying(port, spec.ifname, info.ifindex, q, mem, sizes, zerocopy,
-                              frags, name)
+        sock = _bind_retrying(port, spec.ifname, info.ifindex, q, mem, sizes, zerocopy, frags, name)
         port._sockets.append(sock)
         port.zerocopy = sock.zerocopy
         kid = mem.add_socket(sock)
         rings = []
         if want_rx:
-            r = Ring(port_name=name, ring_id=len(port.rx_rings), queue=q, is_tx=False,
-                     host=False, num_slots=rx_slots, pool=mem.pool, xsk=sock, kid=kid,
-                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS,
-                     chunks=mem.umem.chunks, vnet_hdr=vnet_hdr)
+            r = Ring(
+                port_name=name,
+                ring_id=len(port.rx_rings),
+                queue=q,
+                is_tx=False,
+                host=False,
+                num_slots=rx_slots,
+                pool=mem.pool,
+                xsk=sock,
+                kid=kid,
+                first_buf=next_buf,
+                frags=frags,
+                max_frags=MAX_FRAGS,
+                chunks=mem.umem.chunks,
+                vnet_hdr=vnet_hdr,
+            )
             next_buf += rx_slots
             port.rx_rings.append(r)
             rings.append(r)
         if want_tx:
-            t = Ring(port_name=name, ring_id=len(port.tx_rings), queue=q, is_tx=True,
-                     host=False, num_slots=tx_slots, pool=mem.pool, xsk=sock, kid=kid,
-                     first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS,
-                     chunks=mem.umem.chunks, vnet_hdr=vnet_hdr)
+            t = Ring(
+                port_name=name,
+                ring_id=len(port.tx_rings),
+                queue=q,
+                is_tx=True,
+                host=False,
+                num_slots=tx_slots,
+                pool=mem.pool,
+                xsk=sock,
+                kid=kid,
+                first_buf=next_buf,
+                frags=frags,
+                max_frags=MAX_FRAGS,
+                chunks=mem.umem.chunks,
+                vnet_hdr=vnet_hdr,
+            )
             next_buf += tx_slots
             port.tx_rings.append(t)
             rings.append(t)
@@ -446,8 +508,16 @@ def _build(port: Port, spec: PortSpec, zerocopy: str, mode: str | None, frags: b
             port._steering.claim(q, sock.fileno())
             port._claimed.append(q)
             port._epoll.register(sock.fileno(), select.EPOLLIN)
-    hostrings.port_built(port, info, mem, rx_slots=rx_slots, tx_slots=tx_slots,
-                         first_buf=next_buf, frags=frags, max_frags=MAX_FRAGS)
+    hostrings.port_built(
+        port,
+        info,
+        mem,
+        rx_slots=rx_slots,
+        tx_slots=tx_slots,
+        first_buf=next_buf,
+        frags=frags,
+        max_frags=MAX_FRAGS,
+    )
     if not port.rx_rings:
         for s in port._sockets:
             port._epoll.register(s.fileno(), select.EPOLLOUT)
@@ -497,8 +567,17 @@ def nic_queue_bound(info: DeviceInfo) -> int:
 BUSY_RETRY_S = 1.0  # the kernel frees a closed socket's queue in deferred work
 
 
-def _bind_retrying(port: Port, ifname: str, ifindex: int, q: int, mem: Memory, sizes: Any,
-                   zerocopy: str, frags: bool, name: str) -> XskSocket:
+def _bind_retrying(
+    port: Port,
+    ifname: str,
+    ifindex: int,
+    q: int,
+    mem: Memory,
+    sizes: Any,
+    zerocopy: str,
+    frags: bool,
+    name: str,
+) -> XskSocket:
     """Bind, and when the queue is busy but no live process owns it (a socket closed a
     moment ago, whose queue the kernel releases in deferred work), try again briefly."""
     deadline = time.monotonic() + BUSY_RETRY_S
@@ -508,15 +587,24 @@ def _bind_retrying(port: Port, ifname: str, ifindex: int, q: int, mem: Memory, s
         except BusyError as exc:
             owner = port.owner_of(q)
             if owner and owner != os.getpid() and pid_alive(owner):
-                raise BusyError(f"{name}: {ifname} queue {q} is busy: owned by pid "
-                                f"{owner}") from exc
+                raise BusyError(
+                    f"{name}: {ifname} queue {q} is busy: owned by pid {owner}"
+                ) from exc
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.02)
 
 
-def _bind(ifname: str, ifindex: int, q: int, mem: Memory, sizes: Any, zerocopy: str,
-          frags: bool, name: str) -> XskSocket:
+def _bind(
+    ifname: str,
+    ifindex: int,
+    q: int,
+    mem: Memory,
+    sizes: Any,
+    zerocopy: str,
+    frags: bool,
+    name: str,
+) -> XskSocket:
     """Bind queue ``q``: zero copy first when "auto", copy mode if the driver refuses."""
     if mem.share_socket() is not None:
         tries = [False]  # the mode is inherited from the socket that registered the UMEM
@@ -524,9 +612,16 @@ def _bind(ifname: str, ifindex: int, q: int, mem: Memory, sizes: Any, zerocopy: 
         tries = [True, False] if zerocopy == "auto" else [zerocopy == "on"]
     for i, zc in enumerate(tries):
         try:
-            return XskSocket(ifname=ifname, ifindex=ifindex, queue=q, umem=mem.umem,
-                             share_with=mem.share_socket(), sizes=sizes, zerocopy=zc,
-                             frags=frags)
+            return XskSocket(
+                ifname=ifname,
+                ifindex=ifindex,
+                queue=q,
+                umem=mem.umem,
+                share_with=mem.share_socket(),
+                sizes=sizes,
+                zerocopy=zc,
+                frags=frags,
+            )
         except UnsupportedError as exc:
             if zc and i + 1 < len(tries) and "zero-copy" in str(exc):
                 continue

@@ -95,8 +95,15 @@ class BufferPool:
         self._slot_bufs[gslot] = c
         return c
 
-    def move(self, bufs: np.ndarray, expect: int, new: int, who: str, user: bool,
-             gslots: np.ndarray | None = None) -> None:
+    def move(
+        self,
+        bufs: np.ndarray,
+        expect: int,
+        new: int,
+        who: str,
+        user: bool,
+        gslots: np.ndarray | None = None,
+    ) -> None:
         """Move ``bufs`` from owner ``expect`` to ``new`` after checking all of them.
 
         ``user`` says the buf_idx values came from the application (a bad one is a
@@ -115,8 +122,10 @@ class BufferPool:
         wrong = state != expect
         if wrong.any():
             i = int(np.flatnonzero(wrong)[0])
-            raise err(f"{who}: buf_idx {int(bufs[i])} is not {self.describe(expect)} "
-                      f"but {self.describe(int(state[i]))}")
+            raise err(
+                f"{who}: buf_idx {int(bufs[i])} is not {self.describe(expect)} "
+                f"but {self.describe(int(state[i]))}"
+            )
         self._stamp[bufs] = self._arange[:n]
         dup = self._stamp[bufs] != self._arange[:n]
         if dup.any():
@@ -127,8 +136,10 @@ class BufferPool:
             copied = (rec != gslots) & (self._slot_bufs[rec] == bufs)
             if copied.any():
                 i = int(np.flatnonzero(copied)[0])
-                exc = err(f"{who}: buf_idx {int(bufs[i])} is still in another slot (global "
-                          f"slot {int(rec[i])}): copied, not swapped")
+                exc = err(
+                    f"{who}: buf_idx {int(bufs[i])} is still in another slot (global "
+                    f"slot {int(rec[i])}): copied, not swapped"
+                )
                 setattr(exc, "copied_gslot", int(gslots[i]))  # noqa: B010 - for _repaired
                 raise exc
         self.owner[bufs] = new
@@ -141,8 +152,10 @@ class BufferPool:
         state = self.owner[bufs]
         if (state != expect).any():
             i = int(np.flatnonzero(state != expect)[0])
-            raise InvariantError(f"{who}: buf_idx {int(bufs[i])} is not "
-                                 f"{self.describe(expect)} but {self.describe(int(state[i]))}")
+            raise InvariantError(
+                f"{who}: buf_idx {int(bufs[i])} is not "
+                f"{self.describe(expect)} but {self.describe(int(state[i]))}"
+            )
         self.owner[bufs] = new
 
     @staticmethod
@@ -161,10 +174,24 @@ class BufferPool:
 class Ring:
     """One netmap ring (RX or TX) of a port, backed by one AF_XDP socket's rings."""
 
-    def __init__(self, *, port_name: str, ring_id: int, queue: int, is_tx: bool, host: bool,
-                 num_slots: int, pool: BufferPool, xsk: XskSocket, kid: int,
-                 first_buf: int, frags: bool, max_frags: int,
-                 chunks: np.ndarray | None = None, vnet_hdr: int = 0):
+    def __init__(
+        self,
+        *,
+        port_name: str,
+        ring_id: int,
+        queue: int,
+        is_tx: bool,
+        host: bool,
+        num_slots: int,
+        pool: BufferPool,
+        xsk: XskSocket,
+        kid: int,
+        first_buf: int,
+        frags: bool,
+        max_frags: int,
+        chunks: np.ndarray | None = None,
+        vnet_hdr: int = 0,
+    ):
         self.port_name = port_name
         self.ring_id = ring_id
         self.queue = queue
@@ -182,7 +209,7 @@ class Ring:
         # NS_FORWARD transparent mode (set by hostrings on ports with host rings): called
         # with the slots being released when NR_FORWARD is set
         self._forward: Callable[[Ring, np.ndarray], None] | None = None
-        self.slot = pool.slots[first_buf: first_buf + num_slots]
+        self.slot = pool.slots[first_buf : first_buf + num_slots]
         self.slot[:] = 0
         self._bi = self.slot["buf_idx"]
         self._len = self.slot["len"]
@@ -197,8 +224,16 @@ class Ring:
         self._frags = frags
         self._max_frags = max_frags
         self._what = f"{port_name} {'TX' if is_tx else 'RX'} ring {ring_id} (queue {queue})"
-        self.stats = {"frames": 0, "bytes": 0, "syncs": 0, "kicks": 0, "kick_retry": 0,
-                      "refused": 0, "hdr_refused": 0, "tx_dropped": 0}
+        self.stats = {
+            "frames": 0,
+            "bytes": 0,
+            "syncs": 0,
+            "kicks": 0,
+            "kick_retry": 0,
+            "refused": 0,
+            "hdr_refused": 0,
+            "tx_dropped": 0,
+        }
         bufs = np.arange(first_buf, first_buf + num_slots, dtype=np.uint32)
         self._bi[:] = bufs
         self.head = self.cur = self._hwcur = 0
@@ -240,10 +275,10 @@ class Ring:
         """Slot indices head .. head+n-1 (mod num_slots), for batch work on ``slot``."""
         if not 0 <= n <= self.num_slots:
             raise RingError(f"{self._what}: {n} slots asked for, the ring has {self.num_slots}")
-        return self._pos[self.head: self.head + n]
+        return self._pos[self.head : self.head + n]
 
     def slots_from(self, start: int, n: int) -> np.ndarray:
-        return self._pos[start % self.num_slots: start % self.num_slots + n]
+        return self._pos[start % self.num_slots : start % self.num_slots + n]
 
     @property
     def hwcur(self) -> int:
@@ -255,14 +290,21 @@ class Ring:
         reinitialises the ring; we do the same (head = cur = hwcur, nothing moved)."""
         n = self.num_slots
         h, c, hw, t = self.head, self.cur, self._hwcur, self._tail
-        ok = (isinstance(h, int | np.integer) and isinstance(c, int | np.integer)
-              and 0 <= h < n and 0 <= c < n
-              and (h - hw) % n <= (t - hw) % n and (c - h) % n <= (t - h) % n)
+        ok = (
+            isinstance(h, int | np.integer)
+            and isinstance(c, int | np.integer)
+            and 0 <= h < n
+            and 0 <= c < n
+            and (h - hw) % n <= (t - hw) % n
+            and (c - h) % n <= (t - h) % n
+        )
         if not ok:
             self.head = self.cur = hw
             self.stats["refused"] += 1
-            raise RingError(f"{self._what}: head {h} / cur {c} outside [hwcur {hw}, tail {t}]; "
-                            f"ring reset to head = cur = {hw}, nothing sent or released")
+            raise RingError(
+                f"{self._what}: head {h} / cur {c} outside [hwcur {hw}, tail {t}]; "
+                f"ring reset to head = cur = {hw}, nothing sent or released"
+            )
 
     def rxsync(self) -> int:
         """Release ``[hwcur, head)`` to the kernel, then take what arrived. Returns the
@@ -279,15 +321,21 @@ class Ring:
         if released:
             if self._forward is not None and self.flags & NR_FORWARD:
                 # NS_FORWARD slots swap buffers with the other side's TX ring first
-                self._forward(self, self._pos[hw: hw + released])
+                self._forward(self, self._pos[hw : hw + released])
             if released == 1:
                 self._release_one(hw)
             else:
                 span = self._span(hw, released)
                 bufs = self._bi[span]
                 try:
-                    self._pool.move(bufs, APP, krx(self._kid), f"{self._what} slot {hw}+",
-                                    user=True, gslots=self._gpos[span])
+                    self._pool.move(
+                        bufs,
+                        APP,
+                        krx(self._kid),
+                        f"{self._what} slot {hw}+",
+                        user=True,
+                        gslots=self._gpos[span],
+                    )
                 except RingError as exc:
                     self._refuse(self._repaired(exc), "released")
                 fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
@@ -303,8 +351,10 @@ class Ring:
             addr = desc["addr"]
             bufs = (addr >> self._shift).astype(np.uint32)
             if ((addr & self._chunk_mask) != K.XDP_PACKET_HEADROOM).any():
-                raise InvariantError(f"{self._what}: the kernel placed a frame at an offset "
-                                     f"other than {K.XDP_PACKET_HEADROOM} in its buffer")
+                raise InvariantError(
+                    f"{self._what}: the kernel placed a frame at an offset "
+                    f"other than {K.XDP_PACKET_HEADROOM} in its buffer"
+                )
             self._pool.returned(bufs, krx(self._kid), APP, f"{self._what} RX ring")
             t = self._tail
             idx = self._span(t, got)
@@ -313,7 +363,7 @@ class Ring:
             self._pool.where[bufs] = self._gpos[idx]
             if self._hdr:
                 assert self._chunks is not None
-                self._chunks[bufs, self._buf_off: K.XDP_PACKET_HEADROOM] = 0
+                self._chunks[bufs, self._buf_off : K.XDP_PACKET_HEADROOM] = 0
                 lens = lens + self._hdr
             self._len[idx] = lens
             if self._frags:
@@ -346,8 +396,10 @@ class Ring:
         if why:
             self.head = self.cur = i
             self.stats["refused"] += 1
-            raise RingError(f"{self._what} slot {i}: buf_idx {b} {why}; ring reset to "
-                            f"head = cur = {i}, nothing released")
+            raise RingError(
+                f"{self._what} slot {i}: buf_idx {b} {why}; ring reset to "
+                f"head = cur = {i}, nothing released"
+            )
         pool.owner[b] = krx(self._kid)
         fill = self._xsk.fill
         assert fill is not None
@@ -359,7 +411,7 @@ class Ring:
         (numpy then works on views), else an index array."""
         if start + count <= self.num_slots:
             return slice(start, start + count)
-        return self._pos[start: start + count]
+        return self._pos[start : start + count]
 
     def txsync(self) -> int:
         """Hand ``[hwcur, head)`` to the kernel, push it out, reclaim completions.
@@ -388,18 +440,21 @@ class Ring:
             count = new
             if more[-1]:
                 if not self._frags:  # no chain can ever go out here: refuse it now
-                    self._refuse(f"slot {hw}+: NS_MOREFRAG on a port opened without "
-                                 f"multi-buffer support (open it with frags=True)")
+                    self._refuse(
+                        f"slot {hw}+: NS_MOREFRAG on a port opened without "
+                        f"multi-buffer support (open it with frags=True)"
+                    )
                 # an unfinished fragment chain waits for its last slot
                 ends = np.flatnonzero(~more)
                 count = int(ends[-1]) + 1 if ends.size else 0
                 if new - count >= self._max_frags:
-                    self._refuse(f"slot {hw}: NS_MOREFRAG chain of {new - count} slots never "
-                                 f"ends (at most {self._max_frags} fragments per frame)")
+                    self._refuse(
+                        f"slot {hw}: NS_MOREFRAG chain of {new - count} slots never "
+                        f"ends (at most {self._max_frags} fragments per frame)"
+                    )
             if count:
                 report = bool((flags[:count] & NS_REPORT).any())
-                sent = self._submit(self._span(hw, count), count, more[:count],
-                                    flags[:count])
+                sent = self._submit(self._span(hw, count), count, more[:count], flags[:count])
         self._push(report)
         self._reap()
         return sent
@@ -419,8 +474,7 @@ class Ring:
         hw = self._hwcur
         self.head = self.cur = hw
         self.stats["refused"] += 1
-        raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, "
-                        f"nothing {nothing}")
+        raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, nothing {nothing}")
 
     def _submit_one(self, i: int) -> bool:
         """_submit for one slot with Python scalars (ping/pong latency): the same checks."""
@@ -429,18 +483,20 @@ class Ring:
             self._refuse(f"slot {i}: len {ln} outside 1..{self.nr_buf_size}")
         pool = self._pool
         if b >= pool.nchunks:
-            self._refuse(f"slot {i}: buf_idx {b} out of range (the port has {pool.nchunks} "
-                         f"buffers)")
+            self._refuse(
+                f"slot {i}: buf_idx {b} out of range (the port has {pool.nchunks} buffers)"
+            )
         state = int(pool.owner[b])
         if state != APP:
-            self._refuse(f"slot {i}: buf_idx {b} is not in a ring slot but "
-                         f"{pool.describe(state)}")
+            self._refuse(f"slot {i}: buf_idx {b} is not in a ring slot but {pool.describe(state)}")
         rec = int(pool.where[b])
         if rec != self._gpos[i] and int(pool.slots["buf_idx"][rec]) == b:
             c = pool.restore_slot(int(self._gpos[i]))
             fixed = f"; the slot's own buffer {c} was put back" if c is not None else ""
-            self._refuse(f"slot {i}: buf_idx {b} is still in another slot (global slot "
-                         f"{rec}): copied, not swapped{fixed}")
+            self._refuse(
+                f"slot {i}: buf_idx {b} is still in another slot (global slot "
+                f"{rec}): copied, not swapped{fixed}"
+            )
         pool.owner[b] = ktx(self._kid)
         tx = self._xsk.tx
         assert tx is not None
@@ -453,15 +509,18 @@ class Ring:
         self.stats["bytes"] += ln
         return bool(fl & NS_REPORT)
 
-    def _submit(self, idx: slice | np.ndarray, count: int, more: np.ndarray,
-                flags: np.ndarray) -> int:
+    def _submit(
+        self, idx: slice | np.ndarray, count: int, more: np.ndarray, flags: np.ndarray
+    ) -> int:
         hw = self._hwcur
         bufs = self._bi[idx]
         lens = self._len[idx]
         if more.any():
             if not self._frags:
-                self._refuse(f"slot {hw}+: NS_MOREFRAG on a port opened without multi-buffer "
-                             f"support (open it with frags=True)")
+                self._refuse(
+                    f"slot {hw}+: NS_MOREFRAG on a port opened without multi-buffer "
+                    f"support (open it with frags=True)"
+                )
             # longest run of consecutive MOREFRAG slots (stop - start + 1) + its last slot
             starts = np.flatnonzero(np.diff(np.concatenate(([0], more.astype(np.int8)))) == 1)
             stops = np.flatnonzero(np.diff(np.concatenate((more.astype(np.int8), [0]))) == -1)
@@ -470,11 +529,19 @@ class Ring:
         bad_len = (lens <= self._hdr) | (lens > self.nr_buf_size)
         if bad_len.any():
             i = int(np.flatnonzero(bad_len)[0])
-            self._refuse(f"slot {(hw + i) % self.num_slots}: len {int(lens[i])} outside "
-                         f"{self._hdr + 1}..{self.nr_buf_size}")
+            self._refuse(
+                f"slot {(hw + i) % self.num_slots}: len {int(lens[i])} outside "
+                f"{self._hdr + 1}..{self.nr_buf_size}"
+            )
         try:
-            self._pool.move(bufs, APP, ktx(self._kid), f"{self._what} slot {hw}+", user=True,
-                            gslots=self._gpos[idx])
+            self._pool.move(
+                bufs,
+                APP,
+                ktx(self._kid),
+                f"{self._what} slot {hw}+",
+                user=True,
+                gslots=self._gpos[idx],
+            )
         except RingError as exc:
             self._refuse(self._repaired(exc))
         tx = self._xsk.tx
@@ -484,7 +551,7 @@ class Ring:
             # go out corrupt: such slots are refused one by one, counted, and come back
             # at the next reap as if completed
             assert self._chunks is not None
-            hdr = self._chunks[bufs, self._buf_off: self._buf_off + 2]
+            hdr = self._chunks[bufs, self._buf_off : self._buf_off + 2]
             bad = ((hdr[:, 0] & K.VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0) | (hdr[:, 1] != 0)
             if bad.any():
                 self._local_done.append(bufs[bad])
@@ -549,7 +616,7 @@ class Ring:
         comp.release(kgot)
         first = (self._tail + 1) % self.num_slots
         if not np.array_equal(self._bi[self._span(first, got)], bufs):
-            inflight_idx = self._pos[first: first + self._inflight]
+            inflight_idx = self._pos[first : first + self._inflight]
             # completions out of submission order: the completed buffers fill the first
             # slots, the still-in-flight ones keep their order behind them
             current = self._bi[inflight_idx]
@@ -567,9 +634,9 @@ class Ring:
         if self.is_tx:
             # not yet submitted [hwcur, head), the user's [head, tail) and the hole at tail
             span = (self._tail - self._hwcur) % n + 1
-            return self._bi[self._pos[self._hwcur: self._hwcur + span]], 0, 0
+            return self._bi[self._pos[self._hwcur : self._hwcur + span]], 0, 0
         held = (self._tail - self._hwcur) % n
-        return self._bi[self._pos[self._hwcur: self._hwcur + held]], 0, 0
+        return self._bi[self._pos[self._hwcur : self._hwcur + held]], 0, 0
 
     def held(self) -> tuple[np.ndarray, int, int]:
         """(buf_idx held in slots, count expected with the kernel for RX, for TX)."""
@@ -577,22 +644,27 @@ class Ring:
         if self.is_tx:
             # user part [head, tail), the hole at tail, not-yet-submitted [hwcur, head)
             t = self._tail
-            user = self._pos[self.head: self.head + (t - self.head) % n]
-            pending = self._pos[self._hwcur: self._hwcur + (self.head - self._hwcur) % n]
+            user = self._pos[self.head : self.head + (t - self.head) % n]
+            pending = self._pos[self._hwcur : self._hwcur + (self.head - self._hwcur) % n]
             idx = np.concatenate((user, [t], pending)).astype(np.intp)
-            inflight = self._pos[t + 1: t + 1 + self._inflight]
+            inflight = self._pos[t + 1 : t + 1 + self._inflight]
             if (self._hwcur - t - 1) % n != self._inflight:
-                raise InvariantError(f"{self._what}: {self._inflight} in flight but slots "
-                                     f"({t}, {self._hwcur}) count {(self._hwcur - t - 1) % n}")
+                raise InvariantError(
+                    f"{self._what}: {self._inflight} in flight but slots "
+                    f"({t}, {self._hwcur}) count {(self._hwcur - t - 1) % n}"
+                )
             inflight_bufs = self._bi[inflight]
             if not (self._pool.owner[inflight_bufs] == ktx(self._kid)).all():
-                raise InvariantError(f"{self._what}: an in-flight slot's buffer is not with "
-                                     f"the kernel")
+                raise InvariantError(
+                    f"{self._what}: an in-flight slot's buffer is not with the kernel"
+                )
             return self._bi[idx], 0, self._inflight
         # [hwcur, head) was released by the user but not yet synced: still in the slots
         held = (self._tail - self._hwcur) % n
-        idx = self._pos[self._hwcur: self._hwcur + held]
+        idx = self._pos[self._hwcur : self._hwcur + held]
         if self._kernel_rx + held != n:
-            raise InvariantError(f"{self._what}: {self._kernel_rx} buffers with the kernel + "
-                                 f"{held} in slots != {n} slots")
+            raise InvariantError(
+                f"{self._what}: {self._kernel_rx} buffers with the kernel + "
+                f"{held} in slots != {n} slots"
+            )
         return self._bi[idx], self._kernel_rx, 0

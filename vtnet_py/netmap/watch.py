@@ -15,8 +15,7 @@ CHECK_INTERVAL_S = 0.1
 
 
 def _fmt_channels(ch: Channels) -> str:
-    parts = [f"{k} {getattr(ch, k)}" for k in ("combined", "rx", "tx", "other")
-             if getattr(ch, k)]
+    parts = [f"{k} {getattr(ch, k)}" for k in ("combined", "rx", "tx", "other") if getattr(ch, k)]
     return ", ".join(parts) or "none reported"
 
 
@@ -31,8 +30,9 @@ class DeviceWatch:
     program) and runs at most every ``interval`` seconds. ``close`` frees the socket.
     """
 
-    def __init__(self, port_name: str, ifname: str, channels: Channels,
-                 interval: float = CHECK_INTERVAL_S):
+    def __init__(
+        self, port_name: str, ifname: str, channels: Channels, interval: float = CHECK_INTERVAL_S
+    ):
         self.port_name = port_name
         self.ifname = ifname
         self.channels = channels
@@ -48,10 +48,12 @@ class DeviceWatch:
             return Channels()
         except (NoSuchDevice, OSError) as exc:
             if isinstance(exc, NoSuchDevice) or getattr(exc, "errno", None) == errno.ENODEV:
-                raise InterfaceChangedError(f"{self.port_name}: {self.ifname} is gone; "
-                                            "reopen the port") from exc
-            raise DeviceError(f"{self.port_name}: reading the channels of {self.ifname} "
-                              f"failed: {exc}") from exc
+                raise InterfaceChangedError(
+                    f"{self.port_name}: {self.ifname} is gone; reopen the port"
+                ) from exc
+            raise DeviceError(
+                f"{self.port_name}: reading the channels of {self.ifname} failed: {exc}"
+            ) from exc
 
     def check(self, steering: Steering | None = None, *, now: float | None = None) -> None:
         """Raise InterfaceChangedError if the interface changed (rate-limited)."""
@@ -63,18 +65,18 @@ class DeviceWatch:
         self._next = now + self.interval
         cur = self._current()
         old = self.channels
-        if (cur.combined, cur.rx, cur.tx, cur.other) != (old.combined, old.rx, old.tx,
-                                                         old.other):
+        if (cur.combined, cur.rx, cur.tx, cur.other) != (old.combined, old.rx, old.tx, old.other):
             raise InterfaceChangedError(
                 f"{self.port_name}: {self.ifname} channels changed from {_fmt_channels(old)} "
-                f"to {_fmt_channels(cur)}; reopen the port")
+                f"to {_fmt_channels(cur)}; reopen the port"
+            )
         if steering is not None and not steering.still_attached():
             raise InterfaceChangedError(
                 f"{self.port_name}: the steering program on {self.ifname} was detached "
-                "(`vtnetmap detach`?); reopen the port")
+                "(`vtnetmap detach`?); reopen the port"
+            )
 
     def close(self) -> None:
         eth, self._eth = self._eth, None
         if eth is not None:
             eth.close()
-

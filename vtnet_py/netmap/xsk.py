@@ -53,12 +53,23 @@ class KernelRing:
     the consumer for RX and COMPLETION.
     """
 
-    def __init__(self, fd: int, pgoff: int, off: K.xdp_ring_offset, size: int,
-                 dtype: np.dtype, we_produce: bool):
+    def __init__(
+        self,
+        fd: int,
+        pgoff: int,
+        off: K.xdp_ring_offset,
+        size: int,
+        dtype: np.dtype,
+        we_produce: bool,
+    ):
         length = off.desc + size * dtype.itemsize
         self.mm: mmap.mmap | None = mmap.mmap(
-            fd, length, mmap.MAP_SHARED | mmap.MAP_POPULATE,
-            mmap.PROT_READ | mmap.PROT_WRITE, offset=pgoff)
+            fd,
+            length,
+            mmap.MAP_SHARED | mmap.MAP_POPULATE,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+            offset=pgoff,
+        )
         self.mm.madvise(mmap.MADV_DONTFORK)
         self.size = size
         self.mask = size - 1
@@ -83,7 +94,7 @@ class KernelRing:
         s = self.cached & self.mask
         if s + n <= self.size:
             return slice(s, s + n)
-        return self.pos[s: s + n]
+        return self.pos[s : s + n]
 
     def submit(self, n: int) -> None:
         self.cached = (self.cached + n) & U32_WRAP
@@ -116,8 +127,11 @@ class Umem:
         self.chunk_size = chunk_size
         self.length = nchunks * chunk_size
         self.mm: mmap.mmap | None = mmap.mmap(
-            -1, self.length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE,
-            mmap.PROT_READ | mmap.PROT_WRITE)
+            -1,
+            self.length,
+            mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+        )
         self.mm.madvise(mmap.MADV_DONTFORK)
         self.array = np.frombuffer(self.mm, dtype=np.uint8)
         self.addr = self.array.ctypes.data
@@ -148,9 +162,18 @@ class XskSocket:
     their own FILL and COMPLETION rings. A failed construction closes everything it made.
     """
 
-    def __init__(self, *, ifname: str, ifindex: int, queue: int, umem: Umem,
-                 share_with: XskSocket | None, sizes: RingSizes, zerocopy: bool,
-                 frags: bool):
+    def __init__(
+        self,
+        *,
+        ifname: str,
+        ifindex: int,
+        queue: int,
+        umem: Umem,
+        share_with: XskSocket | None,
+        sizes: RingSizes,
+        zerocopy: bool,
+        frags: bool,
+    ):
         self.ifname = ifname
         self.queue = queue
         self.fill: KernelRing | None = None
@@ -179,8 +202,16 @@ class XskSocket:
         except OSError as exc:
             raise DeviceError(f"{where}: {what}: {exc.strerror}") from exc
 
-    def _setup(self, ifindex: int, umem: Umem, share_with: XskSocket | None,
-               sizes: RingSizes, zerocopy: bool, frags: bool, where: str) -> None:
+    def _setup(
+        self,
+        ifindex: int,
+        umem: Umem,
+        share_with: XskSocket | None,
+        sizes: RingSizes,
+        zerocopy: bool,
+        frags: bool,
+        where: str,
+    ) -> None:
         assert self.sock is not None
         fd = self.sock.fileno()
         if share_with is None:
@@ -191,13 +222,15 @@ class XskSocket:
         if sizes.tx:
             self._setsockopt(K.XDP_TX_RING, sizes.tx, where, f"TX ring of {sizes.tx}")
         self._setsockopt(K.XDP_UMEM_FILL_RING, sizes.fill, where, f"FILL ring of {sizes.fill}")
-        self._setsockopt(K.XDP_UMEM_COMPLETION_RING, sizes.comp, where,
-                         f"COMPLETION ring of {sizes.comp}")
+        self._setsockopt(
+            K.XDP_UMEM_COMPLETION_RING, sizes.comp, where, f"COMPLETION ring of {sizes.comp}"
+        )
         raw = self.sock.getsockopt(K.SOL_XDP, K.XDP_MMAP_OFFSETS, ctypes.sizeof(K.xdp_mmap_offsets))
         off = K.xdp_mmap_offsets.from_buffer_copy(raw)
         self.fill = KernelRing(fd, K.XDP_UMEM_PGOFF_FILL_RING, off.fr, sizes.fill, ADDR_DTYPE, True)
-        self.comp = KernelRing(fd, K.XDP_UMEM_PGOFF_COMPLETION_RING, off.cr, sizes.comp,
-                               ADDR_DTYPE, False)
+        self.comp = KernelRing(
+            fd, K.XDP_UMEM_PGOFF_COMPLETION_RING, off.cr, sizes.comp, ADDR_DTYPE, False
+        )
         if sizes.rx:
             self.rx = KernelRing(fd, K.XDP_PGOFF_RX_RING, off.rx, sizes.rx, DESC_DTYPE, False)
         if sizes.tx:
@@ -211,9 +244,13 @@ class XskSocket:
             flags = K.XDP_USE_NEED_WAKEUP | (K.XDP_ZEROCOPY if zerocopy else K.XDP_COPY)
             if frags:
                 flags |= K.XDP_USE_SG
-        sa = K.sockaddr_xdp(sxdp_family=K.AF_XDP, sxdp_flags=flags, sxdp_ifindex=ifindex,
-                            sxdp_queue_id=self.queue,
-                            sxdp_shared_umem_fd=share_with.fileno() if share_with else 0)
+        sa = K.sockaddr_xdp(
+            sxdp_family=K.AF_XDP,
+            sxdp_flags=flags,
+            sxdp_ifindex=ifindex,
+            sxdp_queue_id=self.queue,
+            sxdp_shared_umem_fd=share_with.fileno() if share_with else 0,
+        )
         if K.libc.bind(fd, ctypes.byref(sa), ctypes.sizeof(sa)) != 0:
             err = ctypes.get_errno()
             self._raise_bind(err, where, zerocopy, frags)
@@ -225,8 +262,10 @@ class XskSocket:
     def _raise_bind(err: int, where: str, zerocopy: bool, frags: bool) -> None:
         msg = os.strerror(err)
         if err == errno.EBUSY:
-            raise BusyError(f"{where} is busy: another AF_XDP socket (another netmap port, or "
-                            f"another program) owns it")
+            raise BusyError(
+                f"{where} is busy: another AF_XDP socket (another netmap port, or "
+                f"another program) owns it"
+            )
         if err == errno.EPERM:
             raise PrivilegeError(f"{where}: binding an AF_XDP socket needs CAP_NET_ADMIN")
         if err in (errno.EOPNOTSUPP, K.ENOTSUPP, errno.EINVAL) and zerocopy:
@@ -236,8 +275,10 @@ class XskSocket:
         if err == errno.ENODEV or err == errno.ENXIO:
             raise InterfaceChangedError(f"{where}: interface is gone")
         if err == errno.EINVAL:
-            raise DeviceError(f"{where}: bind refused (EINVAL): no such queue, or the "
-                              f"interface is down or has no XDP support")
+            raise DeviceError(
+                f"{where}: bind refused (EINVAL): no such queue, or the "
+                f"interface is down or has no XDP support"
+            )
         raise DeviceError(f"{where}: bind failed: {msg}")
 
     def fileno(self) -> int:
@@ -267,9 +308,11 @@ class XskSocket:
             if exc.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
                 raise InterfaceChangedError(
                     f"{self.ifname} queue {self.queue}: transmit refused, interface "
-                    f"{'down' if exc.errno == errno.ENETDOWN else 'gone'}") from exc
-            raise DeviceError(f"{self.ifname} queue {self.queue}: transmit kick failed: "
-                              f"{exc.strerror}") from exc
+                    f"{'down' if exc.errno == errno.ENETDOWN else 'gone'}"
+                ) from exc
+            raise DeviceError(
+                f"{self.ifname} queue {self.queue}: transmit kick failed: {exc.strerror}"
+            ) from exc
         return 0
 
     def wake_rx(self) -> None:
@@ -281,7 +324,8 @@ class XskSocket:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EBUSY):
                 if exc.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
                     raise InterfaceChangedError(
-                        f"{self.ifname} queue {self.queue}: interface down or gone") from exc
+                        f"{self.ifname} queue {self.queue}: interface down or gone"
+                    ) from exc
                 raise
 
     def close(self) -> None:

@@ -52,10 +52,16 @@ _results_fd: int | None = None
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("vtvm guest")
-    g.addoption("--vtvm-profile", default=os.environ.get("VTVM_PROFILE", PROFILE_DEFAULT),
-                help="run only the scenarios of this VM profile (default: main)")
-    g.addoption("--vtvm-list", action="store_true",
-                help="print 'VTVM-SCENARIO <profile> <nodeid>' per scenario, run nothing")
+    g.addoption(
+        "--vtvm-profile",
+        default=os.environ.get("VTVM_PROFILE", PROFILE_DEFAULT),
+        help="run only the scenarios of this VM profile (default: main)",
+    )
+    g.addoption(
+        "--vtvm-list",
+        action="store_true",
+        help="print 'VTVM-SCENARIO <profile> <nodeid>' per scenario, run nothing",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,9 +85,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not mine:
         return
     if os.environ.get("VTVM_IN_GUEST") != "1":
-        pytest.exit("tests/vm/guest runs only inside a VM (VTVM_IN_GUEST=1): it changes XDP, "
-                    "MTU and channels of $VTVM_IFACE. Use tests/vm (the QEMU harness) or "
-                    "vagrant/.", returncode=4)
+        pytest.exit(
+            "tests/vm/guest runs only inside a VM (VTVM_IN_GUEST=1): it changes XDP, "
+            "MTU and channels of $VTVM_IFACE. Use tests/vm (the QEMU harness) or "
+            "vagrant/.",
+            returncode=4,
+        )
     profile = config.getoption("--vtvm-profile")
     keep = [it for it in items if it not in mine or _profile_of(it) == profile]
     drop = [it for it in items if it not in keep]
@@ -94,8 +103,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     global _results_fd
     res = os.environ.get("VTVM_RESULTS")
     if res and os.environ.get("VTVM_IN_GUEST") == "1":
-        _results_fd = os.open(os.path.join(res, "results.jsonl"),
-                              os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _results_fd = os.open(
+            os.path.join(res, "results.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -31,8 +31,9 @@ XDP_ATTACHED_DRV = 1
 XDP_ATTACHED_SKB = 2
 
 
-def run(argv: Sequence[str], timeout: float = 60, check: bool = False,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], timeout: float = 60, check: bool = False, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing text output; stderr and stdout kept apart."""
     p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
     if check and p.returncode != 0:
@@ -117,7 +118,7 @@ class Kmsg:
         return run(["dmesg"], check=True).stdout.splitlines()
 
     def new_lines(self) -> list[str]:
-        return self.all_lines()[self.start:]
+        return self.all_lines()[self.start :]
 
 
 def build_xdp_pass(dest_dir: Path) -> Path:
@@ -128,8 +129,11 @@ def build_xdp_pass(dest_dir: Path) -> Path:
     if pre and Path(pre).is_file() and Path(pre).stat().st_mtime >= src.stat().st_mtime:
         return Path(pre)
     obj = dest_dir / "xdp_pass.o"
-    run(["clang", "-O2", "-g", "-target", "bpf", "-c", str(src), "-o", str(obj)],
-        timeout=120, check=True)
+    run(
+        ["clang", "-O2", "-g", "-target", "bpf", "-c", str(src), "-o", str(obj)],
+        timeout=120,
+        check=True,
+    )
     return obj
 
 
@@ -184,13 +188,16 @@ class HostLink:
     def info(self) -> dict[str, Any]:
         return self.request("info")
 
-    def run(self, argv: Sequence[str], timeout: float = 60,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run on the host (in the namespace) and wait; killed after ``timeout``."""
-        r = self.request("run", timeout=timeout + 30, argv=list(argv), timeout_s=timeout,
-                         input=input)
-        return subprocess.CompletedProcess(list(argv), int(r["rc"]),
-                                           str(r["stdout"]), str(r["stderr"]))
+        r = self.request(
+            "run", timeout=timeout + 30, argv=list(argv), timeout_s=timeout, input=input
+        )
+        return subprocess.CompletedProcess(
+            list(argv), int(r["rc"]), str(r["stdout"]), str(r["stderr"])
+        )
 
     def spawn(self, argv: Sequence[str]) -> int:
         """Start on the host in the background; returns a handle for wait/signal."""
@@ -198,8 +205,7 @@ class HostLink:
 
     def wait(self, handle: int, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         r = self.request("wait", timeout=timeout + 30, handle=handle, timeout_s=timeout)
-        return subprocess.CompletedProcess([], int(r["rc"]),
-                                           str(r["stdout"]), str(r["stderr"]))
+        return subprocess.CompletedProcess([], int(r["rc"]), str(r["stdout"]), str(r["stderr"]))
 
     def signal(self, handle: int, sig: int = 15) -> None:
         self.request("signal", handle=handle, sig=sig)

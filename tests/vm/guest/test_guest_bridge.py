@@ -72,8 +72,9 @@ def tcp_host_to_guest(link: guestlib.HostLink, port: int, lines: int, tag: str) 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        r = link.run(["sh", "-c", f"seq 1 {lines} | nc -N -w 30 {guestlib.GUEST_IP} {port}"],
-                     timeout=90)
+        r = link.run(
+            ["sh", "-c", f"seq 1 {lines} | nc -N -w 30 {guestlib.GUEST_IP} {port}"], timeout=90
+        )
         t.join(30)
     finally:
         srv.close()
@@ -112,17 +113,21 @@ def tcp_guest_to_host(link: guestlib.HostLink, port: int, lines: int, tag: str) 
 
 
 def host_ping(link: guestlib.HostLink, count: int) -> subprocess.CompletedProcess[str]:
-    return link.run(["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "3",
-                     guestlib.GUEST_IP], timeout=30)
+    return link.run(
+        ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "3", guestlib.GUEST_IP], timeout=30
+    )
 
 
 class Bridge:
     """`vtnetmap bridge` as a user runs it; its stderr is collected as it comes."""
 
     def __init__(self, iface: str) -> None:
-        self.proc = subprocess.Popen([VTNETMAP, "bridge", "-w", "0", "-i", f"netmap:{iface}"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [VTNETMAP, "bridge", "-w", "0", "-i", f"netmap:{iface}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
@@ -138,8 +143,9 @@ class Bridge:
     def wait_ready(self, timeout: float) -> None:
         end = time.monotonic() + timeout
         while not any("Ready to go" in ln for ln in self.lines):
-            assert self.proc.poll() is None, f"bridge exited rc={self.proc.returncode}:\n" \
-                                             f"{self.text()}"
+            assert self.proc.poll() is None, (
+                f"bridge exited rc={self.proc.returncode}:\n{self.text()}"
+            )
             assert time.monotonic() < end, f"bridge not ready after {timeout}s:\n{self.text()}"
             time.sleep(0.1)
 
@@ -179,8 +185,9 @@ def attached(iface: str, restore_iface: str) -> Iterator[dict[str, str]]:
     assert guestlib.features(iface) == before
 
 
-def test_seed3_bridge_nic_and_host_rings(iface: str, attached: dict[str, str],
-                                         host_link: guestlib.HostLink) -> None:
+def test_seed3_bridge_nic_and_host_rings(
+    iface: str, attached: dict[str, str], host_link: guestlib.HostLink
+) -> None:
     feats = guestlib.features(iface)
     assert feats["tcp-segmentation-offload"] == "off" and feats["rx-gro-hw"] == "off"
     t0 = time.monotonic()
@@ -189,8 +196,13 @@ def test_seed3_bridge_nic_and_host_rings(iface: str, attached: dict[str, str],
         br.wait_ready(timeout=150)  # a first run compiles the host rings' TC programs
         print(f"bridge ready after {time.monotonic() - t0:.1f}s")
         # The bridge owns every RX queue: the stack sees only what the bridge hands it.
-        nq = len([q for q in Path(f"/sys/class/net/{iface}/queues").iterdir()
-                  if q.name.startswith("rx-")])
+        nq = len(
+            [
+                q
+                for q in Path(f"/sys/class/net/{iface}/queues").iterdir()
+                if q.name.startswith("rx-")
+            ]
+        )
         owners = {q["owner_pid"] for q in status(iface)["interfaces"][0]["queues"][:nq]}
         assert owners == {br.proc.pid}, (owners, br.proc.pid)
 
@@ -215,8 +227,11 @@ def test_seed3_bridge_nic_and_host_rings(iface: str, attached: dict[str, str],
     assert p.returncode == 0 and "3 received" in p.stdout, p.stdout + p.stderr
     tcp_host_to_guest(host_link, 5003, 200, "after")
     tcp_guest_to_host(host_link, 5004, 200, "after")
-    assert not [ln for ln in guestlib.run(["ip", "-br", "link"]).stdout.splitlines()
-                if ln.startswith("vtnmh")], "the host rings' helper interface is left"
+    assert not [
+        ln
+        for ln in guestlib.run(["ip", "-br", "link"]).stdout.splitlines()
+        if ln.startswith("vtnmh")
+    ], "the host rings' helper interface is left"
 
 
 def test_after_detach_offloads_are_back(iface: str, host_link: guestlib.HostLink) -> None:

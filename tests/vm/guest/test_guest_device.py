@@ -34,8 +34,13 @@ from vtnet_py.device.record import state_path
 # device has them on, none fixed): receive coalescing (LRO by the host), GRO, the TX
 # checksum and every segmentation offload.
 VIRTIO_OFFLOADS_OFF = (
-    "rx-gro-hw", "generic-receive-offload", "tx-checksum-ip-generic", "tx-tcp-segmentation",
-    "tx-tcp-ecn-segmentation", "tx-tcp6-segmentation", "generic-segmentation-offload",
+    "rx-gro-hw",
+    "generic-receive-offload",
+    "tx-checksum-ip-generic",
+    "tx-tcp-segmentation",
+    "tx-tcp-ecn-segmentation",
+    "tx-tcp6-segmentation",
+    "generic-segmentation-offload",
 )
 # ethtool's summary lines over several of them.
 SUMMARY_OFF = ("tx-checksumming", "tcp-segmentation-offload")
@@ -61,8 +66,11 @@ def kernel_refusal(nic: str, obj: Path) -> str:
     if r.returncode == 0:
         guestlib.xdp_detach(nic)
         pytest.fail(f"the kernel accepted native XDP on {nic}: nothing to refuse here")
-    words = [ln.removeprefix("Error: ").rstrip(".") for ln in r.stderr.splitlines()
-             if ln.startswith("Error: virtio_net: ")]
+    words = [
+        ln.removeprefix("Error: ").rstrip(".")
+        for ln in r.stderr.splitlines()
+        if ln.startswith("Error: virtio_net: ")
+    ]
     assert words, f"no virtio_net extack from iproute2: {r.stderr!r}"
     return words[0]
 
@@ -83,16 +91,21 @@ def assert_open_port_refused(nic: str, words: str, log: Kmsg) -> None:
     try:
         port = open_port(f"netmap:{nic}")
     except RefusedError as exc:
-        assert words in str(exc), f"open_port's refusal is not in the kernel's words " \
-                                  f"({words!r}):\n{exc}"
+        assert words in str(exc), (
+            f"open_port's refusal is not in the kernel's words ({words!r}):\n{exc}"
+        )
     except VtnetError as exc:
-        pytest.fail(f"open_port(netmap:{nic}) failed without the kernel's words "
-                    f"({words!r}): {type(exc).__name__}: {exc}")
+        pytest.fail(
+            f"open_port(netmap:{nic}) failed without the kernel's words "
+            f"({words!r}): {type(exc).__name__}: {exc}"
+        )
     else:
         mode = port.xdp_mode
         port.close()
-        pytest.fail(f"open_port(netmap:{nic}) opened a port in {mode} XDP mode although "
-                    f"virtio_net refuses native XDP here ({words!r})")
+        pytest.fail(
+            f"open_port(netmap:{nic}) opened a port in {mode} XDP mode although "
+            f"virtio_net refuses native XDP here ({words!r})"
+        )
     finally:
         no_vtnetmap_state(nic)
     # Generic XDP on such a device makes the kernel warn (e.g. "failed to disable GRO_HW!"
@@ -107,8 +120,11 @@ def assert_open_port_refused(nic: str, words: str, log: Kmsg) -> None:
 def restore_offloads() -> Iterator[None]:
     """Puts back offloads a failing library may leave changed (generic XDP turns rx-gro-hw
     off for good), so that later scenarios start from QEMU's defaults."""
-    nics = [os.environ[v] for v in ("VTVM_IFACE", "VTVM_NIC_NO_CTRL_OFFLOADS",
-                                    "VTVM_NIC_HOST_MTU", "VTVM_NIC_LEGACY") if os.environ.get(v)]
+    nics = [
+        os.environ[v]
+        for v in ("VTVM_IFACE", "VTVM_NIC_NO_CTRL_OFFLOADS", "VTVM_NIC_HOST_MTU", "VTVM_NIC_LEGACY")
+        if os.environ.get(v)
+    ]
     before = {n: guestlib.features(n) for n in nics}
     yield
     for n, feats in before.items():
@@ -156,14 +172,14 @@ def test_attach_prepares_and_detach_restores_exactly(iface: str) -> None:
         assert all(st["offloads"][n]["fixed"] for n in st["offloads_on"]), st["offloads"]
         assert feats["rx-checksumming"] == "on [fixed]"
         # No port is open: every queue still belongs to the stack.
-        p = guestlib.run(["ping", "-c", "2", "-i", "0.2", "-W", "3", guestlib.HOST_IP],
-                         timeout=20)
+        p = guestlib.run(["ping", "-c", "2", "-i", "0.2", "-W", "3", guestlib.HOST_IP], timeout=20)
         assert p.returncode == 0, p.stdout + p.stderr
     finally:
         d = cli("detach", iface)
     assert d.exit_code == 0, d.stdout + d.stderr
-    assert "restored offloads" in d.stdout and f"channels combined {ch_before.combined}" \
-        in d.stdout, d.stdout
+    assert (
+        "restored offloads" in d.stdout and f"channels combined {ch_before.combined}" in d.stdout
+    ), d.stdout
     assert guestlib.features(iface) == feats_before
     assert guestlib.channels(iface) == ch_before
     assert guestlib.mtu_of(iface) == mtu
@@ -178,8 +194,11 @@ def test_mtu_too_large_refused_in_kernel_words(iface: str, xdp_pass_obj: Path) -
     log = Kmsg()
     words = kernel_refusal(iface, xdp_pass_obj)
     assert words == "virtio_net: MTU too large to enable XDP"
-    limits = {m.group(1) for ln in log.new_lines()
-              if (m := re.search(r"XDP requires MTU less than (\d+)", ln))}
+    limits = {
+        m.group(1)
+        for ln in log.new_lines()
+        if (m := re.search(r"XDP requires MTU less than (\d+)", ln))
+    }
     assert len(limits) == 1, log.new_lines()
     feats = guestlib.features(iface)
     ch = guestlib.channels(iface)
@@ -194,8 +213,7 @@ def test_mtu_too_large_refused_in_kernel_words(iface: str, xdp_pass_obj: Path) -
 
 
 @pytest.mark.usefixtures("restore_iface", "restore_offloads")
-def test_open_port_mtu_too_large_refused_in_kernel_words(iface: str,
-                                                         xdp_pass_obj: Path) -> None:
+def test_open_port_mtu_too_large_refused_in_kernel_words(iface: str, xdp_pass_obj: Path) -> None:
     assert guestlib.set_mtu(iface, 9000).returncode == 0
     words = kernel_refusal(iface, xdp_pass_obj)
     assert_open_port_refused(iface, words, Kmsg())
@@ -204,14 +222,20 @@ def test_open_port_mtu_too_large_refused_in_kernel_words(iface: str,
 # -------------------------------------------------------------------- refusals profile
 
 REFUSED_NICS = [
-    pytest.param("VTVM_NIC_NO_CTRL_OFFLOADS",
-                 "virtio_net: Can't set XDP while host is implementing GRO_HW/CSUM, "
-                 "disable GRO_HW/CSUM first", id="no_ctrl_guest_offloads"),
-    pytest.param("VTVM_NIC_HOST_MTU", "virtio_net: MTU too large to enable XDP",
-                 id="host_mtu_9000"),
-    pytest.param("VTVM_NIC_LEGACY",
-                 "virtio_net: XDP expects header/data in single page, any_header_sg "
-                 "required", id="legacy_no_any_header_sg"),
+    pytest.param(
+        "VTVM_NIC_NO_CTRL_OFFLOADS",
+        "virtio_net: Can't set XDP while host is implementing GRO_HW/CSUM, "
+        "disable GRO_HW/CSUM first",
+        id="no_ctrl_guest_offloads",
+    ),
+    pytest.param(
+        "VTVM_NIC_HOST_MTU", "virtio_net: MTU too large to enable XDP", id="host_mtu_9000"
+    ),
+    pytest.param(
+        "VTVM_NIC_LEGACY",
+        "virtio_net: XDP expects header/data in single page, any_header_sg required",
+        id="legacy_no_any_header_sg",
+    ),
 ]
 
 
@@ -225,8 +249,7 @@ def _refused_nic(var: str) -> str:
 @pytest.fixture
 def detach_everything() -> Iterator[None]:
     yield
-    for var in ("VTVM_IFACE", "VTVM_NIC_NO_CTRL_OFFLOADS", "VTVM_NIC_HOST_MTU",
-                "VTVM_NIC_LEGACY"):
+    for var in ("VTVM_IFACE", "VTVM_NIC_NO_CTRL_OFFLOADS", "VTVM_NIC_HOST_MTU", "VTVM_NIC_LEGACY"):
         name = os.environ.get(var)
         if name:
             cli("detach", name, "--force")
@@ -253,8 +276,7 @@ def test_attach_refused_in_kernel_words(var: str, expected: str, xdp_pass_obj: P
 @pytest.mark.vm_profile("refusals")
 @pytest.mark.usefixtures("detach_everything", "restore_offloads")
 @pytest.mark.parametrize(("var", "expected"), REFUSED_NICS)
-def test_open_port_refused_in_kernel_words(var: str, expected: str,
-                                           xdp_pass_obj: Path) -> None:
+def test_open_port_refused_in_kernel_words(var: str, expected: str, xdp_pass_obj: Path) -> None:
     nic = _refused_nic(var)
     words = kernel_refusal(nic, xdp_pass_obj)
     assert words == expected
@@ -274,8 +296,11 @@ def test_too_few_queue_pairs_warned_in_kernel_words(iface: str) -> None:
         assert guestlib.xdp_mode(iface) == XDP_ATTACHED_DRV
         # virtio_net prints this once per boot (netdev_warn_once): take its line from the
         # whole boot, whichever attach printed it.
-        kernel = [ln.split(f"{iface}: ", 1)[1] for ln in Kmsg.all_lines()
-                  if "XDP request" in ln and f" {iface}: " in ln]
+        kernel = [
+            ln.split(f"{iface}: ", 1)[1]
+            for ln in Kmsg.all_lines()
+            if "XDP request" in ln and f" {iface}: " in ln
+        ]
         assert kernel, "virtio_net did not warn about its locked TX mode"
         assert kernel[0].endswith(QUEUE_WARNING)
         assert f"vtnetmap: warning: {iface}: {kernel[0]}" in r.stderr, (kernel, r.stderr)

@@ -40,8 +40,9 @@ def _kill_and_check(o: Owner, iface: str, link: guestlib.HostLink) -> None:
     assert guestlib.xdp_mode(iface) == 0
 
 
-def test_link_down_up_while_owned(iface: str, host_link: guestlib.HostLink,
-                                  owner_factory: list[Owner]) -> None:  # noqa: F811
+def test_link_down_up_while_owned(
+    iface: str, host_link: guestlib.HostLink, owner_factory: list[Owner]
+) -> None:
     o = Owner(iface)
     owner_factory.append(o)
     o.wait_ready(120)
@@ -54,8 +55,9 @@ def test_link_down_up_while_owned(iface: str, host_link: guestlib.HostLink,
     _kill_and_check(o, iface, host_link)
 
 
-def test_mtu_change_while_owned(iface: str, host_link: guestlib.HostLink,
-                                owner_factory: list[Owner]) -> None:  # noqa: F811
+def test_mtu_change_while_owned(
+    iface: str, host_link: guestlib.HostLink, owner_factory: list[Owner]
+) -> None:
     o = Owner(iface)
     owner_factory.append(o)
     o.wait_ready(120)

@@ -68,8 +68,9 @@ def test_host_pings_guest(host_link: guestlib.HostLink) -> None:
 
 def test_guest_tx_counted_exactly_on_host_tap(host_link: guestlib.HostLink) -> None:
     before = host_link.tap_stats()
-    h = host_link.spawn([sys.executable, "-c", _HOST_RX, guestlib.HOST_IP, str(PORT),
-                         str(N_DATAGRAMS)])
+    h = host_link.spawn(
+        [sys.executable, "-c", _HOST_RX, guestlib.HOST_IP, str(PORT), str(N_DATAGRAMS)]
+    )
     # Wait until the receiver is bound: a datagram sent before would be refused.
     deadline = time.monotonic() + 30
     while True:
@@ -103,8 +104,10 @@ def test_host_tx_received_exactly_in_guest(host_link: guestlib.HostLink) -> None
     s.bind((guestlib.GUEST_IP, PORT + 1))
     s.settimeout(60)
     before = host_link.tap_stats()
-    r = host_link.run([sys.executable, "-c", _HOST_TX, guestlib.GUEST_IP, str(PORT + 1),
-                       str(N_DATAGRAMS)], timeout=60)
+    r = host_link.run(
+        [sys.executable, "-c", _HOST_TX, guestlib.GUEST_IP, str(PORT + 1), str(N_DATAGRAMS)],
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     want = hashlib.sha256()
     for i in range(N_DATAGRAMS):

@@ -116,10 +116,13 @@ def rx_queues(iface: str) -> int:
     return len([q for q in os.listdir(f"/sys/class/net/{iface}/queues") if q.startswith("rx-")])
 
 
-def host_ping(link: guestlib.HostLink, count: int,
-              wait_s: float = 1.0) -> subprocess.CompletedProcess[str]:
-    return link.run(["ping", "-n", "-c", str(count), "-i", "0.2", "-W", str(wait_s),
-                     guestlib.GUEST_IP], timeout=30)
+def host_ping(
+    link: guestlib.HostLink, count: int, wait_s: float = 1.0
+) -> subprocess.CompletedProcess[str]:
+    return link.run(
+        ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", str(wait_s), guestlib.GUEST_IP],
+        timeout=30,
+    )
 
 
 def own_then_kill(iface: str, link: guestlib.HostLink, owners: list[Owner]) -> float:
@@ -149,8 +152,9 @@ def own_then_kill(iface: str, link: guestlib.HostLink, owners: list[Owner]) -> f
     return took
 
 
-def test_kill9_owner_returns_queues_and_program(iface: str, host_link: guestlib.HostLink,
-                                               owner_factory: list[Owner]) -> None:
+def test_kill9_owner_returns_queues_and_program(
+    iface: str, host_link: guestlib.HostLink, owner_factory: list[Owner]
+) -> None:
     ch = guestlib.channels(iface)
     took = own_then_kill(iface, host_link, owner_factory)
     assert took < RETURN_WITHIN_S, f"the stack answered {took:.2f}s after kill -9"
@@ -160,8 +164,9 @@ def test_kill9_owner_returns_queues_and_program(iface: str, host_link: guestlib.
     assert guestlib.channels(iface) == ch
 
 
-def test_kill9_owner_of_attached_device(iface: str, host_link: guestlib.HostLink,
-                                        owner_factory: list[Owner]) -> None:
+def test_kill9_owner_of_attached_device(
+    iface: str, host_link: guestlib.HostLink, owner_factory: list[Owner]
+) -> None:
     attach(iface)
     try:
         prog = guestlib.link_info(iface)["xdp"]["prog"]["id"]

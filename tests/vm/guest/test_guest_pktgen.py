@@ -82,14 +82,15 @@ def _csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def udp_frame(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, sport: int, dport: int,
-              length: int) -> bytes:
+def udp_frame(
+    dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, sport: int, dport: int, length: int
+) -> bytes:
     """pkt-gen's frame (netmap's pkt-gen header fields: TOS low delay, id 0, DF, TTL 64),
     built from the RFCs: IPv4 header checksum, UDP checksum over the pseudo header (a
     computed 0 sent as 0xffff), payload = the payload text repeated."""
     ip_len = length - 14
     udp_len = ip_len - 20
-    payload = (PAYLOAD_TEXT * (udp_len // len(PAYLOAD_TEXT) + 1))[:udp_len - 8]
+    payload = (PAYLOAD_TEXT * (udp_len // len(PAYLOAD_TEXT) + 1))[: udp_len - 8]
     src, dst = bytes(map(int, src_ip.split("."))), bytes(map(int, dst_ip.split(".")))
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0x10, ip_len, 0, 0x4000, 64, 17, 0, src, dst)
     ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
@@ -123,9 +124,20 @@ def quiet_host(host_link: guestlib.HostLink) -> Iterator[str]:
 def test_seed1_guest_tx_counted_on_host_tap(iface: str, host_link: guestlib.HostLink) -> None:
     res = Path(os.environ.get("VTVM_RESULTS", "/tmp"))
     ready = res / f"capture-{secrets.token_hex(4)}.ready"
-    cap = host_link.spawn([sys.executable, "-c", HOST_CAPTURE, host_link.info()["tap"],
-                           str(ready), str(N_TX), "1.5", "120",
-                           GUEST_MAC.replace(":", ""), str(SPORT)])
+    cap = host_link.spawn(
+        [
+            sys.executable,
+            "-c",
+            HOST_CAPTURE,
+            host_link.info()["tap"],
+            str(ready),
+            str(N_TX),
+            "1.5",
+            "120",
+            GUEST_MAC.replace(":", ""),
+            str(SPORT),
+        ]
+    )
     end = time.monotonic() + 30
     while not ready.exists():
         assert time.monotonic() < end, host_link.wait(cap, timeout=5).stderr
@@ -134,24 +146,46 @@ def test_seed1_guest_tx_counted_on_host_tap(iface: str, host_link: guestlib.Host
     before = host_link.tap_stats()
     src = f"{guestlib.GUEST_IP}:{SPORT}"
     dst = f"{guestlib.HOST_IP}:{DPORTS[0]}-{guestlib.HOST_IP}:{DPORTS[1]}"
-    r = guestlib.run([VTNETMAP, "pkt-gen", "-i", f"netmap:{iface}", "-f", "tx",
-                      "-n", str(N_TX), "-l", str(FRAME_LEN), "-s", src, "-d", dst,
-                      "-D", SINK_MAC, "-R", "4000", "-w", "0"], timeout=180)
+    r = guestlib.run(
+        [
+            VTNETMAP,
+            "pkt-gen",
+            "-i",
+            f"netmap:{iface}",
+            "-f",
+            "tx",
+            "-n",
+            str(N_TX),
+            "-l",
+            str(FRAME_LEN),
+            "-s",
+            src,
+            "-d",
+            dst,
+            "-D",
+            SINK_MAC,
+            "-R",
+            "4000",
+            "-w",
+            "0",
+        ],
+        timeout=180,
+    )
     if r.returncode != 0:
         host_link.signal(cap, signal.SIGKILL)  # it would wait for frames until its deadline
         host_link.wait(cap, timeout=10)
         pytest.fail(f"pkt-gen tx failed: rc={r.returncode}\n{r.stdout}{r.stderr}")
     got = host_link.wait(cap, timeout=150)
-    assert re.search(rf"^Sent {N_TX} packets {N_TX * FRAME_LEN} bytes", r.stdout, re.M), \
-        r.stdout
+    assert re.search(rf"^Sent {N_TX} packets {N_TX * FRAME_LEN} bytes", r.stdout, re.M), r.stdout
     assert got.returncode == 0, got.stderr
     cap_res = json.loads(got.stdout)
     # Every frame pkt-gen counted reached the host, and nothing else with its addresses.
     assert cap_res["count"] == N_TX, cap_res
     flows = [str(p) for p in range(DPORTS[0], DPORTS[1] + 1)]
     assert cap_res["keys"] == {p: N_TX // len(flows) for p in flows}, cap_res["keys"]
-    want = udp_frame(SINK_MAC, GUEST_MAC, guestlib.GUEST_IP, guestlib.HOST_IP, SPORT,
-                     DPORTS[0], FRAME_LEN)
+    want = udp_frame(
+        SINK_MAC, GUEST_MAC, guestlib.GUEST_IP, guestlib.HOST_IP, SPORT, DPORTS[0], FRAME_LEN
+    )
     assert bytes.fromhex(cap_res["first"]) == want, (cap_res["first"], want.hex())
     after = host_link.tap_stats()
     assert after["rx_packets"] - before["rx_packets"] >= N_TX
@@ -160,29 +194,55 @@ def test_seed1_guest_tx_counted_on_host_tap(iface: str, host_link: guestlib.Host
 
 
 @pytest.mark.usefixtures("restore_iface")
-def test_seed2_host_tx_received_in_guest_rx_rings(iface: str, quiet_host: str,
-                                                  host_link: guestlib.HostLink) -> None:
-    rx = subprocess.Popen([VTNETMAP, "pkt-gen", "-i", f"netmap:{iface}", "-f", "rx", "-W",
-                           "-w", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+def test_seed2_host_tx_received_in_guest_rx_rings(
+    iface: str, quiet_host: str, host_link: guestlib.HostLink
+) -> None:
+    rx = subprocess.Popen(
+        [VTNETMAP, "pkt-gen", "-i", f"netmap:{iface}", "-f", "rx", "-W", "-w", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Ready when pkt-gen owns every RX queue (the steering program records its pid).
         end = time.monotonic() + 120
         while True:
             assert rx.poll() is None, f"pkt-gen rx exited early: {rx.communicate()}"
             queues = status(iface)["interfaces"][0]["queues"]
-            owners = {q["owner_pid"] for q in queues[:rx_queues(iface)]}
+            owners = {q["owner_pid"] for q in queues[: rx_queues(iface)]}
             if owners == {rx.pid} and guestlib.xdp_mode(iface):
                 break
             assert time.monotonic() < end, f"pkt-gen rx never owned the queues: {queues}"
             time.sleep(0.2)
         before = host_link.tap_stats()
         # Two TAP queues: QEMU feeds each into its own virtio queue pair.
-        h = host_link.run([VTNETMAP, "pkt-gen", "-i", f"netmap:{quiet_host}/T", "-f", "tx",
-                           "-n", str(N_RX), "-l", str(FRAME_LEN),
-                           "-s", f"{guestlib.HOST_IP}:5000",
-                           "-d", f"{guestlib.GUEST_IP}:6000-{guestlib.GUEST_IP}:6031",
-                           "-D", GUEST_MAC, "-R", "2000", "-w", "0", "-p", "2"], timeout=120)
+        h = host_link.run(
+            [
+                VTNETMAP,
+                "pkt-gen",
+                "-i",
+                f"netmap:{quiet_host}/T",
+                "-f",
+                "tx",
+                "-n",
+                str(N_RX),
+                "-l",
+                str(FRAME_LEN),
+                "-s",
+                f"{guestlib.HOST_IP}:5000",
+                "-d",
+                f"{guestlib.GUEST_IP}:6000-{guestlib.GUEST_IP}:6031",
+                "-D",
+                GUEST_MAC,
+                "-R",
+                "2000",
+                "-w",
+                "0",
+                "-p",
+                "2",
+            ],
+            timeout=120,
+        )
         assert h.returncode == 0, h.stdout + h.stderr
         m = re.search(r"^Sent (\d+) packets", h.stdout, re.M)
         assert m and int(m.group(1)) == N_RX, h.stdout

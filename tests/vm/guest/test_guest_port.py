@@ -105,15 +105,35 @@ def tx_queue_count(iface: str) -> int:
 class HostCapture:
     """HOST_CAPTURE running on the host, ready once this returns."""
 
-    def __init__(self, link: guestlib.HostLink, src_mac: str, ethertype: int, want: int,
-                 key: tuple[int, int], idle: float = 1.0, deadline: float = 60.0) -> None:
+    def __init__(
+        self,
+        link: guestlib.HostLink,
+        src_mac: str,
+        ethertype: int,
+        want: int,
+        key: tuple[int, int],
+        idle: float = 1.0,
+        deadline: float = 60.0,
+    ) -> None:
         self.link = link
         res = Path(os.environ.get("VTVM_RESULTS", "/tmp"))
         self.ready = res / f"capture-{secrets.token_hex(4)}.ready"
-        self.handle = link.spawn([sys.executable, "-c", HOST_CAPTURE, link.info()["tap"],
-                                  str(self.ready), str(want), str(idle), str(deadline),
-                                  mac_bytes(src_mac).hex(), f"{ethertype:04x}",
-                                  str(key[0]), str(key[1])])
+        self.handle = link.spawn(
+            [
+                sys.executable,
+                "-c",
+                HOST_CAPTURE,
+                link.info()["tap"],
+                str(self.ready),
+                str(want),
+                str(idle),
+                str(deadline),
+                mac_bytes(src_mac).hex(),
+                f"{ethertype:04x}",
+                str(key[0]),
+                str(key[1]),
+            ]
+        )
         # The results directory is shared with the host: the file appears once bound.
         end = time.monotonic() + 30
         while not self.ready.exists():
@@ -130,8 +150,9 @@ class HostCapture:
         return out
 
 
-def receive_flows(port: Port, expected: int, tag: bytes,
-                  timeout: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+def receive_flows(
+    port: Port, expected: int, tag: bytes, timeout: float = 15.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Drain every RX ring until ``expected`` test datagrams arrived (then 0.5 s more,
     to see any extra). Returns per-ring counts of (all frames, test datagrams)."""
     n = len(port.rx_rings)
@@ -151,10 +172,16 @@ def receive_flows(port: Port, expected: int, tag: bytes,
             b = bufs[r.slot["buf_idx"][idx]]
             lens = r.slot["len"][idx]
             dport = b[:, 36].astype(np.int64) << 8 | b[:, 37]
-            pay = b[:, 42:42 + prefix.size]
-            hit = ((b[:, 12] == 0x08) & (b[:, 13] == 0x00) & (b[:, 23] == 17)
-                   & (dport >= BASE_PORT) & (dport < BASE_PORT + FLOWS)
-                   & (lens >= 42 + prefix.size) & (pay == prefix).all(axis=1))
+            pay = b[:, 42 : 42 + prefix.size]
+            hit = (
+                (b[:, 12] == 0x08)
+                & (b[:, 13] == 0x00)
+                & (b[:, 23] == 17)
+                & (dport >= BASE_PORT)
+                & (dport < BASE_PORT + FLOWS)
+                & (lens >= 42 + prefix.size)
+                & (pay == prefix).all(axis=1)
+            )
             frames[r.ring_id] += k
             ours[r.ring_id] += int(hit.sum())
             r.head = r.cur = r.next(r.head, k)
@@ -165,9 +192,8 @@ def receive_flows(port: Port, expected: int, tag: bytes,
 
 
 @pytest.fixture(params=["implicit", "attached"])
-def steering(request: pytest.FixtureRequest, iface: str,
-             restore_iface: str) -> Iterator[str]:
-    """"implicit": the port attaches the steering program itself; "attached": it joins
+def steering(request: pytest.FixtureRequest, iface: str, restore_iface: str) -> Iterator[str]:
+    """ "implicit": the port attaches the steering program itself; "attached": it joins
     the program `vtnetmap attach` left pinned (the library call behind the command)."""
     if request.param == "attached":
         attach(iface)
@@ -179,7 +205,8 @@ def steering(request: pytest.FixtureRequest, iface: str,
 
 
 def test_rings_map_to_queues_and_every_ring_receives(
-        iface: str, steering: str, host_link: guestlib.HostLink) -> None:
+    iface: str, steering: str, host_link: guestlib.HostLink
+) -> None:
     with open_port(f"netmap:{iface}") as port:
         # With a program attached, virtio_net receives on every enabled queue pair (its
         # XDP TX pairs included): the port must have one RX ring per RX queue.
@@ -197,8 +224,19 @@ def test_rings_map_to_queues_and_every_ring_receives(
         tag = f"vtvm-port-{steering}"
         before = ethtool_stats(iface)
         host_before = host_link.tap_stats()
-        r = host_link.run([sys.executable, "-c", _HOST_FLOWS, guestlib.GUEST_IP,
-                           str(BASE_PORT), str(FLOWS), str(ROUNDS), tag], timeout=60)
+        r = host_link.run(
+            [
+                sys.executable,
+                "-c",
+                _HOST_FLOWS,
+                guestlib.GUEST_IP,
+                str(BASE_PORT),
+                str(FLOWS),
+                str(ROUNDS),
+                tag,
+            ],
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         frames, ours = receive_flows(port, FLOWS * ROUNDS, tag.encode())
         after = ethtool_stats(iface)
@@ -207,8 +245,12 @@ def test_rings_map_to_queues_and_every_ring_receives(
         assert int(ours.sum()) == FLOWS * ROUNDS, (ours, host_sent)
         assert (ours > 0).all(), f"rings without traffic: {ours}"
         # Ring i got exactly what virtio_net redirected from its queue i.
-        redirected = np.array([after[f"rx_queue_{q}_xdp_redirects"]
-                               - before[f"rx_queue_{q}_xdp_redirects"] for q in range(nq)])
+        redirected = np.array(
+            [
+                after[f"rx_queue_{q}_xdp_redirects"] - before[f"rx_queue_{q}_xdp_redirects"]
+                for q in range(nq)
+            ]
+        )
         assert (redirected == frames).all(), (redirected, frames)
         port.check_invariant()
 
@@ -242,8 +284,7 @@ def test_rings_map_to_queues_and_every_ring_receives(
         port.check_invariant()
 
     # Closed: the queues are the kernel's again (implicit: the program is gone too).
-    p = host_link.run(["ping", "-c", "2", "-i", "0.2", "-W", "3", guestlib.GUEST_IP],
-                      timeout=20)
+    p = host_link.run(["ping", "-c", "2", "-i", "0.2", "-W", "3", guestlib.GUEST_IP], timeout=20)
     assert p.returncode == 0, p.stdout + p.stderr
     if steering == "implicit":
         assert guestlib.xdp_mode(iface) == 0

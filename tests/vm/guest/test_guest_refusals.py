@@ -45,8 +45,10 @@ def test_too_few_queue_pairs_for_xdp_tx(iface: str, xdp_pass_obj: Path) -> None:
     # virtio_net still attaches, sharing TX queues under a lock, and says so.
     assert r.returncode == 0, r.stderr
     assert guestlib.xdp_mode(iface) == XDP_ATTACHED_DRV
-    want = (f"XDP request {ch.combined + cpus} queues but max is {ch.max_combined}. "
-            "XDP_TX and XDP_REDIRECT will operate in a slower locked tx mode.")
+    want = (
+        f"XDP request {ch.combined + cpus} queues but max is {ch.max_combined}. "
+        "XDP_TX and XDP_REDIRECT will operate in a slower locked tx mode."
+    )
     lines = Kmsg.all_lines()
     assert any(want in ln for ln in lines), [ln for ln in lines if "XDP" in ln]
 
@@ -59,8 +61,10 @@ def test_no_ctrl_guest_offloads_refuses_xdp(xdp_pass_obj: Path) -> None:
     assert guestlib.features(nic)["rx-gro-hw"] == "on [fixed]"
     r = guestlib.xdp_attach(nic, xdp_pass_obj)
     assert r.returncode != 0
-    assert ("virtio_net: Can't set XDP while host is implementing GRO_HW/CSUM, "
-            "disable GRO_HW/CSUM first.") in r.stderr
+    assert (
+        "virtio_net: Can't set XDP while host is implementing GRO_HW/CSUM, "
+        "disable GRO_HW/CSUM first."
+    ) in r.stderr
     assert guestlib.xdp_mode(nic) == 0
 
 

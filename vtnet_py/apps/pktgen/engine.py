@@ -72,7 +72,6 @@ F_RUNNING = 13
 NFIELDS = 14
 
 
-
 class PktgenError(VtnetError):
     """A pkt-gen option combination that cannot apply here (one line, says why)."""
 
@@ -103,8 +102,9 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.function not in FUNCTIONS:
-            raise PktgenError(f"-f {self.function}: unknown function "
-                              f"(one of {', '.join(FUNCTIONS)})")
+            raise PktgenError(
+                f"-f {self.function}: unknown function (one of {', '.join(FUNCTIONS)})"
+            )
         if self.burst == 0:
             self.burst = DEFAULT_BURST[self.function]
         if self.burst < 1:
@@ -156,8 +156,10 @@ def worker_port_names(cfg: Config) -> list[str]:
     if cfg.threads == 1:
         return [spec.name if spec.name.startswith("netmap:") else str(spec)]
     if spec.mode is not RegMode.ALL_NIC:
-        raise PktgenError(f"-p {cfg.threads}: {cfg.port} names one ring already; "
-                          f"give the interface (netmap:IF) to spread over rings")
+        raise PktgenError(
+            f"-p {cfg.threads}: {cfg.port} names one ring already; "
+            f"give the interface (netmap:IF) to spread over rings"
+        )
     names = []
     for i in range(cfg.threads):
         one: PortSpec = dataclasses.replace(spec, name="", mode=RegMode.ONE_NIC, ring_id=i)
@@ -218,8 +220,9 @@ class Worker:
         try:
             # -H: the port gives every slot a virtio-net header (zeroed on RX,
             # stripped on TX), as netmap's NETMAP_REQ_PORT_HDR_SET
-            return open_port(self.port_name, netns=self.cfg.netns,
-                             vnet_hdr=self.cfg.spec.vnet_hdr_len)
+            return open_port(
+                self.port_name, netns=self.cfg.netns, vnet_hdr=self.cfg.spec.vnet_hdr_len
+            )
         except (VtnetError, OSError) as exc:
             self.out.diag(f"cannot open {self.port_name}: {exc}", func="worker")
             self.row[F_ERR] = 1
@@ -274,8 +277,10 @@ class Worker:
             raise PktgenError(f"{self.port_name}: no TX ring (opened with /R?)")
         spec = cfg.spec
         if spec.max_slot_len > rings[0].nr_buf_size:
-            raise PktgenError(f"-l {spec.length}: a frame of {spec.max_slot_len} bytes does not "
-                              f"fit a {rings[0].nr_buf_size}-byte buffer")
+            raise PktgenError(
+                f"-l {spec.length}: a frame of {spec.max_slot_len} bytes does not "
+                f"fit a {rings[0].nr_buf_size}-byte buffer"
+            )
         gen = FrameGen(spec, seed=None if cfg.seed is None else cfg.seed + self.index)
         bufs = port.bufs
         # Each TX ring owns num_slots buffers for good (completions bring them
@@ -415,8 +420,16 @@ class Worker:
         if seq_mode:
             self._store_seq(trackers)
 
-    def _check_seq(self, bufs: np.ndarray, r: Any, idx: np.ndarray, lens: np.ndarray, vh: int,
-                   t: SeqTracker, last_log: float) -> float:
+    def _check_seq(
+        self,
+        bufs: np.ndarray,
+        r: Any,
+        idx: np.ndarray,
+        lens: np.ndarray,
+        vh: int,
+        t: SeqTracker,
+        last_log: float,
+    ) -> float:
         rows = r.slot["buf_idx"][idx]
         # only IPv4 frames long enough to carry a sequence number count
         et = field_view(bufs, vh + OFF_ETHERTYPE, ">u2")[rows]
@@ -518,8 +531,10 @@ class Worker:
             if t - last_print >= 1.0 and period_rtts:
                 allr = np.concatenate(period_rtts)
                 if allr.size:
-                    self.out.diag(f"count {allr.size} RTT: min {int(allr.min())} "
-                                  f"av {int(allr.mean())} ns", func="ping_body")
+                    self.out.diag(
+                        f"count {allr.size} RTT: min {int(allr.min())} av {int(allr.mean())} ns",
+                        func="ping_body",
+                    )
                 self.ping_rtts.extend(period_rtts)
                 period_rtts = []
                 last_print = t
@@ -559,14 +574,14 @@ class Worker:
                     top = int(lens.max())
                     bufs[dst, :top] = bufs[src, :top]
                     # swap the MAC addresses, and the IPv4 addresses of IPv4 frames
-                    bufs[dst, vh: vh + 6] = bufs[src, vh + 6: vh + 12]
-                    bufs[dst, vh + 6: vh + 12] = bufs[src, vh: vh + 6]
+                    bufs[dst, vh : vh + 6] = bufs[src, vh + 6 : vh + 12]
+                    bufs[dst, vh + 6 : vh + 12] = bufs[src, vh : vh + 6]
                     et = field_view(bufs, vh + OFF_ETHERTYPE, ">u2")[src]
                     v4 = (et == 0x0800) & (lens >= vh + 34)
                     if v4.any():
                         s4, d4 = src[v4], dst[v4]
-                        bufs[d4, vh + 26: vh + 30] = bufs[s4, vh + 30: vh + 34]
-                        bufs[d4, vh + 30: vh + 34] = bufs[s4, vh + 26: vh + 30]
+                        bufs[d4, vh + 26 : vh + 30] = bufs[s4, vh + 30 : vh + 34]
+                        bufs[d4, vh + 30 : vh + 34] = bufs[s4, vh + 26 : vh + 30]
                     txr.slot["len"][tidx] = lens
                     txr.head = txr.cur = txr.next(txr.head, k)
                     sent += k
@@ -592,8 +607,9 @@ class Run:
 
     def __init__(self, cfg: Config, out: TextIO | None = None, err: TextIO | None = None):
         self.cfg = cfg
-        self.output = Output(out or sys.stdout, err or sys.stderr, as_json=cfg.as_json,
-                             normalize=cfg.normalize)
+        self.output = Output(
+            out or sys.stdout, err or sys.stderr, as_json=cfg.as_json, normalize=cfg.normalize
+        )
         self.names = worker_port_names(cfg)
         self.pspec = parse_port_name(self.names[0])
         self.queues = self._facts()
@@ -601,7 +617,7 @@ class Run:
         self._shared = mp.RawArray(ctypes.c_int64, nw * NFIELDS + 1)
         arr = np.frombuffer(memoryview(self._shared).cast("B"), dtype=np.int64)
         self.rows = arr[: nw * NFIELDS].reshape(nw, NFIELDS)
-        self._cancel = arr[nw * NFIELDS:]  # one shared word: 1 = stop
+        self._cancel = arr[nw * NFIELDS :]  # one shared word: 1 = stop
         self.workers: list[Worker] = []
         self._signals = 0
 
@@ -616,8 +632,10 @@ class Run:
         if not cfg.src_mac_given:
             cfg.spec = dataclasses.replace(cfg.spec, src_mac=mac)
         if cfg.function in SENDERS + ("ping",) and cfg.spec.length - ETH_HLEN > mtu:
-            raise PktgenError(f"-l {cfg.spec.length}: the IPv4 packet ({cfg.spec.length - ETH_HLEN}"
-                              f" bytes) exceeds the MTU of {ifname} ({mtu})")
+            raise PktgenError(
+                f"-l {cfg.spec.length}: the IPv4 packet ({cfg.spec.length - ETH_HLEN}"
+                f" bytes) exceeds the MTU of {ifname} ({mtu})"
+            )
         with enter_netns(cfg.netns):
             info = read_device(ifname)
         q = info.tx_queues if cfg.function in SENDERS else info.rx_queues
@@ -642,17 +660,23 @@ class Run:
 
     def _header(self) -> None:
         cfg = self.cfg
-        kind = ("Sending on" if cfg.function in SENDERS
-                else "Receiving from" if cfg.function in RECEIVERS else "Working on")
+        kind = (
+            "Sending on"
+            if cfg.function in SENDERS
+            else "Receiving from"
+            if cfg.function in RECEIVERS
+            else "Working on"
+        )
         nq = self.queues if self.pspec.mode is RegMode.ALL_NIC or cfg.threads > 1 else 1
         cpus = cfg.cpus or (os.cpu_count() or 1)
-        self.output.info(f"{kind} {cfg.port}: {nq} queues, {cfg.threads} threads and "
-                         f"{cpus} cpus.")
+        self.output.info(f"{kind} {cfg.port}: {nq} queues, {cfg.threads} threads and {cpus} cpus.")
         if cfg.function in SENDERS:
             from vtnet_py.apps.pktgen.frames import format_mac
+
             s = cfg.spec
-            self.output.info(f"{s.src} -> {s.dst} ({format_mac(s.src_mac)} -> "
-                             f"{format_mac(s.dst_mac)})")
+            self.output.info(
+                f"{s.src} -> {s.dst} ({format_mac(s.src_mac)} -> {format_mac(s.dst_mac)})"
+            )
 
     def run(self) -> int:
         """Run to the end; returns the exit status (0, or 1 when a worker failed)."""
@@ -667,14 +691,21 @@ class Run:
             for i, name in enumerate(self.names):
                 self.rows[i, F_MIN_SPACE] = -1
                 w = self.worker_class(
-                    cfg, i, name, self.rows[i], self.cancelled, self.output,
-                    frames_in=per + (cfg.count - per * nw if i == 0 and cfg.count else 0))
+                    cfg,
+                    i,
+                    name,
+                    self.rows[i],
+                    self.cancelled,
+                    self.output,
+                    frames_in=per + (cfg.count - per * nw if i == 0 and cfg.count else 0),
+                )
                 self.workers.append(w)
             if nw == 1:
                 port = self.workers[0].open()
                 if port is not None:
-                    th = threading.Thread(target=self.workers[0].run, args=(port,),
-                                          name="pkt-gen-worker", daemon=True)
+                    th = threading.Thread(
+                        target=self.workers[0].run, args=(port,), name="pkt-gen-worker", daemon=True
+                    )
                     self.rows[0, F_RUNNING] = 1
                     th.start()
                     threads.append(th)
@@ -685,8 +716,9 @@ class Run:
                     p = ctx.Process(target=_child_main, args=(w,), name=f"pkt-gen-{i}")
                     p.start()
                     procs.append(p)
-            self._report_loop(lambda: any(t.is_alive() for t in threads)
-                              or any(p.is_alive() for p in procs))
+            self._report_loop(
+                lambda: any(t.is_alive() for t in threads) or any(p.is_alive() for p in procs)
+            )
         finally:
             self.cancel()
             for t in threads:
@@ -705,8 +737,12 @@ class Run:
         c = Counters()
         for row in self.rows:
             ms = int(row[F_MIN_SPACE])
-            c = c + Counters(int(row[F_PKTS]), int(row[F_BYTES]), int(row[F_EVENTS]),
-                             ms if ms >= 0 else MIN_SPACE_NONE)
+            c = c + Counters(
+                int(row[F_PKTS]),
+                int(row[F_BYTES]),
+                int(row[F_EVENTS]),
+                ms if ms >= 0 else MIN_SPACE_NONE,
+            )
             row[F_MIN_SPACE] = -1  # reset per interval, as pkt-gen's main thread does
         return c
 
@@ -753,17 +789,29 @@ class Run:
                 }
             self.output.final(f, extra)
             if cfg.function == "rxseq" and not cfg.as_json:
-                self.output.record({}, [
-                    f"Sequence: {extra['seq_received']} numbered packets, {extra['lost']} lost, "
-                    f"{extra['gaps']} gaps ({extra['gap_packets']} packets), "
-                    f"{extra['out_of_order']} out of order."])
+                self.output.record(
+                    {},
+                    [
+                        f"Sequence: {extra['seq_received']} numbered packets, "
+                        f"{extra['lost']} lost, "
+                        f"{extra['gaps']} gaps ({extra['gap_packets']} packets), "
+                        f"{extra['out_of_order']} out of order."
+                    ],
+                )
         elif cfg.function == "ping":
             self._ping_final(pkts)
         else:
             self.output.record(
-                {"type": "final", "msg": "Replied", "pkts": pkts, "bytes": nbytes,
-                 "events": events, "seconds": secs},
-                [f"Replied to {pkts} packets in {secs:.2f} seconds."])
+                {
+                    "type": "final",
+                    "msg": "Replied",
+                    "pkts": pkts,
+                    "bytes": nbytes,
+                    "events": events,
+                    "seconds": secs,
+                },
+                [f"Replied to {pkts} packets in {secs:.2f} seconds."],
+            )
 
     def _ping_final(self, sent: int) -> None:
         w = self.workers[0]
@@ -773,13 +821,21 @@ class Run:
         lines = []
         if received:
             q = np.percentile(rtts, [50, 99])
-            d.update(min=int(rtts.min()), avg=float(rtts.mean()), median=float(q[0]),
-                     p99=float(q[1]), max=int(rtts.max()))
-            lines.append(f"RTT over {received} packets: min {int(rtts.min())} "
-                         f"av {int(rtts.mean())} ns")
-            lines.append(f"RTT percentiles: min {int(rtts.min())} median {int(q[0])} "
-                         f"p99 {int(q[1])} max {int(rtts.max())} ns "
-                         f"({sent} sent, {received} replies)")
+            d.update(
+                min=int(rtts.min()),
+                avg=float(rtts.mean()),
+                median=float(q[0]),
+                p99=float(q[1]),
+                max=int(rtts.max()),
+            )
+            lines.append(
+                f"RTT over {received} packets: min {int(rtts.min())} av {int(rtts.mean())} ns"
+            )
+            lines.append(
+                f"RTT percentiles: min {int(rtts.min())} median {int(q[0])} "
+                f"p99 {int(q[1])} max {int(rtts.max())} ns "
+                f"({sent} sent, {received} replies)"
+            )
         else:
             lines.append(f"RTT: no reply to {sent} packets")
         self.output.record(d, lines)

@@ -346,11 +346,7 @@ class FrameGen:
         self._table: npt.NDArray[np.uint16] | None = None
         self._table_usum: npt.NDArray[np.uint64] | None = None
         period = self.period
-        if (
-            period is not None
-            and period <= TABLE_MAX
-            and not spec.random_length
-        ):
+        if period is not None and period <= TABLE_MAX and not spec.random_length:
             k = np.arange(period, dtype=np.int64)
             n = period
             words, usum = self._compute(
@@ -586,9 +582,7 @@ class FrameGen:
                 batch.stamp.astype(">u8").view(np.uint8).reshape(-1, STAMP_LEN)
             )
 
-    def frames(
-        self, n: int
-    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16], FrameBatch]:
+    def frames(self, n: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16], FrameBatch]:
         """The next ``n`` complete frames in a new array ``(n, max_slot_len)``.
 
         Returns the array, each frame's slot length (vnet header included)

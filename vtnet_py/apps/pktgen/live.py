@@ -164,16 +164,22 @@ def live_refusal(cfg: Config) -> str | None:
     """Why ``cfg`` cannot run with --live (one line naming the option), or None."""
     spec = cfg.spec
     if cfg.function != "tx":
-        return (f"-f {cfg.function}: --live only transmits plain frames (-f tx); the kernel "
-                f"generator has no receive path and no sequence numbers")
+        return (
+            f"-f {cfg.function}: --live only transmits plain frames (-f tx); the kernel "
+            f"generator has no receive path and no sequence numbers"
+        )
     if spec.vnet_hdr_len:
-        return (f"-H {spec.vnet_hdr_len}: --live frames leave through the driver's XDP "
-                f"transmit path, which takes no virtio-net header")
+        return (
+            f"-H {spec.vnet_hdr_len}: --live frames leave through the driver's XDP "
+            f"transmit path, which takes no virtio-net header"
+        )
     if spec.min_length:
         return "-l: --live sends frames of one length (the kernel copies one template); give one -l"
     if cfg.seed is not None and (spec.random_src or spec.random_dst):
-        return ("--seed: with --live, -z/-Z draw from the kernel's bpf_get_prandom_u32(), "
-                "which cannot be seeded")
+        return (
+            "--seed: with --live, -z/-Z draw from the kernel's bpf_get_prandom_u32(), "
+            "which cannot be seeded"
+        )
     ncpu = os.cpu_count() or 1
     if cfg.threads > ncpu:
         return f"-p {cfg.threads}: --live runs one process per CPU and this machine has {ncpu}"
@@ -181,9 +187,11 @@ def live_refusal(cfg: Config) -> str | None:
     if not pspec.tx:
         return f"{cfg.port}: --live transmits; a port opened with /R cannot"
     if pspec.mode is not RegMode.ALL_NIC:
-        return (f"{cfg.port}: --live uses no netmap ring (frames leave through the driver's "
-                f"XDP transmit queue of the CPU that generates them); name the interface, "
-                f"netmap:{pspec.ifname}")
+        return (
+            f"{cfg.port}: --live uses no netmap ring (frames leave through the driver's "
+            f"XDP transmit queue of the CPU that generates them); name the interface, "
+            f"netmap:{pspec.ifname}"
+        )
     return None
 
 
@@ -194,10 +202,12 @@ def checksum_bases(template: npt.NDArray[np.uint8]) -> tuple[int, int]:
     pseudo header (protocol, length) and the UDP words without the checksum and the
     two ports; the addresses, which both checksums cover, are added per frame.
     """
-    ip = template[ETH_HLEN:ETH_HLEN + IP_HLEN].astype(np.uint64)
+    ip = template[ETH_HLEN : ETH_HLEN + IP_HLEN].astype(np.uint64)
     ip_words = (ip[0::2] << np.uint64(8)) + ip[1::2]
-    skip_ip = [(OFF_IP_SUM - ETH_HLEN) // 2, *range((OFF_IP_SRC - ETH_HLEN) // 2,
-                                                    (OFF_IP_DST - ETH_HLEN) // 2 + 2)]
+    skip_ip = [
+        (OFF_IP_SUM - ETH_HLEN) // 2,
+        *range((OFF_IP_SRC - ETH_HLEN) // 2, (OFF_IP_DST - ETH_HLEN) // 2 + 2),
+    ]
     ip_base = int(ip_words.sum()) - int(ip_words[skip_ip].sum())
     seg = template[OFF_UDP_SPORT:].astype(np.uint64)
     if seg.shape[0] % 2:  # an odd last byte is the high half of a word
@@ -221,16 +231,18 @@ def _check_bases(template: npt.NDArray[np.uint8], ip_base: int, udp_base: int) -
     t = template.tobytes()
 
     def w(off: int) -> int:
-        return int.from_bytes(t[off:off + 2], "big")
+        return int.from_bytes(t[off : off + 2], "big")
 
     addrs = w(OFF_IP_SRC) + w(OFF_IP_SRC + 2) + w(OFF_IP_DST) + w(OFF_IP_DST + 2)
     ip_sum = ~_fold(ip_base + addrs) & 0xFFFF
     udp_sum = ~_fold(udp_base + addrs + w(OFF_UDP_SPORT) + w(OFF_UDP_DPORT)) & 0xFFFF
     udp_sum = udp_sum or 0xFFFF
     if (ip_sum, udp_sum) != (w(OFF_IP_SUM), w(OFF_UDP_SUM)):
-        raise VtnetError(f"--live: checksum bases do not reproduce the template's checksums "
-                         f"({ip_sum:#06x}/{udp_sum:#06x} vs {w(OFF_IP_SUM):#06x}/"
-                         f"{w(OFF_UDP_SUM):#06x})")
+        raise VtnetError(
+            f"--live: checksum bases do not reproduce the template's checksums "
+            f"({ip_sum:#06x}/{udp_sum:#06x} vs {w(OFF_IP_SUM):#06x}/"
+            f"{w(OFF_UDP_SUM):#06x})"
+        )
 
 
 def live_image() -> ProgramImage:
@@ -291,16 +303,29 @@ class LiveSender:
         if spec.random_dst:
             flags |= LIVE_RANDOM_DST
         self.conf = LiveConf(
-            ifindex=ifindex, flags=flags, src_start=spec.src.start, dst_start=spec.dst.start,
-            src_n=spec.src.n_addrs, dst_n=spec.dst.n_addrs, sport0=spec.src.port0,
-            sport_n=spec.src.n_ports, dport0=spec.dst.port0, dport_n=spec.dst.n_ports,
-            ip_base=ip_base, udp_base=udp_base)
-        self.prog: LoadedProgram = instantiate(live_image(), LIVE_PROG, K.BPF_PROG_TYPE_XDP,
-                                               name=LIVE_PROG)
+            ifindex=ifindex,
+            flags=flags,
+            src_start=spec.src.start,
+            dst_start=spec.dst.start,
+            src_n=spec.src.n_addrs,
+            dst_n=spec.dst.n_addrs,
+            sport0=spec.src.port0,
+            sport_n=spec.src.n_ports,
+            dport0=spec.dst.port0,
+            dport_n=spec.dst.n_ports,
+            ip_base=ip_base,
+            udp_base=udp_base,
+        )
+        self.prog: LoadedProgram = instantiate(
+            live_image(), LIVE_PROG, K.BPF_PROG_TYPE_XDP, name=LIVE_PROG
+        )
         try:
             bpf.map_update(self.prog.maps["conf"], ctypes.c_uint32(0), _value(self.conf))
-            bpf.map_update(self.prog.maps["state"], ctypes.c_uint32(0), _value(
-                LiveState(dst_addr=spec.dst.start, dst_port=spec.dst.port0)))
+            bpf.map_update(
+                self.prog.maps["state"],
+                ctypes.c_uint32(0),
+                _value(LiveState(dst_addr=spec.dst.start, dst_port=spec.dst.port0)),
+            )
         except BaseException:
             self.prog.close()
             raise
@@ -324,10 +349,15 @@ class LiveSender:
         """One BPF_PROG_TEST_RUN call of ``frames`` repetitions; returns the frames the
         program redirected in it (fewer only when a signal cut the call short)."""
         attr = K.bpf_attr_test_run(
-            prog_fd=self.prog.prog_fd, data_in=ctypes.addressof(self._data),
-            data_size_in=self.length, repeat=frames, ctx_in=ctypes.addressof(self._ctx),
-            ctx_size_in=ctypes.sizeof(self._ctx), flags=K.BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size=self.batch)
+            prog_fd=self.prog.prog_fd,
+            data_in=ctypes.addressof(self._data),
+            data_size_in=self.length,
+            repeat=frames,
+            ctx_in=ctypes.addressof(self._ctx),
+            ctx_size_in=ctypes.sizeof(self._ctx),
+            flags=K.BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size=self.batch,
+        )
         before = self.count
         try:
             bpf.prog_test_run(attr)
@@ -348,7 +378,8 @@ class LiveSender:
         if exc.errno == errno.EINVAL:
             return UnsupportedError(
                 f"--live: the kernel refused {what} (EINVAL): a {self.length}-byte frame must "
-                f"fit one page with the kernel's headroom (about 3.5 KB)")
+                f"fit one page with the kernel's headroom (about 3.5 KB)"
+            )
         return VtnetError(f"--live: {what}: {exc.strerror}")
 
     def close(self) -> None:
@@ -373,8 +404,9 @@ class LiveWorker(Worker):
                 try:
                     ifindex = socket.if_nametoindex(pspec.ifname)
                 except OSError as exc:
-                    raise DeviceError(f"interface {pspec.ifname!r} does not exist (in this "
-                                      f"network namespace)") from exc
+                    raise DeviceError(
+                        f"interface {pspec.ifname!r} does not exist (in this network namespace)"
+                    ) from exc
             return LiveSender(cfg.spec, pspec.ifname, ifindex, cfg.burst)
         except (VtnetError, OSError) as exc:
             self.out.diag(f"cannot start --live on {pspec.ifname}: {exc}", func="worker")
@@ -408,8 +440,9 @@ class LiveWorker(Worker):
         tx0 = tx_packets(ifname)
         self.row[F_TIC] = time.monotonic_ns()
         stop = threading.Event()
-        poller = threading.Thread(target=self._poll_counts, args=(sender, stop),
-                                  name="pkt-gen-live-counts", daemon=True)
+        poller = threading.Thread(
+            target=self._poll_counts, args=(sender, stop), name="pkt-gen-live-counts", daemon=True
+        )
         poller.start()
         try:
             next_t = time.monotonic()
@@ -446,8 +479,11 @@ class LiveWorker(Worker):
             time.sleep(0.05)  # the receiving side may still be counting the last batch
             tx1 = tx_packets(ifname) or tx1
         if tx0 is not None and tx1 is not None and tx1 - tx0 < sent:
-            self.out.diag(f"{ifname}: only {tx1 - tx0} of {sent} frames left the interface "
-                          f"(tx_packets); the driver dropped the rest", func="live_body")
+            self.out.diag(
+                f"{ifname}: only {tx1 - tx0} of {sent} frames left the interface "
+                f"(tx_packets); the driver dropped the rest",
+                func="live_body",
+            )
 
     def _check_first_call(self, ifname: str, tx0: int, done: int) -> None:
         """Stop when the device took (almost) none of the first call's frames."""
@@ -458,7 +494,8 @@ class LiveWorker(Worker):
             raise PktgenError(
                 f"--live: {ifname} dropped the frames of the first call ({moved - tx0} of "
                 f"{done} left, by its tx_packets); on veth the peer needs an XDP program or "
-                f"GRO on (ethtool -K PEER gro on) to take XDP frames")
+                f"GRO on (ethtool -K PEER gro on) to take XDP frames"
+            )
 
     def _publish(self, sent: int, events: int, length: int) -> None:
         self.row[F_PKTS] = sent
@@ -476,6 +513,7 @@ class LiveWorker(Worker):
             sent, events = self._done
             extra = max(0, count - sent)
             self._publish(sent + extra, events + -(-extra // sender.batch), sender.length)
+
 
 class LiveRun(Run):
     """pkt-gen's run with kernel-side generation: same reports, same final lines."""
@@ -501,8 +539,10 @@ class LiveRun(Run):
         if not cfg.src_mac_given:
             cfg.spec = dataclasses.replace(cfg.spec, src_mac=mac)
         if cfg.spec.length - ETH_HLEN > mtu:
-            raise PktgenError(f"-l {cfg.spec.length}: the IPv4 packet ({cfg.spec.length - ETH_HLEN}"
-                              f" bytes) exceeds the MTU of {ifname} ({mtu})")
+            raise PktgenError(
+                f"-l {cfg.spec.length}: the IPv4 packet ({cfg.spec.length - ETH_HLEN}"
+                f" bytes) exceeds the MTU of {ifname} ({mtu})"
+            )
         with enter_netns(cfg.netns):
             info = read_device(ifname)
         return int(info.tx_queues)
@@ -510,8 +550,11 @@ class LiveRun(Run):
     def _header(self) -> None:
         super()._header()
         spec = self.cfg.spec
-        walk = ("one frame, repeated" if not spec.varies else
-                "addresses and ports walked in the kernel")
-        self.output.diag(f"--live: BPF_PROG_TEST_RUN live frames out of {self.pspec.ifname}, "
-                         f"kernel batches of {min(self.cfg.burst, MAX_BATCH)}, {walk}",
-                         func="live_body")
+        walk = (
+            "one frame, repeated" if not spec.varies else "addresses and ports walked in the kernel"
+        )
+        self.output.diag(
+            f"--live: BPF_PROG_TEST_RUN live frames out of {self.pspec.ifname}, "
+            f"kernel batches of {min(self.cfg.burst, MAX_BATCH)}, {walk}",
+            func="live_body",
+        )
