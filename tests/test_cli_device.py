@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from vtnetmap_cli import device_cmds
 from vtnetmap_cli.main import main
 
-from vtnet_py._sys.proc import netns_inode, pid_alive
+from vtnet_py._sys.proc import netns_cookie, netns_inode, pid_alive
 from vtnet_py.admin import attach as admin_attach
 from vtnet_py.admin import pins
 from vtnet_py.admin import status as admin_status
@@ -193,6 +193,7 @@ def _record(layer: FakeDeviceLayer, phase: str = "attached", pid: int = 0) -> re
         rings=None,
         pid=pid or dead_pid(),
         time=time.time(),
+        netns_cookie=netns_cookie(),
     )
 
 
@@ -345,7 +346,7 @@ def test_record_round_trip_and_garbled_file(fake: FakeDeviceLayer, tmp_path: Pat
     assert record.AttachRecord.from_json(rec.to_json()) == rec
     record.write_record(rec)
     path = record.state_path(rec.netns_inode, "vtf0")
-    Path(path).write_text('{"version": 1, "phase": "half"}')
+    Path(path).write_text('{"version": 2, "phase": "half"}')
     with pytest.raises(DeviceError) as ei:
         record.read_record(rec.netns_inode, "vtf0")
     assert str(ei.value) == f"{path} is not readable: bad phase 'half'"

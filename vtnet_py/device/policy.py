@@ -362,7 +362,10 @@ class SavedState:
             feats = d.get("features") or {}
             if ch is not None and not (
                 isinstance(ch, dict)
-                and all(k in ("combined", "rx", "tx") and type(v) is int for k, v in ch.items())
+                and all(
+                    k in ("combined", "rx", "tx") and type(v) is int and 0 <= v < 2**32
+                    for k, v in ch.items()
+                )
             ):
                 raise ValueError("bad channels")
             if not isinstance(feats, dict) or not all(
@@ -371,9 +374,12 @@ class SavedState:
                 raise ValueError("bad features")
             if d.get("mode") not in ("native", "generic"):
                 raise ValueError("bad mode")
+            ifindex = d.get("ifindex")
+            if type(ifindex) is not int or not 0 < ifindex < 2**31:
+                raise ValueError("bad ifindex")
             return cls(
                 ifname=str(d["ifname"]),
-                ifindex=int(d["ifindex"]),
+                ifindex=ifindex,
                 driver=str(d["driver"]),
                 mode=d["mode"],
                 channels=dict(ch) if ch is not None else None,
