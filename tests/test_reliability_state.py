@@ -22,6 +22,7 @@ import pytest
 from nettest import VethPair, kernel, run, start_port_holder
 from test_attach import cli, errors, ethtool_k, ns_inode, xdp_prog
 
+from vtnet_py.admin import pins
 from vtnet_py.admin.attach import detach
 from vtnet_py.admin.pins import pin_dir, remove_pins
 from vtnet_py.device import record
@@ -322,6 +323,24 @@ def test_a_record_read_through_a_symlink_is_refused(state_dir: Path, tmp_path: P
     with pytest.raises(DeviceError) as ei:
         record.read_record(rec.netns_inode, rec.ifname)
     assert str(ei.value).startswith(f"{path} is not readable: ")
+
+
+def test_a_symlink_planted_among_the_pins_is_refused_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pins, "PIN_ROOT", str(tmp_path / "pins"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("precious")
+    pdir = pin_dir(4026531840, "stx0")
+    os.makedirs(os.path.dirname(pdir))
+    os.symlink(victim, pdir)
+    with pytest.raises(DeviceError) as ei:
+        remove_pins(pdir)
+    assert str(ei.value) == (
+        f"{pdir} is a symlink; vtnetmap keeps its root-only state there: remove it"
+    )
+    assert os.listdir(victim) == ["keep"]
 
 
 @pytest.fixture

@@ -285,7 +285,10 @@ def _undo_attach(
             f"stays in {state_path(nsino, ifname)}: run `vtnetmap detach {ifname}`"
         )
         return
-    remove_record(nsino, ifname)
+    try:
+        remove_record(nsino, ifname)
+    except StateFileError as undo:  # the device is back as found; only the file stays
+        exc.add_note(f"{undo}; `vtnetmap detach {ifname}` removes it")
 
 
 @dataclass
