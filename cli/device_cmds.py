@@ -153,6 +153,10 @@ def detach_cmd(ifname: str, force: bool, netns_name: str | None) -> None:
         res = detach(ifname, netns=netns_name, force=force)
     for m in res.messages:
         click.echo(m)
+    for p in res.problems:
+        click.echo(f"vtnetmap: {p}", err=True)
+    if res.problems:
+        sys.exit(1)
 
 
 def _owner(q: dict[str, Any]) -> str:

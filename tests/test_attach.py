@@ -27,6 +27,7 @@ from nettest import VethPair, kernel, make_veth_pair, remove_veth_pair
 from vtnet_py import InterfaceChangedError, open_port
 from vtnet_py._sys import bpf as bpf
 from vtnet_py._sys.netns import netns
+from vtnet_py._sys.proc import netns_cookie
 from vtnet_py.admin.attach import attach, detach
 from vtnet_py.admin.pins import PIN_ROOT, pin_dir
 from vtnet_py.admin.pins import remove_pins as _remove_pins
@@ -479,6 +480,7 @@ def test_dead_attacher_and_stale_pins_are_repaired(env: AttachEnv) -> None:
     layer = NetlinkDeviceLayer()
     with netns(v.ns_a):
         saved = prepare(layer, v.a)
+        cookie = netns_cookie()
     rec = AttachRecord(
         ifname=v.a,
         ifindex=saved.ifindex,
@@ -491,6 +493,7 @@ def test_dead_attacher_and_stale_pins_are_repaired(env: AttachEnv) -> None:
         rings=None,
         pid=dead.pid,
         time=time.time(),
+        netns_cookie=cookie,
     )
     _write_record(rec)
     assert ethtool_k(v.ns_a, v.a) != feats0
@@ -541,6 +544,7 @@ def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
                     rings=None,
                     pid=os.getpid(),
                     time=time.time(),
+                    netns_cookie=netns_cookie(),
                 )
             )
         nsino_b = ns_inode(gone.ns_b)

@@ -6,6 +6,7 @@ Kernel behaviour (pins, XDP, a second process) is in test_attach.py.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -19,7 +20,7 @@ from click.testing import CliRunner, Result
 from vtnetmap_cli import device_cmds
 from vtnetmap_cli.main import main
 
-from vtnet_py._sys.proc import netns_inode, pid_alive
+from vtnet_py._sys.proc import netns_cookie, netns_inode, pid_alive
 from vtnet_py.admin import attach as admin_attach
 from vtnet_py.admin import pins
 from vtnet_py.admin import status as admin_status
@@ -193,6 +194,7 @@ def _record(layer: FakeDeviceLayer, phase: str = "attached", pid: int = 0) -> re
         rings=None,
         pid=pid or dead_pid(),
         time=time.time(),
+        netns_cookie=netns_cookie(),
     )
 
 
@@ -221,6 +223,47 @@ def test_detach_restores_the_record_and_is_idempotent(
     assert r.exit_code == 0 and r.stdout == (
         "vtf0: no such interface here and no vtnetmap state for it; nothing to do\n"
     )
+
+
+def test_detach_restores_what_it_can_and_names_what_veth_holds(
+    fake: FakeDeviceLayer, tmp_path: Path
+) -> None:
+    # the peer runs XDP: veth holds the segmentation offloads off ("fixed"), the rest
+    # can be put back; the record stays for another detach once the peer lets go
+    info = fake.read("vtf0")
+    held = dataclasses.replace(
+        info.features["tx-tcp-segmentation"], active=False, fixed=True, requested=False
+    )
+    fake.add(dataclasses.replace(info, features={**info.features, "tx-tcp-segmentation": held}))
+    fake.set_features("vtf0", {"rx-checksum": False})
+    record.write_record(_record(fake))
+    r = run("detach", "vtf0")
+    assert r.exit_code == 1
+    assert r.stderr == (
+        "vtnetmap: vtf0: restored offloads rx-checksum on; not restored: tx-tcp-segmentation "
+        "cannot be turned on while the veth peer of vtf0 has an XDP program attached (veth "
+        "holds them off then: an open vtnetmap port or `vtnetmap attach` on the peer); close "
+        f"that port or detach the peer first; the record stays in {records_path(tmp_path)}: "
+        "run `vtnetmap detach vtf0` again then\n"
+    )
+    assert fake.read("vtf0").features["rx-checksum"].wanted
+    fake.add(
+        dataclasses.replace(
+            fake.read("vtf0"),
+            features={
+                **fake.read("vtf0").features,
+                "tx-tcp-segmentation": dataclasses.replace(held, fixed=False),
+            },
+        )
+    )
+    r = run("detach", "vtf0")
+    assert r.exit_code == 0 and r.stdout == "vtf0: restored offloads tx-tcp-segmentation on\n"
+    assert records(tmp_path) == []
+
+
+def records_path(tmp_path: Path) -> str:
+    (name,) = records(tmp_path)
+    return str(tmp_path / "state" / name)
 
 
 def test_status_text_and_json(fake: FakeDeviceLayer, tmp_path: Path) -> None:
@@ -345,7 +388,7 @@ def test_record_round_trip_and_garbled_file(fake: FakeDeviceLayer, tmp_path: Pat
     assert record.AttachRecord.from_json(rec.to_json()) == rec
     record.write_record(rec)
     path = record.state_path(rec.netns_inode, "vtf0")
-    Path(path).write_text('{"version": 1, "phase": "half"}')
+    Path(path).write_text('{"version": 2, "phase": "half"}')
     with pytest.raises(DeviceError) as ei:
         record.read_record(rec.netns_inode, "vtf0")
     assert str(ei.value) == f"{path} is not readable: bad phase 'half'"

@@ -6,6 +6,8 @@
     ├── DeviceError                 the interface is missing, refused, or changed under us
     │   ├── RefusedError            a precondition fails (driver words, default route, ...)
     │   ├── BusyError               a queue or interface is owned by someone else
+    │   ├── StateFileError          vtnetmap's own state file or directory: unreadable,
+    │   │                           tampered with, or on a full / read-only filesystem
     │   └── InterfaceChangedError   link gone/down, channels or MTU changed while open
     ├── PrivilegeError (PermissionError)  a capability is missing; names it
     ├── RingError                   a ring rule broken (head/cur, buf_idx, len): ring reset
@@ -41,6 +43,16 @@ class RefusedError(DeviceError):
 
 class BusyError(DeviceError):
     """A queue (or the interface's XDP hook) is owned by another socket or program."""
+
+
+class StateFileError(DeviceError):
+    """vtnetmap's own state (a file or directory under /run/vtnetmap, or its pins) cannot
+    be read or written: garbled, out of range, not ours, or the filesystem is full or
+    read-only. ``path`` names it; the message does too."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class InterfaceChangedError(DeviceError):

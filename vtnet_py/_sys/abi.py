@@ -22,6 +22,9 @@ libc.unshare.restype = ctypes.c_int
 
 SYS_bpf = 321  # arch/x86/entry/syscalls/syscall_64.tbl
 CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
+# asm-generic/socket.h: a network namespace's 64-bit cookie (5.14+); unlike its inode
+# number, which the kernel hands to the next namespace made, a cookie is never reused
+SO_NETNS_COOKIE = 71
 
 # --- AF_XDP: include/uapi/linux/if_xdp.h, include/linux/socket.h ------------------------
 AF_XDP = 44

@@ -13,6 +13,7 @@ Everything works in the calling thread's network namespace, or in ``netns=`` (se
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from contextlib import suppress
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 from vtnet_py._sys import bpf
 from vtnet_py._sys.abi import ETH_OVERHEAD, XDP_PACKET_HEADROOM
 from vtnet_py._sys.netns import netns as enter_netns
-from vtnet_py._sys.proc import live_netns_inodes, netns_inode, pid_alive
-from vtnet_py.admin import pins
+from vtnet_py._sys.proc import live_netns_inodes, netns_cookie, netns_inode, pid_alive
+from vtnet_py.admin import identity, pins
 from vtnet_py.admin.pins import (
     BPFFS,
     PinView,
@@ -52,14 +53,21 @@ from vtnet_py.device.record import (
     check_ifname,
     locked,
     mkdirs_0700,
-    read_record,
     remove_record,
+    remove_state_file,
+    state_files,
     state_path,
     write_record,
 )
 from vtnet_py.device.types import DeviceInfo
 from vtnet_py.ebpf.steer import attach_pinned, xdp_link_fd
-from vtnet_py.errors import BusyError, DeviceError, UnsupportedError, VtnetError
+from vtnet_py.errors import (
+    BusyError,
+    DeviceError,
+    StateFileError,
+    UnsupportedError,
+    VtnetError,
+)
 from vtnet_py.netmap.hostrings import cleanup_stale
 from vtnet_py.netmap.port import open_port
 from vtnet_py.netmap.xsk import CHUNK_SIZE
@@ -137,7 +145,7 @@ def attach(
         messages: list[str] = []
         info = layer.read(ifname)
         _refuse_if_attached(ifname, info, nsino)
-        if read_record(nsino, ifname) is not None or os.path.exists(pin_dir(nsino, ifname)):
+        if os.path.lexists(state_path(nsino, ifname)) or os.path.exists(pin_dir(nsino, ifname)):
             messages += _cleanup(ifname, nsino, info, layer, force=False).messages
             info = layer.read(ifname)
         messages += sweep_deleted_namespaces(nsino)
@@ -161,6 +169,7 @@ def attach(
             pid=os.getpid(),
             time=time.time(),
             netns=netns,
+            netns_cookie=netns_cookie(),
         )
         write_record(rec)
         pdir = pin_dir(nsino, ifname)
@@ -202,20 +211,26 @@ def attach(
 
 
 def _refuse_if_attached(ifname: str, info: DeviceInfo, nsino: int) -> None:
-    """BusyError when ``ifname`` is attached by vtnetmap and the attach is live."""
-    pin = read_pin(pin_dir(nsino, ifname), ifname)
-    rec = read_record(nsino, ifname)
+    """BusyError when ``ifname`` is attached by vtnetmap and the attach is live (also
+    under the name or in the namespace it had then); StateFileError when its record is
+    unreadable."""
+    loc = identity.locate(ifname, nsino, info)
+    if loc.bad is not None:
+        raise StateFileError(
+            loc.bad.path,
+            f"{loc.bad}; `vtnetmap detach {ifname} --force` removes what is vtnetmap's "
+            f"on {ifname} and this file",
+        )
     if (
-        pin is not None
-        and pin.ifindex == info.ifindex
-        and pin.prog_id == info.xdp_prog_id
-        and rec is not None
-        and rec.phase == "attached"
+        loc.rec is not None
+        and loc.how != "elsewhere"
+        and loc.rec.phase == "attached"
+        and identity.pin_on(loc.pin, info)
     ):
+        assert loc.pin is not None
         raise BusyError(
-            f"{ifname} is already attached by vtnetmap (program {pin.prog_id}, "
-            f"pinned in {pin_dir(nsino, ifname)}); `vtnetmap detach {ifname}` "
-            "first to attach it again"
+            f"{ifname} is already attached by vtnetmap (program {loc.pin.prog_id}, "
+            f"pinned in {loc.pdir}); `vtnetmap detach {ifname}` first to attach it again"
         )
 
 
@@ -270,16 +285,21 @@ def _undo_attach(
             f"stays in {state_path(nsino, ifname)}: run `vtnetmap detach {ifname}`"
         )
         return
-    remove_record(nsino, ifname)
+    try:
+        remove_record(nsino, ifname)
+    except StateFileError as undo:  # the device is back as found; only the file stays
+        exc.add_note(f"{undo}; `vtnetmap detach {ifname}` removes it")
 
 
 @dataclass
 class DetachResult:
-    """What ``detach`` did; ``acted`` False means there was nothing to do."""
+    """What ``detach`` did; ``acted`` False means there was nothing to do. ``problems``:
+    what could not be restored and why (the record then stays for another detach)."""
 
     ifname: str
     messages: list[str] = field(default_factory=list)
     acted: bool = False
+    problems: list[str] = field(default_factory=list)  # what could not be put back, and why
 
 
 def detach(
@@ -319,27 +339,66 @@ def detach(
 def _cleanup(
     ifname: str, nsino: int, info: DeviceInfo | None, layer: DeviceLayer, *, force: bool
 ) -> DetachResult:
-    """detach's work, under the lock, in the interface's netns."""
+    """detach's work, under the lock, in the interface's netns. Nothing recorded is
+    applied before the record's identity matched the device (admin/identity.py)."""
     res = DetachResult(ifname)
-    rec = read_record(nsino, ifname)
-    pdir = pin_dir(nsino, ifname)
-    pin = read_pin(pdir, ifname)
+    loc = identity.locate(ifname, nsino, info)
+    if loc.bad is not None:
+        if not force:
+            raise StateFileError(
+                loc.bad.path,
+                f"{loc.bad}; `vtnetmap detach {ifname} --force` removes what is vtnetmap's "
+                f"on {ifname} and this file",
+            )
+        remove_state_file(loc.bad.path)
+        res.acted = True
+        res.messages.append(
+            f"{ifname}: removed the unreadable {loc.bad.path}; the offloads and channels "
+            "it recorded were not restored"
+        )
+    for path, why in loc.stale:
+        if path.endswith(".json"):
+            remove_state_file(path)
+            res.acted = True
+            res.messages.append(f"{ifname}: {path} was not applied: {why}; removed it")
+        else:
+            res.messages.append(f"{ifname}: left alone: {why}")
+    rec, pin, target = loc.rec, loc.pin, info
+    if rec is not None and loc.how == "elsewhere":
+        target = _find_elsewhere(ifname, rec, loc, layer, force, res)
+        if target is None:
+            return res
+    elif rec is not None and loc.how != "here" and info is not None:
+        was = f"{rec.ifname} in another network namespace" if loc.how == "moved" else rec.ifname
+        res.messages.append(
+            f"{ifname} was {was} (ifindex {rec.ifindex}) when vtnetmap attached it; "
+            f"its state is found by that identity"
+        )
+    tname = target.ifname if target is not None else ifname
     if rec is not None and rec.phase != "attached":
         res.messages.append(
-            f"{ifname}: repairing an attach that did not finish (pid {rec.pid}, "
+            f"{tname}: repairing an attach that did not finish (pid {rec.pid}, "
             f"{'still running' if pid_alive(rec.pid) else 'dead'}; phase {rec.phase})"
         )
-    if pin is not None:
-        _detach_pinned(ifname, pdir, pin, info, res)
-    elif os.path.isdir(pdir):
-        res.messages.append(f"{ifname}: removed stale pins in {pdir}")
-    if remove_pins(pdir):
+    if pin is not None and pin.ifindex and not identity.pin_on(pin, target):
+        if not force:
+            raise DeviceError(
+                f"{ifname}: the link pinned in {loc.pdir} holds vtnetmap's program "
+                f"{pin.prog_id} on ifindex {pin.ifindex}, which is not {ifname} here (renamed "
+                f"or moved without its record); `vtnetmap detach {ifname} --force` detaches it"
+            )
+        _detach_pinned(tname, loc.pdir, pin, res)
+    elif pin is not None:
+        _detach_pinned(tname, loc.pdir, pin, res)
+    elif os.path.isdir(loc.pdir):
+        res.messages.append(f"{tname}: removed stale pins in {loc.pdir}")
+    if remove_pins(loc.pdir):
         res.acted = True
-    if info is not None and info.xdp_prog_id and (pin is None or not pin.ifindex):
-        _detach_unpinned(ifname, info, rec, force, res)
+    if target is not None and target.xdp_prog_id and not identity.pin_on(pin, target):
+        _detach_unpinned(tname, target, rec, force, res)
     if rec is not None:
         res.acted = True
-        _restore_recorded(ifname, nsino, rec, info, layer, res)
+        _restore_recorded(tname, loc.path, rec, target, layer, res)
     if not res.acted:
         res.messages.append(
             f"{ifname}: not attached by vtnetmap; nothing to do"
@@ -349,9 +408,77 @@ def _cleanup(
     return res
 
 
-def _detach_pinned(
-    ifname: str, pdir: str, pin: PinView, info: DeviceInfo | None, res: DetachResult
-) -> None:
+def _find_elsewhere(
+    ifname: str,
+    rec: AttachRecord,
+    loc: identity.Located,
+    layer: DeviceLayer,
+    force: bool,
+    res: DetachResult,
+) -> DeviceInfo | None:
+    """The device of ``rec`` (this namespace's, no longer ``ifname``): renamed (returned,
+    to be detached), moved away with the program attached (said where; --force detaches
+    it and drops the record), or gone (the record is removed, applied to nothing)."""
+    res.acted = True
+    new = identity.name_by_index(rec.ifindex)
+    if new is not None and new != ifname:
+        try:
+            now: DeviceInfo | None = layer.read(new)
+        except DeviceError:
+            now = None
+        if now is not None and identity.mismatch(rec, netns_cookie(), now, loc.pin) is None:
+            res.messages.append(
+                f"{ifname} was renamed to {new} since the attach (ifindex {rec.ifindex}); "
+                f"detaching {new}"
+            )
+            return now
+    pin = loc.pin
+    if pin is not None and pin.ifindex:
+        where = identity.where_is_prog(pin.prog_id)
+        there = (
+            f"network namespace {where[0]} as {where[1]}" if where else "another network namespace"
+        )
+        if not force:
+            hint = (
+                f"`vtnetmap detach {where[1]} --netns {where[0]}` restores it there; "
+                if where
+                else ""
+            )
+            raise DeviceError(
+                f"{ifname} (ifindex {rec.ifindex}) was moved to {there} with vtnetmap's "
+                f"program {pin.prog_id} still attached: {hint}`vtnetmap detach {ifname} "
+                "--force` here detaches the program and drops the record, leaving its "
+                "offloads and channels as they are"
+            )
+        _detach_pinned(ifname, loc.pdir, pin, res)
+        remove_pins(loc.pdir)
+        res.messages.append(
+            f"{ifname}: it had moved to {there}; its recorded offloads and channels "
+            f"were not restored; removed {loc.path}"
+        )
+    else:
+        remove_pins(loc.pdir)
+        gone = (
+            f"{ifname} was replaced since the attach (ifindex {rec.ifindex} -> {loc_ifindex})"
+            if (loc_ifindex := _ifindex_or_none(layer, ifname)) is not None
+            else f"{ifname} no longer exists"
+        )
+        res.messages.append(
+            f"{gone}: its recorded offloads and channels were not applied to any other "
+            f"device; removed {loc.path}"
+        )
+    remove_state_file(loc.path)
+    return None
+
+
+def _ifindex_or_none(layer: DeviceLayer, ifname: str) -> int | None:
+    try:
+        return layer.read(ifname).ifindex
+    except DeviceError:
+        return None
+
+
+def _detach_pinned(ifname: str, pdir: str, pin: PinView, res: DetachResult) -> None:
     res.acted = True
     if not pin.ifindex:
         res.messages.append(
@@ -436,41 +563,36 @@ def _detach_unpinned(
 
 def _restore_recorded(
     ifname: str,
-    nsino: int,
+    path: str,
     rec: AttachRecord,
     info: DeviceInfo | None,
     layer: DeviceLayer,
     res: DetachResult,
 ) -> None:
-    path = state_path(nsino, ifname)
+    """Put back what ``rec`` saved on ``info``, the device whose identity it matched
+    (possibly renamed or moved since: the record's name and ifindex are replaced)."""
     if info is None:
-        remove_record(nsino, ifname)
+        remove_state_file(path)
         res.messages.append(
             f"{ifname} no longer exists: its recorded offloads and channels "
             f"cannot be restored; removed {path}"
         )
         return
-    saved = rec.saved
-    if info.ifindex != saved.ifindex:  # the device it describes is gone for good
-        remove_record(nsino, ifname)
-        res.messages.append(
-            f"{ifname} was replaced since the attach (ifindex {saved.ifindex} "
-            f"-> {info.ifindex}): its recorded offloads and channels were not "
-            f"applied to the new one; removed {path}"
-        )
-        return
+    saved = dataclasses.replace(rec.saved, ifname=info.ifname, ifindex=info.ifindex)
     feats = {
         n: v
         for n, v in saved.features.items()
         if n in info.features and info.features[n].wanted != v
     }
     chans = {k: v for k, v in (saved.channels or {}).items() if getattr(info.channels, k) != v}
+    failed: VtnetError | None = None
     try:
         restore(layer, saved)
     except VtnetError as exc:
-        exc.add_note(f"{ifname}: the recorded state stays in {path}; run detach again")
-        raise
-    remove_record(nsino, ifname)
+        failed = exc
+        after = layer.read(info.ifname)
+        feats = {n: v for n, v in feats.items() if after.features[n].wanted == v}
+        chans = {k: v for k, v in chans.items() if getattr(after.channels, k) == v}
     what = []
     if feats:
         what.append(
@@ -478,6 +600,14 @@ def _restore_recorded(
         )
     if chans:
         what.append("channels " + ", ".join(f"{k} {v}" for k, v in sorted(chans.items())))
+    if failed is not None:
+        done = f"restored {'; '.join(what)}; " if what else ""
+        res.problems.append(
+            f"{ifname}: {done}not restored: {str(failed).removeprefix(ifname + ': ')}; "
+            f"the record stays in {path}: run `vtnetmap detach {ifname}` again then"
+        )
+        return
+    remove_state_file(path)
     res.messages.append(
         f"{ifname}: restored {'; '.join(what)}"
         if what
@@ -486,11 +616,40 @@ def _restore_recorded(
 
 
 def sweep_deleted_namespaces(current: int) -> list[str]:
-    """Remove pins (and state files) left for interfaces of network namespaces that were
-    deleted while attached. Only where the pinned link no longer holds an interface and
-    no process shows the namespace, so a namespace kept alive by an fd alone (its pins
-    still attached) is never touched. Returns a message per interface cleaned."""
+    """Remove pins and state files left for interfaces of network namespaces that were
+    deleted while attached. A record's namespace is gone when no namespace this host can
+    see has its cookie (an inode may already be another namespace's). Pins are removed
+    only where the pinned link no longer holds an interface, so a device that left the
+    namespace with its program (moved, or back to the host's) keeps them; without a
+    record, pins are removed only where no process shows the namespace. Unreadable
+    records are left for `detach --force`. Returns a message per interface cleaned."""
     msgs: list[str] = []
+    cookies: dict[int, int] | None = None
+    recorded: set[tuple[int, str]] = set()
+    for nsino, ifname, path in state_files():
+        recorded.add((nsino, ifname))
+        try:
+            rec = record.read_record_file(path)
+        except VtnetError:
+            continue
+        if rec is None:
+            continue
+        cookies = identity.live_cookies() if cookies is None else cookies
+        if cookies.get(rec.netns_inode) == rec.netns_cookie:
+            continue
+        pdir = pin_dir(nsino, ifname)
+        try:
+            pin = read_pin(pdir, ifname)
+        except VtnetError:
+            continue
+        if pin is not None and pin.ifindex:
+            continue
+        what = "stale pins and state" if remove_pins(pdir) else "state"
+        remove_state_file(path)
+        msgs.append(
+            f"{ifname}: removed the {what} of an interface in a deleted network namespace "
+            f"(inode {nsino})"
+        )
     try:
         dirs = [d for d in os.listdir(pins.PIN_ROOT) if d.isdigit() and int(d) != current]
     except FileNotFoundError:
@@ -498,35 +657,23 @@ def sweep_deleted_namespaces(current: int) -> list[str]:
     live: set[int] | None = None
     for d in dirs:
         nsino = int(d)
-        for ifname in sorted(os.listdir(os.path.join(pins.PIN_ROOT, d))):
-            pdir = pin_dir(nsino, ifname)
-            try:
-                pin = read_pin(pdir, ifname)
-            except VtnetError:
-                continue
-            if pin is not None and pin.ifindex:
-                continue
-            live = live_netns_inodes() if live is None else live
-            if nsino in live:
-                continue
-            remove_pins(pdir)
-            remove_record(nsino, ifname)
-            msgs.append(
-                f"{ifname}: removed the stale pins and state of an interface in a "
-                f"deleted network namespace (inode {nsino})"
-            )
-    with suppress(FileNotFoundError):  # records of attaches that died before pinning
-        for fn in sorted(os.listdir(record.STATE_DIR)):
-            head, sep, rest = fn.partition("-")
-            if not (sep and head.isdigit() and fn.endswith(".json")) or int(head) == current:
-                continue
-            nsino, ifname = int(head), rest[: -len(".json")]
-            if os.path.exists(pin_dir(nsino, ifname)):
-                continue
-            live = live_netns_inodes() if live is None else live
-            if nsino not in live and remove_record(nsino, ifname):
+        with suppress(FileNotFoundError, NotADirectoryError):
+            for ifname in sorted(os.listdir(os.path.join(pins.PIN_ROOT, d))):
+                if (nsino, ifname) in recorded:
+                    continue
+                pdir = pin_dir(nsino, ifname)
+                try:
+                    pin = read_pin(pdir, ifname)
+                except VtnetError:
+                    continue
+                if pin is not None and pin.ifindex:
+                    continue
+                live = live_netns_inodes() if live is None else live
+                if nsino in live:
+                    continue
+                remove_pins(pdir)
                 msgs.append(
-                    f"{ifname}: removed the state of an interface in a deleted "
+                    f"{ifname}: removed the stale pins of an interface in a deleted "
                     f"network namespace (inode {nsino})"
                 )
     return msgs

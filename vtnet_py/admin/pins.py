@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from vtnet_py._sys import abi as K
 from vtnet_py._sys import bpf
+from vtnet_py.device.record import check_dir
 from vtnet_py.ebpf.steer import MAX_QUEUES, PROG_NAME, PROG_NAME_FRAGS
 from vtnet_py.errors import DeviceError, PrivilegeError, VtnetError
 
@@ -82,7 +83,16 @@ def ensure_bpffs(ifname: str) -> None:
 
 def remove_pins(pdir: str) -> bool:
     """Unlink every pin in ``pdir`` and the directory, and its netns directory when that
-    is left empty. True when something was there."""
+    is left empty. True when something was there. StateFileError, and nothing removed,
+    when ``pdir`` or a directory above it (up to the pin root) is a symlink or not
+    root's: listing it would unlink the files of wherever it points."""
+    if not os.path.lexists(pdir):
+        return False
+    d = pdir
+    while len(d) >= len(PIN_ROOT):
+        if os.path.lexists(d):
+            check_dir(d)
+        d = os.path.dirname(d)
     try:
         names = os.listdir(pdir)
     except FileNotFoundError:

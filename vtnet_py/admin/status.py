@@ -13,12 +13,13 @@ from pyroute2 import IPRoute
 
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py._sys.proc import netns_inode, pid_alive
-from vtnet_py.admin import pins
-from vtnet_py.admin.pins import describe_pids, inspect_prog, pin_dir, read_pin
+from vtnet_py.admin import identity, pins
+from vtnet_py.admin.pins import describe_pids, inspect_prog
 from vtnet_py.device import record
 from vtnet_py.device.netlink import NetlinkDeviceLayer
 from vtnet_py.device.policy import DeviceLayer, offloads_to_disable
-from vtnet_py.device.record import check_ifname, read_record, state_path
+from vtnet_py.device.record import check_ifname
+from vtnet_py.device.types import DeviceInfo
 from vtnet_py.errors import DeviceError
 
 if TYPE_CHECKING:
@@ -49,6 +50,14 @@ def _recorded_names(nsino: int) -> list[str]:
     with suppress(FileNotFoundError, NotADirectoryError):
         names.update(os.listdir(os.path.join(pins.PIN_ROOT, str(nsino))))
     return sorted(names)
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        check_ifname(name)
+    except DeviceError:
+        return False
+    return True
 
 
 def _ring_view(port: Port) -> dict[int, list[dict[str, Any]]]:
@@ -84,9 +93,13 @@ def interface_status(
     are included (other processes' sockets cannot be seen from here).
     """
     layer = layer or NetlinkDeviceLayer()
-    rec = read_record(nsino, ifname)
-    pdir = pin_dir(nsino, ifname)
-    pin = read_pin(pdir, ifname)
+    try:
+        now: DeviceInfo | None = layer.read(ifname)
+    except DeviceError:
+        now = None
+    loc = identity.locate(ifname, nsino, now)
+    rec, pdir, pin = loc.rec, loc.pdir, loc.pin
+    state_notes = _identity_notes(ifname, loc)
     attach_d: dict[str, Any] | None = None
     if rec is not None:
         attach_d = {
@@ -101,26 +114,26 @@ def interface_status(
             "rings": rec.rings,
             "prog_id": rec.prog_id,
             "saved": json.loads(rec.saved.to_json()),
-            "state_file": state_path(nsino, ifname),
+            "state_file": loc.path,
         }
-    try:
-        info = layer.read(ifname)
-    except DeviceError:
-        if rec is None and pin is None:
-            raise
+    if now is None:
+        if rec is None and pin is None and not state_notes:
+            layer.read(ifname)  # raises: no such interface, and nothing of ours
         return {
             "ifname": ifname,
             "exists": False,
             "attach": attach_d,
             "pinned": pin is not None,
             "pin_dir": pdir if pin else None,
-            "notes": [
-                f"{ifname} no longer exists: stale state; `vtnetmap detach {ifname}` removes it"
-            ],
+            "notes": state_notes
+            or [f"{ifname} no longer exists: stale state; `vtnetmap detach {ifname}` removes it"],
         }
+    info = now
     view = inspect_prog(info.xdp_prog_id, ifname) if info.xdp_prog_id else None
     pinned = bool(pin and pin.ifindex and view and pin.prog_id == view.prog_id)
-    notes: list[str] = []
+    notes: list[str] = list(state_notes)
+    if loc.how == "elsewhere":
+        attach_d, rec = None, None
     if rec is not None and not (pinned and rec.phase == "attached"):
         notes.append(
             f"stale attach record (phase {rec.phase}, pid {rec.pid}): "
@@ -190,6 +203,59 @@ def interface_status(
     }
 
 
+def _identity_notes(ifname: str, loc: identity.Located) -> list[str]:
+    """What the state kept for ``ifname`` says beyond the ordinary: an unreadable or
+    stale record, a device renamed or moved since the attach."""
+    notes = [
+        f"{loc.bad}; `vtnetmap detach {ifname} --force` removes what is vtnetmap's on "
+        f"{ifname} and this file"
+    ] * (loc.bad is not None)
+    notes += [
+        f"stale vtnetmap state {path}, applied to nothing: {why}; `vtnetmap detach {ifname}` "
+        "removes it"
+        for path, why in loc.stale
+    ]
+    rec = loc.rec
+    if rec is None:
+        return notes
+    if loc.how in ("renamed", "moved"):
+        where = " in another network namespace" if loc.how == "moved" else ""
+        notes.append(
+            f"attached by vtnetmap as {rec.ifname}{where} (ifindex {rec.ifindex}); its state "
+            f"is {loc.path}, found by the device's identity; `vtnetmap detach {ifname}` "
+            "restores it"
+        )
+    elif loc.how == "elsewhere":
+        new = identity.name_by_index(rec.ifindex)
+        if new is not None and new != ifname and identity.pin_on(loc.pin, _read_quiet(new)):
+            notes.append(
+                f"{ifname} was renamed to {new} since the attach (ifindex {rec.ifindex}): "
+                f"`vtnetmap status {new}`, `vtnetmap detach {new}`"
+            )
+        elif loc.pin is not None and loc.pin.ifindex:
+            at = identity.where_is_prog(loc.pin.prog_id)
+            notes.append(
+                f"{ifname} (ifindex {rec.ifindex}) was moved to "
+                + (f"network namespace {at[0]} as {at[1]}" if at else "another network namespace")
+                + f" with vtnetmap's program {loc.pin.prog_id} attached: "
+                + (f"`vtnetmap detach {at[1]} --netns {at[0]}` restores it; " if at else "")
+                + f"`vtnetmap detach {ifname} --force` here drops it"
+            )
+        else:
+            notes.append(
+                f"the device vtnetmap attached as {ifname} (ifindex {rec.ifindex}) is gone: "
+                f"stale state; `vtnetmap detach {ifname}` removes it"
+            )
+    return notes
+
+
+def _read_quiet(ifname: str) -> DeviceInfo | None:
+    try:
+        return NetlinkDeviceLayer().read(ifname)
+    except DeviceError:
+        return None
+
+
 def status(
     ifname: str | None = None,
     *,
@@ -207,6 +273,7 @@ def status(
             names = [ifname]
         else:
             names = sorted(set(_ours_on_links()) | set(_recorded_names(nsino)))
+            names = [n for n in names if _valid_name(n)]  # a planted file name is no device
         return {
             "netns": netns,
             "netns_inode": nsino,

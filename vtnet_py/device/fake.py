@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from vtnet_py.device.netlink import fixed_feature_message, no_such_interface
+from vtnet_py.device.netlink import fixed_features_message, no_such_interface
 from vtnet_py.device.types import Channels, DeviceInfo, Feature
 from vtnet_py.errors import BusyError, RefusedError
 
@@ -76,12 +76,13 @@ class FakeDeviceLayer:
         self.calls.append(("set_features", ifname, dict(features)))
         info = self.read_quiet(ifname)
         feats = dict(info.features)
+        held: dict[str, bool] = {}
         for name, value in features.items():
             cur = feats.get(name)
             if cur is None:
                 raise RefusedError(f"{ifname}: the driver has no feature '{name}'")
             if cur.fixed and cur.active != bool(value):
-                raise RefusedError(fixed_feature_message(ifname, name, cur.active))
+                held[name] = cur.active
             reason = self._refuse_features.get(ifname, {}).get(name)
             if reason is not None and cur.wanted != bool(value):
                 state = "on" if value else "off"
@@ -94,8 +95,9 @@ class FakeDeviceLayer:
                     f"{ifname}: the driver refused to set features ({name} {state}) ({reason})"
                 )
         for name, value in features.items():
-            cur = feats[name]
-            feats[name] = dataclasses.replace(cur, requested=bool(value), active=bool(value))
+            if name not in held:  # like the real layer: fixed ones stay, the rest is set
+                cur = feats[name]
+                feats[name] = dataclasses.replace(cur, requested=bool(value), active=bool(value))
         # Derived state, like netdev_update_features: a feature is active only if it is
         # wanted and (when it has prerequisites) one of them is active.
         for name, prereqs in self.requires_any.items():
@@ -105,6 +107,8 @@ class FakeDeviceLayer:
             ok = any(feats[p].active for p in prereqs if p in feats)
             feats[name] = dataclasses.replace(cur, active=cur.wanted and ok)
         self.devices[ifname] = dataclasses.replace(info, features=feats)
+        if held:
+            raise RefusedError(fixed_features_message(ifname, held, info.driver))
 
     def set_channels(
         self,

@@ -45,8 +45,49 @@ def no_such_interface(ifname: str) -> DeviceError:
     return DeviceError(f"interface {ifname!r} does not exist (in this network namespace)")
 
 
-def fixed_feature_message(ifname: str, name: str, active: bool) -> str:
-    return f"{ifname}: feature '{name}' is fixed {'on' if active else 'off'} by the driver"
+# NETIF_F_GSO_SOFTWARE: veth_xdp_set() takes these out of the *peer's* hw_features while
+# an XDP program is attached, so on a veth they read "off [fixed]" only because the other
+# end runs XDP (a vtnetmap port or attach there), not because the driver lacks them.
+VETH_PEER_XDP_HELD = frozenset(
+    {
+        "tx-tcp-segmentation",
+        "tx-tcp-ecn-segmentation",
+        "tx-tcp-mangleid-segmentation",
+        "tx-tcp6-segmentation",
+        "tx-tcp-accecn-segmentation",
+        "tx-sctp-segmentation",
+        "tx-udp-segmentation",
+        "tx-gso-list",
+    }
+)
+
+
+def fixed_features_message(ifname: str, held: Mapping[str, bool], driver: str = "") -> str:
+    """Why the features in ``held`` (name -> state they are held in) cannot be set."""
+    by_peer = sorted(
+        n for n, on in held.items() if driver == "veth" and not on and n in VETH_PEER_XDP_HELD
+    )
+    parts = []
+    if by_peer:
+        parts.append(
+            f"{', '.join(by_peer)} cannot be turned on while the veth peer of {ifname} has "
+            "an XDP program attached (veth holds them off then: an open vtnetmap port or "
+            "`vtnetmap attach` on the peer); close that port or detach the peer first"
+        )
+    for n in sorted(set(held) - set(by_peer)):
+        parts.append(f"feature '{n}' is fixed {'on' if held[n] else 'off'} by the driver")
+    return f"{ifname}: " + "; ".join(parts)
+
+
+def fixed_feature_message(ifname: str, name: str, active: bool, driver: str = "") -> str:
+    return fixed_features_message(ifname, {name: active}, driver)
+
+
+def _driver(ifname: str) -> str:
+    try:
+        return _ethtool.get_drvinfo(ifname)[0]
+    except OSError:
+        return ""
 
 
 def _map_oserror(ifname: str, what: str, exc: BaseException) -> DeviceError | PrivilegeError:
@@ -270,8 +311,10 @@ class NetlinkDeviceLayer:
         """Set the requested state of each named feature in one ETHTOOL_SFEATURES call.
 
         Raises RefusedError naming the feature when it is fixed, unknown, or did not take
-        the asked state (a feature asked off that stays active). On error the driver may
-        have applied part of the request; the caller (``prepare``) undoes from its record.
+        the asked state (a feature asked off that stays active). Fixed features do not
+        stop the others: those are set first, and the error says why each fixed one could
+        not be (on veth, the peer's XDP program). On error the driver may have applied
+        part of the request; the caller (``prepare``) undoes from its record.
         """
         if not features:
             return
@@ -281,34 +324,45 @@ class NetlinkDeviceLayer:
                 flist = eth.get_features()
             except (NoSuchDevice, NotSupportedError, OSError) as exc:
                 raise _map_oserror(ifname, "read features", exc) from exc
+            held: dict[str, bool] = {}
             for name, value in features.items():
                 if name not in flist:
                     raise RefusedError(f"{ifname}: the driver has no feature '{name}'")
                 if not flist.is_available(name):
                     if flist.is_active(name) != bool(value):
-                        raise RefusedError(
-                            fixed_feature_message(ifname, name, flist.is_active(name))
-                        )
-                    continue  # fixed and already as asked: nothing to request
+                        held[name] = flist.is_active(name)
+                    continue  # fixed: nothing to request; the rest is still set
                 flist.set_value(name, bool(value))
-            try:
-                eth.set_features(flist)
-            except NotSupportedError:
-                # SFEATURES returns ETHTOOL_F_WISH/_UNSUPPORTED (positive) when not all
-                # wishes were granted; pyroute2 reports that like EOPNOTSUPP. The
-                # verification below names the feature that did not change.
-                pass
-            except (NoSuchDevice, OSError) as exc:
-                names = ", ".join(f"{n} {'on' if v else 'off'}" for n, v in features.items())
-                raise _map_oserror(ifname, f"set features ({names})", exc) from exc
-            after = eth.get_features()
-            for name, value in features.items():
-                if not value and after.is_active(name):
-                    raise RefusedError(f"{ifname}: feature '{name}' stayed on after turning it off")
-                if value and not after.is_requested(name):
-                    raise RefusedError(f"{ifname}: feature '{name}' could not be turned on")
+            if len(held) < len(features):
+                self._request_features(eth, ifname, flist, features)
+            if held:
+                raise RefusedError(fixed_features_message(ifname, held, _driver(ifname)))
         finally:
             eth.close()
+
+    @staticmethod
+    def _request_features(
+        eth: IoctlEthtool, ifname: str, flist: Any, features: Mapping[str, bool]
+    ) -> None:
+        """One ETHTOOL_SFEATURES with ``flist``, then check every settable feature took."""
+        try:
+            eth.set_features(flist)
+        except NotSupportedError:
+            # SFEATURES returns ETHTOOL_F_WISH/_UNSUPPORTED (positive) when not all
+            # wishes were granted; pyroute2 reports that like EOPNOTSUPP. The
+            # verification below names the feature that did not change.
+            pass
+        except (NoSuchDevice, OSError) as exc:
+            names = ", ".join(f"{n} {'on' if v else 'off'}" for n, v in features.items())
+            raise _map_oserror(ifname, f"set features ({names})", exc) from exc
+        after = eth.get_features()
+        for name, value in features.items():
+            if not after.is_available(name):
+                continue  # fixed: reported by the caller
+            if not value and after.is_active(name):
+                raise RefusedError(f"{ifname}: feature '{name}' stayed on after turning it off")
+            if value and not after.is_requested(name):
+                raise RefusedError(f"{ifname}: feature '{name}' could not be turned on")
 
     def set_channels(
         self,

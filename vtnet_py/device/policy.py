@@ -296,7 +296,9 @@ def plan_offloads(info: DeviceInfo) -> dict[str, bool]:
     prerequisite is off (TSO without a TX checksum) would come back with it, so it is
     turned off too. Features already off are left out. A fixed-on feature that blocks
     correctness raises RefusedError naming it; other fixed-on ones are left alone (see
-    :func:`fixed_offloads_left_on`).
+    :func:`fixed_offloads_left_on`). A fixed feature that is off is held off by the
+    driver (veth: while its peer runs XDP) and cannot be changed: left alone too (see
+    :func:`held_off_offloads`).
     """
     plan: dict[str, bool] = {}
     blocking: list[str] = []
@@ -305,7 +307,7 @@ def plan_offloads(info: DeviceInfo) -> dict[str, bool]:
         if not (f.active or f.wanted):
             continue
         if f.fixed:
-            if blocks_correctness(name):
+            if f.active and blocks_correctness(name):
                 blocking.append(name)
             continue
         plan[name] = False
@@ -324,6 +326,16 @@ def fixed_offloads_left_on(info: DeviceInfo) -> list[str]:
         n
         for n in offloads_to_disable(info)
         if info.features[n].active and info.features[n].fixed and not blocks_correctness(n)
+    ]
+
+
+def held_off_offloads(info: DeviceInfo) -> list[str]:
+    """Offloads requested on that the driver holds off for now (fixed, inactive): they
+    come back when the driver lets them (veth: when its peer's XDP program goes)."""
+    return [
+        n
+        for n in offloads_to_disable(info)
+        if info.features[n].fixed and info.features[n].wanted and not info.features[n].active
     ]
 
 
@@ -362,7 +374,10 @@ class SavedState:
             feats = d.get("features") or {}
             if ch is not None and not (
                 isinstance(ch, dict)
-                and all(k in ("combined", "rx", "tx") and type(v) is int for k, v in ch.items())
+                and all(
+                    k in ("combined", "rx", "tx") and type(v) is int and 0 <= v < 2**32
+                    for k, v in ch.items()
+                )
             ):
                 raise ValueError("bad channels")
             if not isinstance(feats, dict) or not all(
@@ -371,9 +386,12 @@ class SavedState:
                 raise ValueError("bad features")
             if d.get("mode") not in ("native", "generic"):
                 raise ValueError("bad mode")
+            ifindex = d.get("ifindex")
+            if type(ifindex) is not int or not 0 < ifindex < 2**31:
+                raise ValueError("bad ifindex")
             return cls(
                 ifname=str(d["ifname"]),
-                ifindex=int(d["ifindex"]),
+                ifindex=ifindex,
                 driver=str(d["driver"]),
                 mode=d["mode"],
                 channels=dict(ch) if ch is not None else None,
@@ -471,6 +489,13 @@ def prepare(
     left_on = fixed_offloads_left_on(info)
     if left_on:
         warnings.append(f"{ifname}: {', '.join(left_on)} stays on (fixed by the driver)")
+    held = held_off_offloads(info)
+    if held:
+        why = " while its veth peer has an XDP program attached" if info.driver == "veth" else ""
+        warnings.append(
+            f"{ifname}: {', '.join(held)} are off only because the driver holds them off"
+            f"{why}, and come back on when it lets them go"
+        )
     if ch_plan and info.is_virtio and info.xdp_prog_id and info.xdp_mode == "native":
         raise RefusedError(
             f"{ifname}: virtio_net refuses to change channels while an XDP program is "
