@@ -245,8 +245,10 @@ def pkt_gen(
     if function in ("rx", "rxseq", "pong") and (random_src or random_dst or len(lengths) > 1):
         raise click.ClickException(f"-z/-Z/second -l: -f {function} does not build frames")
 
-    from vtnet_py.apps.pktgen.engine import Config, PktgenError, Run
-    from vtnet_py.apps.pktgen.frames import FrameSpec, FrameSpecError, IPRange, parse_mac
+    from vtnet_py.apps.pktgen.config import Config, PktgenError
+    from vtnet_py.apps.pktgen.engine import Run
+    from vtnet_py.apps.pktgen.addresses import FrameSpecError, IPRange, parse_mac
+    from vtnet_py.apps.pktgen.frames import FrameSpec
     from vtnet_py.apps.pktgen.report import FRAMING_BITS
     from vtnet_py.errors import VtnetError
 

@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 from vtnetmap_cli.pktgen_cmd import REFUSED, pkt_gen
 
-from vtnet_py.apps.pktgen.engine import Config, Pacer, PktgenError, worker_port_names
+from vtnet_py.apps.pktgen.config import Config, PktgenError, worker_port_names
 from vtnet_py.apps.pktgen.frames import FrameSpec
+from vtnet_py.apps.pktgen.worker import Pacer
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ import numpy.typing as npt
 from vtnet_py._sys import abi as K
 from vtnet_py._sys import bpf
 from vtnet_py._sys.netns import netns as enter_netns
-from vtnet_py.apps.pktgen.engine import (
+from vtnet_py.apps.pktgen.config import (
     F_BYTES,
     F_DONE,
     F_ERR,
@@ -71,10 +71,9 @@ from vtnet_py.apps.pktgen.engine import (
     F_TOC,
     Config,
     PktgenError,
-    Run,
-    Worker,
     interface_facts,
 )
+from vtnet_py.apps.pktgen.engine import Run
 from vtnet_py.apps.pktgen.frames import (
     ETH_HLEN,
     IP_HLEN,
@@ -87,6 +86,7 @@ from vtnet_py.apps.pktgen.frames import (
     FrameGen,
     FrameSpec,
 )
+from vtnet_py.apps.pktgen.worker import Worker
 from vtnet_py.ebpf.build import LoadedProgram, ProgramImage, compile_image, instantiate
 from vtnet_py.errors import DeviceError, PrivilegeError, UnsupportedError, VtnetError
 from vtnet_py.netmap.portname import RegMode, parse_port_name
