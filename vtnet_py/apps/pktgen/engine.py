@@ -35,9 +35,12 @@ from vtnet_py.apps.pktgen.config import (
     F_BYTES,
     F_ERR,
     F_EVENTS,
+    F_FILL_EMPTY,
     F_MIN_SPACE,
     F_PKTS,
     F_RUNNING,
+    F_RX_DROPPED,
+    F_RX_RING_FULL,
     F_SEQ_GAP_PKTS,
     F_SEQ_GAPS,
     F_SEQ_LOST,
@@ -55,7 +58,7 @@ from vtnet_py.apps.pktgen.config import (
     worker_port_names,
 )
 from vtnet_py.apps.pktgen.frames import ETH_HLEN
-from vtnet_py.apps.pktgen.report import Counters, Final, Output, Reporter
+from vtnet_py.apps.pktgen.report import Counters, Drops, Final, Output, Reporter
 from vtnet_py.apps.pktgen.worker import Worker, _child_main
 from vtnet_py.netmap.portname import RegMode, parse_port_name
 
@@ -96,7 +99,7 @@ class Run:
             cfg.spec = dataclasses.replace(cfg.spec, src_mac=mac)
         if cfg.function in SENDERS + ("ping",) and cfg.spec.length - ETH_HLEN > mtu:
             raise PktgenError(
-                f"-l {cfg.spec.length}: the IPv4 packet ({cfg.spec.length - ETH_HLEN}"
+                f"-l {cfg.spec.length}: the packet ({cfg.spec.length - ETH_HLEN}"
                 f" bytes) exceeds the MTU of {ifname} ({mtu})"
             )
         with enter_netns(cfg.netns):
@@ -137,8 +140,23 @@ class Run:
             from vtnet_py.apps.pktgen.addresses import format_mac
 
             s = cfg.spec
-            self.output.info(
-                f"{s.src} -> {s.dst} ({format_mac(s.src_mac)} -> {format_mac(s.dst_mac)})"
+            if s.raw is not None:
+                self.output.info(
+                    f"a {s.length}-byte frame from a pcap file "
+                    f"({format_mac(s.raw[6:12])} -> {format_mac(s.raw[0:6])})"
+                )
+            else:
+                self.output.info(
+                    f"{s.src} -> {s.dst} ({format_mac(s.src_mac)} -> {format_mac(s.dst_mac)})"
+                )
+        if cfg.verbose and cfg.function not in RECEIVERS + ("pong",):
+            s = cfg.spec
+            what = "a frame from -P" if s.raw is not None else "IPv6" if s.ipv6 else "IPv4"
+            self.output.diag(f"source range is {s.src}, destination range is {s.dst} ({what})")
+            plan = cfg.frag_plan
+            self.output.diag(
+                f"frame {s.length} bytes (+{s.vnet_hdr_len} header), {plan.count} slots of "
+                f"{plan.size} bytes (last {plan.last}), burst {cfg.burst}"
             )
 
     def run(self) -> int:
@@ -205,6 +223,7 @@ class Run:
                 int(row[F_BYTES]),
                 int(row[F_EVENTS]),
                 ms if ms >= 0 else MIN_SPACE_NONE,
+                _drops(row),
             )
             row[F_MIN_SPACE] = -1  # reset per interval, as pkt-gen's main thread does
         return c
@@ -241,7 +260,8 @@ class Run:
         if cfg.function in SENDERS or cfg.function in RECEIVERS:
             msg = "Sent" if cfg.function in SENDERS else "Received"
             extra: dict[str, Any] = {}
-            f = Final(msg, pkts, nbytes, events, secs, cfg.framing)
+            drops = sum((_drops(r) for r in rows), Drops())
+            f = Final(msg, pkts, nbytes, events, secs, cfg.framing, drops)
             if cfg.function == "rxseq":
                 extra = {
                     "seq_received": int(rows[:, F_SEQ_RECEIVED].sum()),
@@ -302,3 +322,7 @@ class Run:
         else:
             lines.append(f"RTT: no reply to {sent} packets")
         self.output.record(d, lines)
+
+
+def _drops(row: np.ndarray) -> Drops:
+    return Drops(int(row[F_RX_DROPPED]), int(row[F_RX_RING_FULL]), int(row[F_FILL_EMPTY]))

@@ -175,6 +175,15 @@ def live_refusal(cfg: Config) -> str | None:
         )
     if spec.min_length:
         return "-l: --live sends frames of one length (the kernel copies one template); give one -l"
+    if spec.ipv6 or spec.raw is not None:
+        return (
+            f"{'-6' if spec.raw is None else '-P'}: --live rewrites IPv4/UDP frames only "
+            "(its walk and checksums are IPv4's)"
+        )
+    if cfg.frag_plan.count > 1:
+        return "-F/-M: --live sends single-buffer frames (one XDP frame per run)"
+    if cfg.dump:
+        return "-X: --live frames never pass through a ring, so there is nothing to dump"
     if cfg.seed is not None and (spec.random_src or spec.random_dst):
         return (
             "--seed: with --live, -z/-Z draw from the kernel's bpf_get_prandom_u32(), "

@@ -30,9 +30,12 @@ from vtnet_py.apps.pktgen.config import (
     F_DONE,
     F_ERR,
     F_EVENTS,
+    F_FILL_EMPTY,
     F_MIN_SPACE,
     F_PKTS,
     F_RUNNING,
+    F_RX_DROPPED,
+    F_RX_RING_FULL,
     F_SEQ_GAP_PKTS,
     F_SEQ_GAPS,
     F_SEQ_LOST,
@@ -47,16 +50,19 @@ from vtnet_py.apps.pktgen.config import (
     PktgenError,
 )
 from vtnet_py.apps.pktgen.frames import (
-    ETH_HLEN,
     OFF_ETHERTYPE,
-    OFF_SEQ,
     SEQ_LEN,
     STAMP_LEN,
     FrameGen,
+    make_framegen,
 )
-from vtnet_py.apps.pktgen.report import Output
-from vtnet_py.apps.pktgen.rxfields import SeqTracker, field_view, read_seq, read_stamp
+from vtnet_py.apps.pktgen.frames6 import ETHERTYPE_IPV6
+from vtnet_py.apps.pktgen.report import Output, hexdump
+from vtnet_py.apps.pktgen.rxfields import SeqTracker, field_view, gather, payload_offsets
 from vtnet_py.errors import VtnetError
+from vtnet_py.netmap.ring import NS_MOREFRAG
+
+STATS_S = 0.1  # how often a worker copies its sockets' drop counters
 
 # -- pacing ----------------------------------------------------------------------------
 
@@ -101,6 +107,7 @@ class Worker:
     out: Output
     frames_in: int = 0  # share of -n for this worker (0: forever)
     ping_rtts: list[np.ndarray] = field(default_factory=list)
+    _stats_t: float = 0.0
 
     def open(self) -> Any:
         """Open this worker's port (in the calling thread: bcc compiles the steering
@@ -110,9 +117,14 @@ class Worker:
 
         try:
             # -H: the port gives every slot a virtio-net header (zeroed on RX,
-            # stripped on TX), as netmap's NETMAP_REQ_PORT_HDR_SET
-            return open_port(
-                self.port_name, netns=self.cfg.netns, vnet_hdr=self.cfg.spec.vnet_hdr_len
+            # stripped on TX), as netmap's NETMAP_REQ_PORT_HDR_SET.  Frames cut into
+            # several slots need a multi-buffer socket; otherwise the port decides
+            # from the MTU.
+            port = open_port(
+                self.port_name,
+                netns=self.cfg.netns,
+                vnet_hdr=self.cfg.spec.vnet_hdr_len,
+                frags=True if self.cfg.frag_plan.count > 1 else None,
             )
         except (VtnetError, OSError) as exc:
             self.out.diag(f"cannot open {self.port_name}: {exc}", func="worker")
@@ -120,6 +132,15 @@ class Worker:
             self.row[F_DONE] = 1
             self.row[F_RUNNING] = 0
             return None
+        if self.cfg.verbose:
+            st = port.stats()
+            self.out.diag(
+                f"{self.port_name}: {len(port.rx_rings)} RX and {len(port.tx_rings)} TX rings, "
+                f"{st['xdp_mode']} XDP, {'zero-copy' if st['zerocopy'] else 'copy'} mode, "
+                f"multi-buffer {'on' if st['frags'] else 'off'}",
+                func="worker",
+            )
+        return port
 
     def run(self, port: Any = None) -> None:
         """Run the function on ``port`` (opened here when None); closes the port."""
@@ -146,12 +167,47 @@ class Worker:
         except (VtnetError, OSError) as exc:
             self.out.diag(f"{self.port_name}: {exc}", func="worker")
             self.row[F_ERR] = 1
+        except Exception as exc:  # a bug, or numpy refusing a value: one line, exit 1
+            self.out.diag(f"{self.port_name}: {type(exc).__name__}: {exc}", func="worker")
+            self.row[F_ERR] = 1
         finally:
             if not self.row[F_TOC]:
                 self.row[F_TOC] = time.monotonic_ns()
             with contextlib.suppress(Exception):
+                self._kernel_stats(port, final=True)
+            with contextlib.suppress(Exception):
                 port.close()
             self.row[F_RUNNING] = 0
+
+    def _kernel_stats(self, port: Any, final: bool = False) -> None:
+        """Copy the RX sockets' drop counters (XDP_STATISTICS) into the shared row; at
+        most every STATS_S unless ``final``, since each is a getsockopt per ring."""
+        now = time.monotonic()
+        if not final and now - self._stats_t < STATS_S:
+            return
+        self._stats_t = now
+        st = port.stats()
+        rings = [r for r in st["rings"] if r["kind"] == "rx"]
+        for f, key in (
+            (F_RX_DROPPED, "rx_dropped"),
+            (F_RX_RING_FULL, "rx_ring_full"),
+            (F_FILL_EMPTY, "rx_fill_ring_empty_descs"),
+        ):
+            self.row[f] = sum(int(r["kernel"].get(key, 0)) for r in rings)
+        if final and self.cfg.verbose:
+            for r in st["rings"]:
+                k = " ".join(f"{n} {v}" for n, v in r["kernel"].items())
+                self.out.diag(f"{self.port_name} {r['kind']} ring {r['ring']}: {k}", func="worker")
+
+    def _dump(self, port: Any, ring: Any, idx: np.ndarray) -> None:
+        """-X: each slot of ``idx`` as pkt-gen's dump_payload() prints it."""
+        for i in idx:
+            slot = ring.slot[int(i)]
+            n = int(slot["len"])
+            data = bytes(port.buf(int(slot["buf_idx"]))[:n])
+            self.out.text(
+                hexdump(data, ring.ring_id, int(i), int(slot["buf_idx"]), int(slot["flags"]))
+            )
 
     def _wait_link(self) -> None:
         end = time.monotonic() + self.cfg.wait_link
@@ -167,18 +223,25 @@ class Worker:
         if not rings:
             raise PktgenError(f"{self.port_name}: no TX ring (opened with /R?)")
         spec = cfg.spec
-        if spec.max_slot_len > rings[0].nr_buf_size:
+        plan = cfg.frag_plan
+        nf = plan.count
+        if max(plan.size, plan.last) > rings[0].nr_buf_size:
             raise PktgenError(
-                f"-l {spec.length}: a frame of {spec.max_slot_len} bytes does not "
+                f"-l {spec.length}: a slot of {max(plan.size, plan.last)} bytes does not "
                 f"fit a {rings[0].nr_buf_size}-byte buffer"
             )
-        gen = FrameGen(spec, seed=None if cfg.seed is None else cfg.seed + self.index)
+        if cfg.verbose:
+            self.out.diag(f"frags {nf} frag_size {plan.size}", func="sender_body")
+        gen = make_framegen(spec, seed=None if cfg.seed is None else cfg.seed + self.index)
         bufs = port.bufs
         # Each TX ring owns num_slots buffers for good (completions bring them
-        # back to its slots), so the template goes into all of them once.
-        for r in rings:
-            gen.init_rows(bufs, r.slot["buf_idx"])
-            r.slot["len"][:] = spec.max_slot_len
+        # back to its slots), so the template goes into all of them once.  A frame
+        # cut into slots lands at a different place in the ring each time: it is
+        # copied per batch instead.
+        if nf == 1:
+            for r in rings:
+                gen.init_rows(bufs, r.slot["buf_idx"])
+                r.slot["len"][:] = spec.max_slot_len
         varies = spec.varies
         fixed_len = spec.max_slot_len
         n = self.frames_in
@@ -214,11 +277,13 @@ class Worker:
                     limit = min(limit, n - sent)
                 space = r.space()
                 min_space = min(min_space, space)
-                k = min(space, limit)
+                k = min(space // nf, limit)
                 if k <= 0:
                     continue
-                idx = r.slots_from_head(k)
-                if varies:
+                idx = r.slots_from_head(k * nf)
+                if nf > 1:
+                    nbytes += self._fill_chains(r, idx, k, gen, bufs)
+                elif varies:
                     b = gen.next_batch(k)
                     gen.write(bufs, r.slot["buf_idx"][idx], b)
                     r.slot["len"][idx] = b.slot_len
@@ -226,7 +291,9 @@ class Worker:
                 else:
                     r.slot["len"][idx] = fixed_len
                     nbytes += k * fixed_len
-                r.head = r.cur = r.next(r.head, k)
+                if cfg.dump:
+                    self._dump(port, r, idx)
+                r.head = r.cur = r.next(r.head, k * nf)
                 sent += k
                 events += 1
                 row[F_PKTS] = sent
@@ -241,6 +308,7 @@ class Worker:
                         break
                 if n and sent >= n:
                     break
+            self._kernel_stats(port)
         # flush, then wait for the TX rings to drain (pkt-gen's nm_tx_pending loop)
         deadline = time.monotonic() + 2.0
         port.txsync()
@@ -250,6 +318,26 @@ class Worker:
             port.txsync()
             time.sleep(0.0001)
         row[F_TOC] = time.monotonic_ns()
+
+    def _fill_chains(self, r: Any, idx: np.ndarray, k: int, gen: FrameGen, bufs: np.ndarray) -> int:
+        """Write ``k`` frames into the slots ``idx``, each cut as -F/-M say (NS_MOREFRAG
+        on all its slots but the last); returns the bytes written."""
+        plan = self.cfg.frag_plan
+        width = gen.template.shape[0]
+        if gen.spec.varies:
+            frames = gen.frames(k)[0]
+        else:
+            frames = np.broadcast_to(gen.template, (k, width))
+        rows = r.slot["buf_idx"][idx].reshape(k, plan.count)
+        off = 0
+        for j, ln in enumerate(plan.slot_lens()):
+            bufs[rows[:, j], :ln] = frames[:, off : off + ln]
+            off += ln
+        r.slot["len"][idx] = np.tile(np.array(plan.slot_lens(), np.uint16), k)
+        flags = np.full(plan.count, NS_MOREFRAG, np.uint16)
+        flags[-1] = 0
+        r.slot["flags"][idx] = np.tile(flags, k)
+        return k * width
 
     # -- rx / rxseq ------------------------------------------------------------
 
@@ -261,6 +349,7 @@ class Worker:
             raise PktgenError(f"{self.port_name}: no RX ring (opened with /T?)")
         seq_mode = cfg.function == "rxseq"
         trackers = [SeqTracker() for _ in rings]
+        in_chain = [False] * len(rings)  # the ring's last slot seen carried NS_MOREFRAG
         vh = cfg.spec.vnet_hdr_len
         bufs = port.bufs
         n = self.frames_in
@@ -291,10 +380,16 @@ class Worker:
                 idx = r.slots_from_head(m)
                 lens = r.slot["len"][idx]
                 nbytes += int(lens.sum(dtype=np.int64))
-                more = (r.slot["flags"][idx] & 0x20) != 0  # NS_MOREFRAG
+                more = (r.slot["flags"][idx] & NS_MOREFRAG) != 0
                 complete = m - int(more.sum()) if more.any() else m
                 if seq_mode:
-                    last_log = self._check_seq(bufs, r, idx, lens, vh, trackers[i], last_log)
+                    # the number is in the first slot of each frame
+                    first = ~np.concatenate(([in_chain[i]], more[:-1]))
+                    sel = idx if first.all() else idx[first]
+                    last_log = self._check_seq(bufs, r, sel, vh, trackers[i], last_log)
+                in_chain[i] = bool(more[-1])
+                if cfg.dump:
+                    self._dump(port, r, idx)
                 r.head = r.cur = r.next(r.head, m)
                 pkts += complete
                 events += 1
@@ -306,6 +401,7 @@ class Worker:
                 row[F_MIN_SPACE] = cur_space
             if seq_mode:
                 self._store_seq(trackers)
+            self._kernel_stats(port)
         port.rxsync()  # give the last batch back
         row[F_TOC] = int(last_rx * 1e9) if not cfg.forever else time.monotonic_ns()
         if seq_mode:
@@ -316,20 +412,19 @@ class Worker:
         bufs: np.ndarray,
         r: Any,
         idx: np.ndarray,
-        lens: np.ndarray,
         vh: int,
         t: SeqTracker,
         last_log: float,
     ) -> float:
         rows = r.slot["buf_idx"][idx]
-        # only IPv4 frames long enough to carry a sequence number count
-        et = field_view(bufs, vh + OFF_ETHERTYPE, ">u2")[rows]
-        ok = (et == 0x0800) & (lens >= vh + OFF_SEQ + SEQ_LEN)
+        # only IPv4 and IPv6 frames long enough to carry a sequence number count
+        offs = payload_offsets(bufs, rows, r.slot["len"][idx], vh, SEQ_LEN)
+        ok = offs >= 0
         if not ok.all():
-            rows = rows[ok]
+            rows, offs = rows[ok], offs[ok]
         if rows.size == 0:
             return last_log
-        seqs = read_seq(bufs, rows, vh)
+        seqs = gather(bufs, rows, offs, vh, ">u4").astype(np.uint32)
         prev = t._last
         bad = t.update(seqs)
         now = time.monotonic()
@@ -359,7 +454,7 @@ class Worker:
             raise PktgenError(f"{self.port_name}: ping needs TX and RX rings")
         spec = cfg.spec
         txr = port.tx_rings[0]
-        gen = FrameGen(spec, seed=cfg.seed)
+        gen = make_framegen(spec, seed=cfg.seed)
         bufs = port.bufs
         gen.init_rows(bufs, txr.slot["buf_idx"])
         vh = spec.vnet_hdr_len
@@ -409,10 +504,10 @@ class Worker:
                 idx = r.slots_from_head(avail)
                 rows = r.slot["buf_idx"][idx]
                 lens = r.slot["len"][idx]
-                et = field_view(bufs, vh + OFF_ETHERTYPE, ">u2")[rows]
-                ok = (et == 0x0800) & (lens >= vh + ETH_HLEN + 28 + SEQ_LEN + STAMP_LEN)
+                offs = payload_offsets(bufs, rows, lens, vh, SEQ_LEN + STAMP_LEN)
+                ok = offs >= 0
                 if ok.any():
-                    st = read_stamp(bufs, rows[ok], vh).astype(np.int64)
+                    st = gather(bufs, rows[ok], offs[ok], vh, ">u8", SEQ_LEN).astype(np.int64)
                     rtt = now - st
                     rtt = rtt[(rtt >= 0) & (rtt < 60_000_000_000)]  # not ours otherwise
                     period_rtts.append(rtt)
@@ -473,6 +568,11 @@ class Worker:
                         s4, d4 = src[v4], dst[v4]
                         bufs[d4, vh + 26 : vh + 30] = bufs[s4, vh + 30 : vh + 34]
                         bufs[d4, vh + 30 : vh + 34] = bufs[s4, vh + 26 : vh + 30]
+                    v6 = (et == ETHERTYPE_IPV6) & (lens >= vh + 54)  # the UDP sum stays right
+                    if v6.any():
+                        s6, d6 = src[v6], dst[v6]
+                        bufs[d6, vh + 22 : vh + 38] = bufs[s6, vh + 38 : vh + 54]
+                        bufs[d6, vh + 38 : vh + 54] = bufs[s6, vh + 22 : vh + 38]
                     txr.slot["len"][tidx] = lens
                     txr.head = txr.cur = txr.next(txr.head, k)
                     sent += k
