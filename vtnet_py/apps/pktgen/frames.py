@@ -278,6 +278,7 @@ class FrameGen:
         self._table: npt.NDArray[np.uint16] | None = None
         self._table_usum: npt.NDArray[np.uint64] | None = None
         if spec.raw is not None:
+            self.patch_len = 0  # nothing changes from one frame to the next
             self.template = np.concatenate(
                 [np.zeros(self.vh, np.uint8), np.frombuffer(spec.raw, np.uint8)]
             )
