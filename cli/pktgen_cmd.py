@@ -308,9 +308,9 @@ def pkt_gen(
     )
     from vtnet_py.apps.pktgen.config import Config, PktgenError
     from vtnet_py.apps.pktgen.engine import Run
-    from vtnet_py.apps.pktgen.frames import FrameSpec, min_frame_len
     from vtnet_py.apps.pktgen.pcap import first_packet
     from vtnet_py.apps.pktgen.report import FRAMING_BITS
+    from vtnet_py.apps.pktgen.spec import FrameSpec, min_frame_len
     from vtnet_py.errors import VtnetError
 
     if live:

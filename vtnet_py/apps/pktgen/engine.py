@@ -57,8 +57,8 @@ from vtnet_py.apps.pktgen.config import (
     interface_facts,
     worker_port_names,
 )
-from vtnet_py.apps.pktgen.frames import ETH_HLEN
 from vtnet_py.apps.pktgen.report import Counters, Drops, Final, Output, Reporter
+from vtnet_py.apps.pktgen.spec import ETH_HLEN
 from vtnet_py.apps.pktgen.worker import Worker, _child_main
 from vtnet_py.netmap.portname import RegMode, parse_port_name
 

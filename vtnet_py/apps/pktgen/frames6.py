@@ -17,14 +17,8 @@ import numpy.typing as npt
 
 from vtnet_py.apps.pktgen.addresses import IPRange6
 from vtnet_py.apps.pktgen.checksum import words_of
-from vtnet_py.apps.pktgen.frames import (
-    ETH_HLEN,
-    HDRS6_LEN,
-    IP6_HLEN,
-    SEQ_LEN,
-    UDP_HLEN,
-    FrameGen,
-)
+from vtnet_py.apps.pktgen.frames import FrameGen
+from vtnet_py.apps.pktgen.spec import ETH_HLEN, HDRS6_LEN, IP6_HLEN, SEQ_LEN, UDP_HLEN
 
 ETHERTYPE_IPV6 = 0x86DD
 OFF6_PLEN = 18

@@ -74,7 +74,8 @@ from vtnet_py.apps.pktgen.config import (
     interface_facts,
 )
 from vtnet_py.apps.pktgen.engine import Run
-from vtnet_py.apps.pktgen.frames import (
+from vtnet_py.apps.pktgen.frames import FrameGen
+from vtnet_py.apps.pktgen.spec import (
     ETH_HLEN,
     IP_HLEN,
     OFF_IP_DST,
@@ -83,7 +84,6 @@ from vtnet_py.apps.pktgen.frames import (
     OFF_UDP_DPORT,
     OFF_UDP_SPORT,
     OFF_UDP_SUM,
-    FrameGen,
     FrameSpec,
 )
 from vtnet_py.apps.pktgen.worker import Worker

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from vtnet_py.apps.pktgen.frames import OFF_ETHERTYPE, OFF_PAYLOAD, OFF_SEQ, OFF_STAMP
 from vtnet_py.apps.pktgen.frames6 import ETHERTYPE_IPV6, OFF6_PAYLOAD
+from vtnet_py.apps.pktgen.spec import OFF_ETHERTYPE, OFF_PAYLOAD, OFF_SEQ, OFF_STAMP
 
 ETHERTYPE_IP = 0x0800
 # where each family's UDP payload starts (no IPv4 options, no IPv6 extension headers:
