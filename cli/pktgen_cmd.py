@@ -285,7 +285,14 @@ def pkt_gen(
     if function in ("rx", "rxseq", "pong") and (random_src or random_dst or len(lengths) > 1):
         raise OptionError(f"-z/-Z/second -l: -f {function} does not build frames")
     if pcap is not None:
-        for name, flag in (("src", "-s"), ("dst", "-d"), ("lengths", "-l"), ("ipv6", "-6")):
+        for name, flag in (
+            ("src", "-s"),
+            ("dst", "-d"),
+            ("src_mac", "-S"),
+            ("dst_mac", "-D"),
+            ("lengths", "-l"),
+            ("ipv6", "-6"),
+        ):
             if given(name):
                 raise OptionError(
                     f"-P: the frame is sent as read from {pcap}; {flag} does not apply"

@@ -56,6 +56,8 @@ from vtnet_py.apps.pktgen.worker import Pacer
         (["-f", "tx", "-X", "--json"], "-X: the dumps are text on stdout"),
         (["-f", "tx", "-4", "-6"], "-4/-6: one address family"),
         (["-f", "tx", "-P", "/nonexistent.pcap"], "-P /nonexistent.pcap: No such file"),
+        (["-f", "tx", "-P", "x.pcap", "-D", "0:1:2:3:4:5"], "-P: the frame is sent as read"),
+        (["-f", "tx", "-P", "x.pcap", "-l", "100"], "from x.pcap; -l does not apply"),
         (["-f", "rx", "--netns", "pgnosuchns"], "--netns pgnosuchns: no such network namespace"),
         (["-f", "tx", "--live", "-6"], "-6: --live rewrites IPv4/UDP frames only"),
         (["-f", "tx", "--live", "-F", "2"], "-F/-M: --live sends single-buffer frames"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import socket
 import struct
@@ -241,6 +242,10 @@ def test_multislot_frames_on_a_jumbo_link(veth_factory: Callable[..., VethPair])
     got = drain(socks)[9000]
     assert r.returncode == 0, r.stderr
     assert "frags 4 frag_size 250" in r.stderr
+    # -v: the port's mode when it opens, every socket's XDP_STATISTICS at the end
+    assert f"netmap:{pair.a}/T: 0 RX and 1 TX rings, " in r.stderr
+    assert "multi-buffer on" in r.stderr
+    assert re.search(rf"netmap:{pair.a}/T tx ring 0: rx_dropped 0 .*tx_invalid_descs 0", r.stderr)
     assert len(got) == 40 and all(d == payload_pattern(1000 - 42) for d in got)
     # rxseq takes the chains as they come and reads the number in each first slot
     rx = start(pair.ns_b, "-i", f"netmap:{pair.b}", "-f", "rxseq", "-n", "300", "--json")
