@@ -88,8 +88,8 @@ def _refuse(flag: str) -> None:
     multiple=True,
     type=int,
     metavar="LEN",
-    help="frame length without CRC (default 60); a second -l gives the minimum "
-    "of random lengths [second, first)",
+    help="frame length without CRC (default 60, or the least -f and -6 need); a second "
+    "-l gives the minimum of random lengths [second, first)",
 )
 @click.option(
     "-b",

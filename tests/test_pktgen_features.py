@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -431,3 +432,30 @@ def test_a_worker_that_raises_exits_1_with_one_line(veth: VethPair) -> None:
     ), err.getvalue()
     assert out.getvalue().splitlines()[-1] == "Sent nothing."
     assert not veth.xdp_attached("a")  # the port was closed
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+def test_a_worker_process_killed_makes_the_run_fail(veth: VethPair) -> None:
+    rx = start(veth.ns_b, "-i", f"netmap:{veth.b}", "-f", "rx", "-p", "2")
+    try:
+        wait_open(veth, rx)
+        deadline = time.monotonic() + 10
+        while len(kids := children(rx.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(kids) == 2, kids
+        time.sleep(0.5)  # both ports open
+        os.kill(kids[1], signal.SIGKILL)
+        time.sleep(0.5)
+        rx.send_signal(signal.SIGINT)
+        out, err = finish(rx)
+    finally:
+        rx.kill()
+    assert rx.returncode == 1, (out, err)
+    assert re.search(rf"worker pid {kids[1]} ended with signal SIGKILL$", err, re.M), err
+    assert out.splitlines()[-1] == "Received nothing."

@@ -204,11 +204,20 @@ class Run:
             self.cancel()
             for t in threads:
                 t.join(timeout=5.0)
-            for p in procs:
+            for i, p in enumerate(procs):
                 p.join(timeout=5.0)
                 if p.is_alive():
                     p.terminate()
                     p.join()
+                if p.exitcode and not self.rows[i, F_ERR]:
+                    # killed or crashed before it could mark its row: still a failure
+                    how = (
+                        f"signal {signal.Signals(-p.exitcode).name}"
+                        if p.exitcode < 0
+                        else f"status {p.exitcode}"
+                    )
+                    self.output.diag(f"{self.names[i]}: worker pid {p.pid} ended with {how}")
+                    self.rows[i, F_ERR] = 1
             for s, h in old.items():
                 signal.signal(s, h)
         self._final()
