@@ -14,7 +14,8 @@ import socket
 import sys
 import time
 
-from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec, IPRange
+from vtnet_py.apps.pktgen.addresses import IPRange
+from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec
 
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20

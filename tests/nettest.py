@@ -220,11 +220,13 @@ def start_port_holder(name: str, ns: str) -> subprocess.Popen[str]:
 
 # pkt-gen as the tests run it, and the shapes of its report lines (netmap's pkt-gen.c)
 PKTGEN = [sys.executable, "-W", "ignore", "-m", "vtnetmap_cli.pktgen_cmd"]
+# the kernel's RX drop counters, which end both lines when any is non-zero
+PKTGEN_DROPS = r"( drops (\d+) ring_full (\d+) fill_empty (\d+))?$"
 PKTGEN_PERIODIC = re.compile(
     r"^\d{3}\.\d{6} main_thread \[\d+\] \d+\.\d{3} [KMGT ]?pps \(\d+\.\d{3} [KMGT ]?pkts "
-    r"\d+\.\d{3} [KMGT ]?bps in \d+ usec\) \d+\.\d{2} avg_batch \d+ min_space$"
+    r"\d+\.\d{3} [KMGT ]?bps in \d+ usec\) \d+\.\d{2} avg_batch \d+ min_space" + PKTGEN_DROPS
 )
 PKTGEN_FINAL2 = re.compile(
     r"^Speed: \d+\.\d{3} [KMGT ]?pps Bandwidth: \d+\.\d{3} [KMGT ]?bps "
-    r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts$"
+    r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts" + PKTGEN_DROPS
 )

@@ -11,16 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtnet_py.apps.pktgen.frames import (
-    FrameGen,
-    FrameSpec,
-    FrameSpecError,
-    IPRange,
-    SeqTracker,
-    parse_mac,
-    read_seq,
-    read_stamp,
-)
+from vtnet_py.apps.pktgen.addresses import FrameSpecError, IPRange, parse_mac
+from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec
+from vtnet_py.apps.pktgen.rxfields import SeqTracker, read_seq, read_stamp
 
 # -- an independent, deliberately naive reference --------------------------------------
 

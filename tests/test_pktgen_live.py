@@ -34,7 +34,8 @@ from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 from vtnetmap_cli.pktgen_cmd import pkt_gen
 
 from vtnet_py._sys.netns import netns
-from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec, IPRange
+from vtnet_py.apps.pktgen.addresses import IPRange
+from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF beyond rmem_max, for root
 FINAL1 = re.compile(

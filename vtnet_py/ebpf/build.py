@@ -17,6 +17,7 @@ flags bcc does not expose (BPF_F_XDP_HAS_FRAGS) and under a name we choose.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -93,7 +94,10 @@ def _merge_tree(dst: Path, sources: list[Path]) -> None:
         if len(dirs) > 1:
             _merge_tree(target, dirs)
         elif not target.exists() and not target.is_symlink():
-            target.symlink_to(paths[0].resolve())
+            # another process making the same tree (two ports opened at once on a cold
+            # cache, pkt-gen -p N) may have made this link a moment ago: same target
+            with contextlib.suppress(FileExistsError):
+                target.symlink_to(paths[0].resolve())
 
 
 def find_kernel_headers() -> Path | None:
@@ -207,7 +211,7 @@ def compile_image(
         image = _load_image(path)
         if image is None:
             image = _compile_in_child(source, funcs, cflags, headers)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes compiling at once
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(_image_to_json(image), f)

@@ -18,47 +18,31 @@ checksums are only patched incrementally and go stale with ``-l``/``-l``
 random sizes, every frame built here carries correct lengths and checksums.
 
 Nothing here touches the network: the functions fill numpy arrays (a UMEM
-view or a private array).  On error nothing is written.
+view or a private array).  On error nothing is written.  IPv6 frames (``-6``)
+are frames6.FrameGen6, the same walk over one 16-bit group of the address;
+``make_framegen`` picks the class.  A frame read from a pcap file (``-P``) is sent
+as it is: ``FrameSpec.raw``.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from vtnet_py._sys.abi import VNET_HDR_LENS
-
-ETH_HLEN = 14
-IP_HLEN = 20
-UDP_HLEN = 8
-HDRS_LEN = ETH_HLEN + IP_HLEN + UDP_HLEN  # 42: where the UDP payload starts
-
-# Offsets inside the Ethernet frame (after any virtio-net header).
-OFF_ETHERTYPE = 12
-OFF_IP_LEN = 16
-OFF_IP_SUM = 24
-OFF_IP_SRC = 26
-OFF_IP_DST = 30
-OFF_UDP_SPORT = 34
-OFF_UDP_DPORT = 36
-OFF_UDP_LEN = 38
-OFF_UDP_SUM = 40
-OFF_PAYLOAD = HDRS_LEN
-OFF_SEQ = OFF_PAYLOAD  # txseq/rxseq/ping: 32-bit big-endian sequence number
-OFF_STAMP = OFF_PAYLOAD + 4  # ping: 64-bit big-endian send time in ns
-
-SEQ_LEN = 4
-STAMP_LEN = 8
-
-DEFAULT_SRC = "10.0.0.1"
-DEFAULT_DST = "10.1.0.1"
-DEFAULT_PORT = 1234
-DEFAULT_DST_MAC = "ff:ff:ff:ff:ff:ff"
+from vtnet_py.apps.pktgen.checksum import finish, fold, words32
+from vtnet_py.apps.pktgen.spec import (
+    ETH_HLEN,
+    IP_HLEN,
+    OFF_IP_LEN,
+    OFF_PAYLOAD,
+    OFF_STAMP,
+    SEQ_LEN,
+    STAMP_LEN,
+    UDP_HLEN,
+)
+from vtnet_py.apps.pktgen.spec import FrameSpec as FrameSpec  # the frames' public type
 
 # IPv4 header constants, as pkt-gen sets them: version 4 / IHL 5, TOS
 # "low delay", id 0, Don't Fragment, TTL 64, protocol UDP.
@@ -69,8 +53,6 @@ _IP_TTL = 64
 _IPPROTO_UDP = 17
 
 PAYLOAD_TEXT = b"vtnetmap pkt-gen payload over AF_XDP, netmap rings from Python.\n"
-
-PayloadKind = Literal["plain", "seq", "ping"]
 
 # The bytes of a frame that change from one packet to the next are bytes 16..46
 # of the Ethernet frame: 15 big-endian 16-bit words.  A batch is built as an
@@ -87,178 +69,6 @@ PATCH_LEN_SEQ = PATCH_LEN_NOSEQ + SEQ_LEN  # 30
 TABLE_MAX = 1 << 16
 
 
-class FrameSpecError(ValueError):
-    """A pkt-gen frame option that cannot be honoured (the message names it)."""
-
-
-_RANGE_PART = re.compile(r"^(?P<ip>[0-9.]+)(?::(?P<port>[0-9]+|0x[0-9a-fA-F]+))?$")
-
-
-def _parse_part(text: str, what: str) -> tuple[int, int | None]:
-    m = _RANGE_PART.match(text)
-    if m is None:
-        raise FrameSpecError(f"{what}: {text!r} is not ip[:port]")
-    try:
-        addr = int(ipaddress.IPv4Address(m.group("ip")))
-    except ipaddress.AddressValueError as exc:
-        raise FrameSpecError(f"{what}: {m.group('ip')!r} is not an IPv4 address") from exc
-    port: int | None = None
-    if m.group("port") is not None:
-        port = int(m.group("port"), 0)
-        if not 0 <= port <= 0xFFFF:
-            raise FrameSpecError(f"{what}: port {port} is outside 0..65535")
-    return addr, port
-
-
-@dataclass(frozen=True)
-class IPRange:
-    """An IPv4 address range and a UDP port range, as ``-s``/``-d`` give them.
-
-    ``start..end`` and ``port0..port1`` are inclusive; host byte order.
-    """
-
-    start: int
-    end: int
-    port0: int = DEFAULT_PORT
-    port1: int = DEFAULT_PORT
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.start <= self.end <= 0xFFFFFFFF):
-            raise FrameSpecError(f"bad address range {self.start:#x}..{self.end:#x}")
-        if not (0 <= self.port0 <= self.port1 <= 0xFFFF):
-            raise FrameSpecError(f"bad port range {self.port0}..{self.port1}")
-
-    @classmethod
-    def parse(cls, text: str, what: str = "address") -> IPRange:
-        """Parse pkt-gen's ``ip[:port][-ip[:port]]``.
-
-        As in pkt-gen the port defaults to 1234, the end port defaults to the
-        start port, and reversed ends are swapped.
-        """
-        first, sep, second = text.partition("-")
-        a0, p0 = _parse_part(first, what)
-        port0 = DEFAULT_PORT if p0 is None else p0
-        a1, port1 = a0, port0
-        if sep:
-            a1, p1 = _parse_part(second, what)
-            if p1 is not None:
-                port1 = p1
-        return cls(min(a0, a1), max(a0, a1), min(port0, port1), max(port0, port1))
-
-    @property
-    def n_addrs(self) -> int:
-        return self.end - self.start + 1
-
-    @property
-    def n_ports(self) -> int:
-        return self.port1 - self.port0 + 1
-
-    @property
-    def is_single(self) -> bool:
-        return self.n_addrs == 1 and self.n_ports == 1
-
-    def __str__(self) -> str:
-        a = f"{ipaddress.IPv4Address(self.start)}:{self.port0}"
-        if self.is_single:
-            return a
-        return f"{a}-{ipaddress.IPv4Address(self.end)}:{self.port1}"
-
-
-def parse_mac(text: str) -> bytes:
-    """Parse ``aa:bb:cc:dd:ee:ff`` (one or two hex digits a group) into 6 bytes."""
-    parts = text.split(":")
-    if len(parts) != 6 or not all(re.fullmatch(r"[0-9a-fA-F]{1,2}", p) for p in parts):
-        raise FrameSpecError(f"invalid MAC address {text!r}")
-    return bytes(int(p, 16) for p in parts)
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
-def min_frame_len(payload: PayloadKind) -> int:
-    """The shortest frame (no vnet header) that holds the headers and the payload fields."""
-    return HDRS_LEN + {"plain": 0, "seq": SEQ_LEN, "ping": SEQ_LEN + STAMP_LEN}[payload]
-
-
-@dataclass(frozen=True)
-class FrameSpec:
-    """What pkt-gen's frame options ask for.
-
-    ``length`` is ``-l`` (frame length without CRC and without the virtio-net
-    header).  ``min_length`` is a second ``-l``: when non-zero, every frame
-    gets its own random length in ``[min_length, length)`` (pkt-gen draws one
-    length per batch and leaves the lengths in the headers stale; here each
-    frame's headers and checksums match its length).
-    """
-
-    src_mac: bytes = b"\x00" * 6
-    dst_mac: bytes = b"\xff" * 6
-    src: IPRange = field(default_factory=lambda: IPRange.parse(DEFAULT_SRC))
-    dst: IPRange = field(default_factory=lambda: IPRange.parse(DEFAULT_DST))
-    length: int = 60
-    min_length: int = 0
-    random_src: bool = False
-    random_dst: bool = False
-    vnet_hdr_len: int = 0
-    payload: PayloadKind = "plain"
-
-    def __post_init__(self) -> None:
-        if len(self.src_mac) != 6 or len(self.dst_mac) != 6:
-            raise FrameSpecError("MAC addresses are 6 bytes")
-        if self.vnet_hdr_len not in VNET_HDR_LENS:
-            raise FrameSpecError(
-                f"-H {self.vnet_hdr_len}: virtio-net header length must be 0, 10 or 12"
-            )
-        lo = min_frame_len(self.payload)
-        if self.length < lo or self.length > 0xFFFF:
-            raise FrameSpecError(
-                f"-l {self.length}: an IPv4/UDP frame for -f {self._mode_word()} needs "
-                f"{lo}..65535 bytes"
-            )
-        if self.min_length:
-            if self.min_length < lo or self.min_length > self.length:
-                raise FrameSpecError(
-                    f"-l {self.min_length}: the minimum size must be in {lo}..{self.length}"
-                )
-
-    def _mode_word(self) -> str:
-        return {"plain": "tx", "seq": "txseq", "ping": "ping"}[self.payload]
-
-    @property
-    def varies(self) -> bool:
-        """True when consecutive frames differ (so TX must patch every frame)."""
-        return (
-            not self.src.is_single
-            or not self.dst.is_single
-            or self.random_src
-            or self.random_dst
-            or self.payload != "plain"
-            or self.random_length
-        )
-
-    @property
-    def random_length(self) -> bool:
-        return bool(self.min_length) and self.min_length < self.length
-
-    @property
-    def max_slot_len(self) -> int:
-        """Bytes a buffer must hold: virtio-net header plus the longest frame."""
-        return self.vnet_hdr_len + self.length
-
-
-def _fold(s: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """Fold a one's-complement sum (below 2**48) to 16 bits."""
-    for _ in range(3):
-        s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
-    return s
-
-
-def _words32(v: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """Sum of the two 16-bit halves of 32-bit values."""
-    return (v >> np.uint64(16)) + (v & np.uint64(0xFFFF))
-
-
 def _payload_pattern(n: int) -> npt.NDArray[np.uint8]:
     reps = n // len(PAYLOAD_TEXT) + 1
     return np.frombuffer(PAYLOAD_TEXT * reps, dtype=np.uint8)[:n].copy()
@@ -269,7 +79,8 @@ class FrameBatch:
     """The changing words of a batch and the slot lengths.
 
     ``words`` is (n, 15) uint16 in host order (see ``W_*``); the address and
-    port properties decode it (tests, diagnostics).
+    port properties decode it (tests, diagnostics).  IPv6 batches (frames6) have
+    their own word layout, which these properties do not decode.
     """
 
     words: npt.NDArray[np.uint16] = field(repr=False)
@@ -307,7 +118,7 @@ class FrameBatch:
     def patch_bytes(self, patch_len: int) -> npt.NDArray[np.uint8]:
         """The words as wire bytes, (n, patch_len)."""
         be = self.words.astype(">u2")
-        return be.view(np.uint8).reshape(len(self), 2 * N_WORDS)[:, :patch_len]
+        return be.view(np.uint8).reshape(len(self), 2 * self.words.shape[1])[:, :patch_len]
 
 
 class FrameGen:
@@ -332,19 +143,16 @@ class FrameGen:
         self._dst_carries = 0
         self._dst_last = (spec.dst.start, spec.dst.port0)
         self.vh = spec.vnet_hdr_len
-        self.patch_len = PATCH_LEN_NOSEQ if spec.payload == "plain" else PATCH_LEN_SEQ
-        # Constant parts of the checksums (everything but addresses, ports,
-        # lengths and payload).
-        self._ip_const = np.uint64(
-            (_IP_VER_IHL << 8 | _IP_TOS) + _IP_FRAG_DF + (_IP_TTL << 8 | _IPPROTO_UDP)
-        )
-        self._udp_const = np.uint64(_IPPROTO_UDP)
-        self._row0 = np.zeros(N_WORDS, np.uint16)
-        self._row0[W_IP_OFF] = _IP_FRAG_DF
-        self._row0[W_TTL_P] = _IP_TTL << 8 | _IPPROTO_UDP
-        self.template = self._build_template()
+        self._layout()
         self._table: npt.NDArray[np.uint16] | None = None
         self._table_usum: npt.NDArray[np.uint64] | None = None
+        if spec.raw is not None:
+            self.patch_len = 0  # nothing changes from one frame to the next
+            self.template = np.concatenate(
+                [np.zeros(self.vh, np.uint8), np.frombuffer(spec.raw, np.uint8)]
+            )
+            return
+        self.template = self._build_template()
         period = self.period
         if period is not None and period <= TABLE_MAX and not spec.random_length:
             k = np.arange(period, dtype=np.int64)
@@ -364,23 +172,45 @@ class FrameGen:
 
     # -- template -----------------------------------------------------------
 
+    def _layout(self) -> None:
+        """Where the changing bytes are, and the constant parts of the checksums
+        (everything but addresses, ports, lengths and payload)."""
+        plain = self.spec.payload == "plain"
+        self.patch_off = PATCH_OFFSET
+        self.patch_len = PATCH_LEN_NOSEQ if plain else PATCH_LEN_SEQ
+        self.payload_off = OFF_PAYLOAD
+        self.stamp_off = OFF_STAMP
+        self._w_seq = W_SEQ_HI
+        self._w_usum = W_USUM
+        self._ip_const = np.uint64(
+            (_IP_VER_IHL << 8 | _IP_TOS) + _IP_FRAG_DF + (_IP_TTL << 8 | _IPPROTO_UDP)
+        )
+        self._udp_const = np.uint64(_IPPROTO_UDP)
+        self._row0 = np.zeros(N_WORDS, np.uint16)
+        self._row0[W_IP_OFF] = _IP_FRAG_DF
+        self._row0[W_TTL_P] = _IP_TTL << 8 | _IPPROTO_UDP
+
+    def _fixed_headers(self, e: npt.NDArray[np.uint8]) -> None:
+        """The header bytes outside the patched words."""
+        e[12:14] = (0x08, 0x00)
+        e[14] = _IP_VER_IHL
+        e[15] = _IP_TOS
+
     def _build_template(self) -> npt.NDArray[np.uint8]:
         s = self.spec
         t = np.zeros(self.vh + s.length, dtype=np.uint8)
         e = t[self.vh :]
         e[0:6] = np.frombuffer(s.dst_mac, np.uint8)
         e[6:12] = np.frombuffer(s.src_mac, np.uint8)
-        e[12:14] = (0x08, 0x00)
-        e[14] = _IP_VER_IHL
-        e[15] = _IP_TOS
-        pay = _payload_pattern(s.length - OFF_PAYLOAD)
+        self._fixed_headers(e)
+        pay = _payload_pattern(s.length - self.payload_off)
         # Sequence and stamp bytes are zero in the template; their words are
         # added to the UDP checksum per packet.
         if s.payload != "plain":
             pay[:SEQ_LEN] = 0
         if s.payload == "ping":
             pay[SEQ_LEN : SEQ_LEN + STAMP_LEN] = 0
-        e[OFF_PAYLOAD:] = pay
+        e[self.payload_off :] = pay
         # Weighted prefix sums of the payload bytes: element m is the 16-bit
         # word sum (unfolded) of the first m payload bytes (an odd last byte
         # is a high byte), so any frame length's payload sum is one lookup.
@@ -394,7 +224,7 @@ class FrameGen:
             np.zeros(1, np.int64), np.full(1, s.length, np.uint16), None, None, template_only=True
         )
         b = FrameBatch(words, np.full(1, s.length, np.uint16), np.zeros(1, np.uint16))
-        e[PATCH_OFFSET : PATCH_OFFSET + self.patch_len] = b.patch_bytes(self.patch_len)[0]
+        e[self.patch_off : self.patch_off + self.patch_len] = b.patch_bytes(self.patch_len)[0]
         return t
 
     # -- the walk -----------------------------------------------------------
@@ -410,7 +240,7 @@ class FrameGen:
         dport: np.ndarray
         if self.spec.random_src and not template_only:
             first = k == 0
-            src = np.asarray(self._rng.integers(0, 1 << 32, n, dtype=np.int64))
+            src = np.asarray(self._rng.integers(0, 1 << s.addr_bits, n, dtype=np.int64))
             sport = np.asarray(self._rng.integers(0, 1 << 16, n, dtype=np.int64))
             src[first] = s.start
             sport[first] = s.port0
@@ -432,11 +262,12 @@ class FrameGen:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         # carries is non-decreasing; each new carry count draws a new random
         # destination, carry count 0 keeps the range start.
+        bits = self.spec.dst.addr_bits
         last = self._dst_carries
         new = np.unique(carries[carries > last])
         keys = np.concatenate([[last], new])
         addrs = np.concatenate(
-            [[self._dst_last[0]], self._rng.integers(0, 1 << 32, new.shape[0], dtype=np.int64)]
+            [[self._dst_last[0]], self._rng.integers(0, 1 << bits, new.shape[0], dtype=np.int64)]
         )
         ports = np.concatenate(
             [[self._dst_last[1]], self._rng.integers(0, 1 << 16, new.shape[0], dtype=np.int64)]
@@ -461,11 +292,11 @@ class FrameGen:
         dst_u = dst.astype(np.uint64)
         ip_len = length.astype(np.uint64) - np.uint64(ETH_HLEN)
         ulen = ip_len - np.uint64(IP_HLEN)
-        addr_words = _words32(src_u) + _words32(dst_u)
+        addr_words = words32(src_u) + words32(dst_u)
         w = np.empty((n, N_WORDS), np.uint16)
         w[:] = self._row0
         w[:, W_IP_LEN] = ip_len
-        w[:, W_IP_SUM] = np.uint64(0xFFFF) - _fold(self._ip_const + ip_len + addr_words)
+        w[:, W_IP_SUM] = np.uint64(0xFFFF) - fold(self._ip_const + ip_len + addr_words)
         w[:, W_SRC_HI] = src_u >> np.uint64(16)
         w[:, W_SRC_LO] = src_u & np.uint64(0xFFFF)
         w[:, W_DST_HI] = dst_u >> np.uint64(16)
@@ -485,8 +316,8 @@ class FrameGen:
         self._finish(w, usum, seq, stamp)
         return w, usum
 
-    @staticmethod
     def _finish(
+        self,
         w: npt.NDArray[np.uint16],
         usum: npt.NDArray[np.uint64],
         seq: npt.NDArray[np.uint64] | None,
@@ -494,22 +325,19 @@ class FrameGen:
     ) -> None:
         """Put the sequence words in, and the UDP checksum over ``usum`` plus seq/stamp."""
         total = usum
+        ws = self._w_seq
         if seq is not None:
             hi = seq >> np.uint64(16)
             lo = seq & np.uint64(0xFFFF)
-            w[:, W_SEQ_HI] = hi
-            w[:, W_SEQ_LO] = lo
+            w[:, ws] = hi
+            w[:, ws + 1] = lo
             total = total + hi + lo
         else:
-            w[:, W_SEQ_HI] = 0
-            w[:, W_SEQ_LO] = 0
+            w[:, ws : ws + 2] = 0
         if stamp is not None:
             hi32, lo32 = stamp >> np.uint64(32), stamp & np.uint64(0xFFFFFFFF)
-            total = total + _words32(hi32) + _words32(lo32)
-        usum_f = np.uint64(0xFFFF) - _fold(total)
-        # RFC 768: a computed zero is sent as all ones (zero means "no checksum").
-        usum_f[usum_f == 0] = 0xFFFF
-        w[:, W_USUM] = usum_f
+            total = total + words32(hi32) + words32(lo32)
+        w[:, self._w_usum] = finish(total)
 
     # -- public -------------------------------------------------------------
 
@@ -529,6 +357,10 @@ class FrameGen:
         if stamp is not None and self.spec.payload != "ping":
             raise ValueError("stamp is only carried by ping frames")
         s = self.spec
+        if s.raw is not None:
+            length = np.full(n, s.length, np.uint16)
+            self._k += n
+            return FrameBatch(np.zeros((n, 0), np.uint16), length, length + np.uint16(self.vh))
         if s.payload == "ping" and stamp is None:
             stamp = np.zeros(n, np.uint64)
         seq = None
@@ -538,7 +370,7 @@ class FrameGen:
             length = np.full(n, s.length, np.uint16)
             period = self._table.shape[0]
             if period == 1:
-                w = np.empty((n, N_WORDS), np.uint16)
+                w = np.empty((n, self._table.shape[1]), np.uint16)
                 w[:] = self._table[0]
                 usum = np.full(n, self._table_usum[0], np.uint64)
             else:
@@ -574,10 +406,10 @@ class FrameGen:
         Also writes the ping stamp when the batch has one.  ``rows`` and the
         batch have the same length.
         """
-        off = self.vh + PATCH_OFFSET
+        off = self.vh + self.patch_off
         bufs[rows, off : off + self.patch_len] = batch.patch_bytes(self.patch_len)
         if batch.stamp is not None:
-            off = self.vh + OFF_STAMP
+            off = self.vh + self.stamp_off
             bufs[rows, off : off + STAMP_LEN] = (
                 batch.stamp.astype(">u8").view(np.uint8).reshape(-1, STAMP_LEN)
             )
@@ -596,106 +428,10 @@ class FrameGen:
         return out, b.slot_len, b
 
 
-# -- receive side helpers ------------------------------------------------------
+def make_framegen(spec: FrameSpec, seed: int | None = None) -> FrameGen:
+    """The generator for ``spec``: IPv6 frames (frames6.FrameGen6) or IPv4 ones."""
+    if spec.ipv6 and spec.raw is None:
+        from vtnet_py.apps.pktgen.frames6 import FrameGen6
 
-
-def field_view(bufs: npt.NDArray[np.uint8], offset: int, dtype: str) -> np.ndarray:
-    """A 1-D view of one big-endian field at ``offset`` in every row of ``bufs``.
-
-    ``field_view(bufs, 42, ">u4")[rows]`` gathers that field of many buffers
-    with one 1-D fancy index, several times faster than a 2-D byte gather.
-    """
-    size = np.dtype(dtype).itemsize
-    return bufs[:, offset : offset + size].view(dtype)[:, 0]
-
-
-def read_seq(
-    bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer], vnet_hdr_len: int = 0
-) -> npt.NDArray[np.uint32]:
-    """The 32-bit big-endian sequence numbers of frames in ``bufs[rows]``."""
-    out: npt.NDArray[np.uint32] = field_view(bufs, vnet_hdr_len + OFF_SEQ, ">u4")[rows].astype(
-        np.uint32
-    )
-    return out
-
-
-def read_stamp(
-    bufs: npt.NDArray[np.uint8], rows: npt.NDArray[np.integer], vnet_hdr_len: int = 0
-) -> npt.NDArray[np.uint64]:
-    """The 64-bit big-endian ping stamps of frames in ``bufs[rows]``."""
-    return field_view(bufs, vnet_hdr_len + OFF_STAMP, ">u8")[rows].astype(np.uint64)
-
-
-@dataclass
-class SeqTracker:
-    """Sequence-number accounting for rxseq on one ring, vectorised per batch.
-
-    Like pkt-gen, a packet whose number differs from the expected one is a
-    *gap* when it is ahead (by less than 2**31) and *out of order* otherwise;
-    the expectation then follows the packet.  ``lost`` is the exact count of
-    numbers in ``[first, highest]`` never received (duplicates aside), from
-    numbers unwrapped to 64 bits, so reordering does not inflate it.
-    """
-
-    received: int = 0
-    gaps: int = 0
-    gap_packets: int = 0
-    out_of_order: int = 0
-    first: int | None = None
-    highest: int = 0
-    _last_ext: int = 0
-    _last: int = 0
-
-    def update(self, seqs: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
-        """Account a batch; returns a mask of the packets that were not the expected one."""
-        n = int(seqs.shape[0])
-        if n == 0:
-            return np.zeros(0, np.bool_)
-        s = seqs.astype(np.uint32)
-        if self.first is None:
-            self.first = int(s[0])
-            self._last = (int(s[0]) - 1) & 0xFFFFFFFF
-            self._last_ext = self.first - 1
-            self.highest = self.first - 1
-        # Fast path: the batch continues the sequence exactly (uint32 wraps).
-        if int(s[0]) == (self._last + 1) & 0xFFFFFFFF and (
-            n == 1 or bool((np.diff(s) == np.uint32(1)).all())
-        ):
-            self.received += n
-            self._last_ext += n
-            self.highest = max(self.highest, self._last_ext)
-            self._last = int(s[-1])
-            return np.zeros(n, np.bool_)
-        prev = np.empty(n, np.uint32)
-        prev[0] = self._last
-        prev[1:] = s[:-1]
-        delta = (s - prev - np.uint32(1)).astype(np.uint32)  # 0 when in sequence
-        ahead = (delta != 0) & (delta < np.uint32(0x7FFFFFFF))
-        behind = delta >= np.uint32(0x7FFFFFFF)
-        self.gaps += int(ahead.sum())
-        self.gap_packets += int(delta[ahead].astype(np.int64).sum())
-        self.out_of_order += int(behind.sum())
-        step = (s - prev).astype(np.uint32).view(np.int32).astype(np.int64)
-        ext = self._last_ext + np.cumsum(step)
-        self.highest = max(self.highest, int(ext.max()))
-        self._last_ext = int(ext[-1])
-        self._last = int(s[-1])
-        self.received += n
-        return ahead | behind
-
-    @property
-    def lost(self) -> int:
-        if self.first is None:
-            return 0
-        return max(0, self.highest - self.first + 1 - self.received)
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "received": self.received,
-            "lost": self.lost,
-            "gaps": self.gaps,
-            "gap_packets": self.gap_packets,
-            "out_of_order": self.out_of_order,
-            "first": -1 if self.first is None else self.first,
-            "highest": (self.highest & 0xFFFFFFFF) if self.first is not None else -1,
-        }
+        return FrameGen6(spec, seed)
+    return FrameGen(spec, seed)

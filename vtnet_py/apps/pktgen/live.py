@@ -60,7 +60,7 @@ import numpy.typing as npt
 from vtnet_py._sys import abi as K
 from vtnet_py._sys import bpf
 from vtnet_py._sys.netns import netns as enter_netns
-from vtnet_py.apps.pktgen.engine import (
+from vtnet_py.apps.pktgen.config import (
     F_BYTES,
     F_DONE,
     F_ERR,
@@ -71,11 +71,11 @@ from vtnet_py.apps.pktgen.engine import (
     F_TOC,
     Config,
     PktgenError,
-    Run,
-    Worker,
     interface_facts,
 )
-from vtnet_py.apps.pktgen.frames import (
+from vtnet_py.apps.pktgen.engine import Run
+from vtnet_py.apps.pktgen.frames import FrameGen
+from vtnet_py.apps.pktgen.spec import (
     ETH_HLEN,
     IP_HLEN,
     OFF_IP_DST,
@@ -84,9 +84,9 @@ from vtnet_py.apps.pktgen.frames import (
     OFF_UDP_DPORT,
     OFF_UDP_SPORT,
     OFF_UDP_SUM,
-    FrameGen,
     FrameSpec,
 )
+from vtnet_py.apps.pktgen.worker import Worker
 from vtnet_py.ebpf.build import LoadedProgram, ProgramImage, compile_image, instantiate
 from vtnet_py.errors import DeviceError, PrivilegeError, UnsupportedError, VtnetError
 from vtnet_py.netmap.portname import RegMode, parse_port_name
@@ -175,6 +175,15 @@ def live_refusal(cfg: Config) -> str | None:
         )
     if spec.min_length:
         return "-l: --live sends frames of one length (the kernel copies one template); give one -l"
+    if spec.ipv6 or spec.raw is not None:
+        return (
+            f"{'-6' if spec.raw is None else '-P'}: --live rewrites IPv4/UDP frames only "
+            "(its walk and checksums are IPv4's)"
+        )
+    if cfg.frag_plan.count > 1:
+        return "-F/-M: --live sends single-buffer frames (one XDP frame per run)"
+    if cfg.dump:
+        return "-X: --live frames never pass through a ring, so there is nothing to dump"
     if cfg.seed is not None and (spec.random_src or spec.random_dst):
         return (
             "--seed: with --live, -z/-Z draw from the kernel's bpf_get_prandom_u32(), "

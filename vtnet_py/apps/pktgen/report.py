@@ -17,7 +17,14 @@ final (stdout)::
     Sent 1000 packets 60000 bytes 2 events 60 bytes each in 0.01 seconds.
     Speed: 100.000 Kpps Bandwidth: 48.000 Mbps (raw 48.000 Mbps). Average batch: 500.00 pkts
 
-or ``Sent nothing.`` when no packet was counted.  The prefix keeps pkt-gen's
+or ``Sent nothing.`` when no packet was counted.
+
+When the kernel dropped frames on the way to the RX sockets (XDP_STATISTICS:
+``rx_dropped``, ``rx_ring_full``, ``rx_fill_ring_empty_descs``), the periodic line
+(for its interval) and the ``Speed:`` line (in total) end with
+`` drops N ring_full N fill_empty N``; with no drops the lines are exactly
+pkt-gen's.  JSON objects always carry ``rx_dropped``, ``rx_ring_full`` and
+``fill_ring_empty``.  The prefix keeps pkt-gen's
 three leading tokens so ``awk '{print $4}'`` still picks the rate; its line
 number is 0 (there is no C source line to name).
 """
@@ -66,6 +73,7 @@ class Counters:
     bytes: int = 0
     events: int = 0
     min_space: int = 0
+    drops: Drops = field(default_factory=lambda: Drops())
 
     def __add__(self, o: Counters) -> Counters:
         return Counters(
@@ -73,7 +81,47 @@ class Counters:
             self.bytes + o.bytes,
             self.events + o.events,
             self.min_space + o.min_space,
+            self.drops + o.drops,
         )
+
+
+@dataclass(frozen=True)
+class Drops:
+    """The kernel's drop counters of the RX sockets (XDP_STATISTICS)."""
+
+    rx_dropped: int = 0
+    rx_ring_full: int = 0
+    fill_ring_empty: int = 0
+
+    def __add__(self, o: Drops) -> Drops:
+        return Drops(
+            self.rx_dropped + o.rx_dropped,
+            self.rx_ring_full + o.rx_ring_full,
+            self.fill_ring_empty + o.fill_ring_empty,
+        )
+
+    def __sub__(self, o: Drops) -> Drops:
+        return Drops(
+            self.rx_dropped - o.rx_dropped,
+            self.rx_ring_full - o.rx_ring_full,
+            self.fill_ring_empty - o.fill_ring_empty,
+        )
+
+    def suffix(self) -> str:
+        """The text field: empty when nothing was dropped, so pkt-gen's shapes hold."""
+        if not (self.rx_dropped or self.rx_ring_full or self.fill_ring_empty):
+            return ""
+        return (
+            f" drops {self.rx_dropped} ring_full {self.rx_ring_full} "
+            f"fill_empty {self.fill_ring_empty}"
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "rx_dropped": self.rx_dropped,
+            "rx_ring_full": self.rx_ring_full,
+            "fill_ring_empty": self.fill_ring_empty,
+        }
 
 
 @dataclass
@@ -88,6 +136,7 @@ class Periodic:
     min_space: int
     pps_avg: float | None = None
     pps_std: float | None = None
+    drops: Drops = field(default_factory=Drops)
 
     def line(self, normalize: bool = True) -> str:
         """The report line without the D() prefix."""
@@ -97,7 +146,7 @@ class Periodic:
         return (
             f"{norm(self.pps, normalize)}pps {stats}({norm(self.pkts, normalize)}pkts "
             f"{norm(self.bps, normalize)}bps in {self.usec} usec) {self.avg_batch:.2f} avg_batch "
-            f"{self.min_space} min_space"
+            f"{self.min_space} min_space{self.drops.suffix()}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -109,6 +158,7 @@ class Periodic:
             "usec": self.usec,
             "avg_batch": self.avg_batch,
             "min_space": self.min_space,
+            **self.drops.as_dict(),
         }
         if self.pps_avg is not None:
             d["pps_avg"] = self.pps_avg
@@ -126,6 +176,7 @@ class Final:
     events: int
     seconds: float
     framing: int = 0  # bits added per packet for the raw figure (-B)
+    drops: Drops = field(default_factory=Drops)
 
     @property
     def size(self) -> int:
@@ -157,7 +208,8 @@ class Final:
             f"{self.msg} {self.pkts} packets {self.bytes} bytes {self.events} events "
             f"{self.size} bytes each in {self.seconds:.2f} seconds.",
             f"Speed: {norm(self.pps, normalize)}pps Bandwidth: {norm(self.bps, normalize)}bps "
-            f"(raw {norm(self.raw_bps, normalize)}bps). Average batch: {self.avg_batch:.2f} pkts",
+            f"(raw {norm(self.raw_bps, normalize)}bps). Average batch: {self.avg_batch:.2f} pkts"
+            + self.drops.suffix(),
         ]
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,6 +225,7 @@ class Final:
             "bps": self.bps,
             "raw_bps": self.raw_bps,
             "avg_batch": self.avg_batch,
+            **self.drops.as_dict(),
         }
 
 
@@ -205,7 +258,9 @@ class Reporter:
         pps = (pkts * 1000000 + usec // 2) // usec
         avg_batch = pkts / events if events > 0 else 0.0
         bps = 1000000 * (nbytes * 8 + pkts * self.framing) / usec
-        p = Periodic(pps, pkts, bps, usec, avg_batch, cur.min_space)
+        p = Periodic(
+            pps, pkts, bps, usec, avg_batch, cur.min_space, drops=cur.drops - self.prev.drops
+        )
         if self.averages:
             self.window.append(pps)
             nz = [w for w in self.window if w]
@@ -244,6 +299,11 @@ class Output:
             self.out.write(msg + "\n")
             self.out.flush()
 
+    def text(self, block: str) -> None:
+        """Lines printed as they are on stdout (-X dumps)."""
+        self.out.write(block)
+        self.out.flush()
+
     def periodic(self, p: Periodic) -> None:
         if self.as_json:
             self._json(p.as_dict())
@@ -274,3 +334,16 @@ class Output:
         d.setdefault("time", time.time())
         self.out.write(json.dumps(d, sort_keys=True) + "\n")
         self.out.flush()
+
+
+def hexdump(data: bytes, ring: int, cur: int, buf_idx: int, flags: int) -> str:
+    """One slot as pkt-gen's dump_payload() prints it (-X): a header line, then 16
+    bytes a line: offset, hex bytes, printable characters ('.' for the rest).  The
+    ring is named by its index, where pkt-gen prints its address."""
+    lines = [f"ring {ring} cur {cur:5d} [buf {buf_idx:6d} flags 0x{flags:04x} len {len(data):5d}]"]
+    for off in range(0, len(data), 16):
+        chunk = data[off : off + 16]
+        hexpart = "".join(f"{b:02x} " for b in chunk)
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{off:5d}: {hexpart:<48}{text}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""pkt-gen's ping_body and pong_body: round trips of time-stamped frames.
+
+ping sends frames carrying a sequence number and the send time; pong sends every
+frame back with the MAC and IP addresses swapped; ping takes the round-trip times.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from vtnet_py.apps.pktgen.config import (
+    F_BYTES,
+    F_EVENTS,
+    F_PKTS,
+    F_SEQ_RECEIVED,
+    F_TIC,
+    F_TOC,
+    PktgenError,
+)
+from vtnet_py.apps.pktgen.frames import make_framegen
+from vtnet_py.apps.pktgen.frames6 import ETHERTYPE_IPV6
+from vtnet_py.apps.pktgen.rxfields import field_view, gather, payload_offsets
+from vtnet_py.apps.pktgen.spec import OFF_ETHERTYPE, SEQ_LEN, STAMP_LEN
+from vtnet_py.apps.pktgen.workerbase import Pacer, WorkerBase
+
+
+class PingPong(WorkerBase):
+    # -- ping / pong -----------------------------------------------------------
+
+    def _ping(self, port: Any) -> None:
+        cfg = self.cfg
+        row = self.row
+        if not port.tx_rings or not port.rx_rings:
+            raise PktgenError(f"{self.port_name}: ping needs TX and RX rings")
+        spec = cfg.spec
+        txr = port.tx_rings[0]
+        gen = make_framegen(spec, seed=cfg.seed)
+        bufs = port.bufs
+        gen.init_rows(bufs, txr.slot["buf_idx"])
+        vh = spec.vnet_hdr_len
+        n = self.frames_in
+        pacer = Pacer(cfg.rate, cfg.burst) if cfg.rate else None
+        sent = received = events = 0
+        tosend = 0
+        period_rtts: list[np.ndarray] = []
+        last_print = time.monotonic()
+        self._wait_link()
+        row[F_TIC] = time.monotonic_ns()
+        if pacer:
+            pacer.next = time.monotonic()
+        while not self.cancelled() and (n == 0 or sent < n):
+            if pacer and tosend <= 0:
+                tosend = pacer.wait(self.cancelled)
+            limit = tosend if pacer else cfg.burst
+            if n:
+                limit = min(limit, n - sent)
+            k = min(limit, txr.space())
+            if k <= 0:
+                self.out.diag("-- ouch, cannot send", func="ping_body")
+                port.txsync()
+            else:
+                idx = txr.slots_from_head(k)
+                stamp = np.full(k, time.monotonic_ns(), dtype=np.uint64)
+                b = gen.next_batch(k, stamp=stamp)
+                gen.write(bufs, txr.slot["buf_idx"][idx], b)
+                txr.slot["len"][idx] = b.slot_len
+                txr.head = txr.cur = txr.next(txr.head, k)
+                sent += k
+                events += 1
+                if pacer:
+                    tosend -= k
+            row[F_PKTS] = sent
+            row[F_BYTES] = sent * spec.max_slot_len
+            row[F_EVENTS] = events
+            # poll() pushes the TX ring, then waits for the replies
+            if not port.poll(rx=True, timeout=3.0):
+                self.out.diag("poll error on queue 0: timeout", func="ping_body")
+                continue
+            now = time.monotonic_ns()
+            for r in port.rx_rings:
+                avail = r.space()
+                if not avail:
+                    continue
+                idx = r.slots_from_head(avail)
+                rows = r.slot["buf_idx"][idx]
+                lens = r.slot["len"][idx]
+                offs = payload_offsets(bufs, rows, lens, vh, SEQ_LEN + STAMP_LEN)
+                ok = offs >= 0
+                if ok.any():
+                    st = gather(bufs, rows[ok], offs[ok], vh, ">u8", SEQ_LEN).astype(np.int64)
+                    rtt = now - st
+                    rtt = rtt[(rtt >= 0) & (rtt < 60_000_000_000)]  # not ours otherwise
+                    period_rtts.append(rtt)
+                    received += int(rtt.size)
+                r.head = r.cur = r.next(r.head, avail)
+            t = time.monotonic()
+            if t - last_print >= 1.0 and period_rtts:
+                allr = np.concatenate(period_rtts)
+                if allr.size:
+                    self.out.diag(
+                        f"count {allr.size} RTT: min {int(allr.min())} av {int(allr.mean())} ns",
+                        func="ping_body",
+                    )
+                self.ping_rtts.extend(period_rtts)
+                period_rtts = []
+                last_print = t
+        self.ping_rtts.extend(period_rtts)
+        port.rxsync()
+        row[F_TOC] = time.monotonic_ns()
+        row[F_SEQ_RECEIVED] = received
+
+    def _pong(self, port: Any) -> None:
+        cfg = self.cfg
+        row = self.row
+        if not port.tx_rings or not port.rx_rings:
+            raise PktgenError(f"{self.port_name}: pong needs TX and RX rings")
+        txr = port.tx_rings[0]
+        bufs = port.bufs
+        vh = cfg.spec.vnet_hdr_len
+        n = self.frames_in
+        sent = nbytes = events = 0
+        self._wait_link()
+        row[F_TIC] = time.monotonic_ns()
+        while not self.cancelled() and (n == 0 or sent < n):
+            # poll() first pushes the replies queued in the previous round
+            if not port.poll(rx=True, timeout=1.0):
+                continue
+            for r in port.rx_rings:
+                avail = r.space()
+                if not avail:
+                    continue
+                k = min(avail, txr.space())
+                if n:
+                    k = min(k, n - sent)
+                if k > 0:
+                    src = r.slot["buf_idx"][r.slots_from_head(k)]
+                    tidx = txr.slots_from_head(k)
+                    dst = txr.slot["buf_idx"][tidx]
+                    lens = r.slot["len"][r.slots_from_head(k)]
+                    top = int(lens.max())
+                    bufs[dst, :top] = bufs[src, :top]
+                    # swap the MAC addresses, and the IPv4 addresses of IPv4 frames
+                    bufs[dst, vh : vh + 6] = bufs[src, vh + 6 : vh + 12]
+                    bufs[dst, vh + 6 : vh + 12] = bufs[src, vh : vh + 6]
+                    et = field_view(bufs, vh + OFF_ETHERTYPE, ">u2")[src]
+                    v4 = (et == 0x0800) & (lens >= vh + 34)
+                    if v4.any():
+                        s4, d4 = src[v4], dst[v4]
+                        bufs[d4, vh + 26 : vh + 30] = bufs[s4, vh + 30 : vh + 34]
+                        bufs[d4, vh + 30 : vh + 34] = bufs[s4, vh + 26 : vh + 30]
+                    v6 = (et == ETHERTYPE_IPV6) & (lens >= vh + 54)  # the UDP sum stays right
+                    if v6.any():
+                        s6, d6 = src[v6], dst[v6]
+                        bufs[d6, vh + 22 : vh + 38] = bufs[s6, vh + 38 : vh + 54]
+                        bufs[d6, vh + 38 : vh + 54] = bufs[s6, vh + 22 : vh + 38]
+                    txr.slot["len"][tidx] = lens
+                    txr.head = txr.cur = txr.next(txr.head, k)
+                    sent += k
+                    nbytes += int(lens.sum(dtype=np.int64))
+                    events += 1
+                # frames that found no TX room are dropped, as pkt-gen does
+                r.head = r.cur = r.next(r.head, avail)
+            row[F_PKTS] = sent
+            row[F_BYTES] = nbytes
+            row[F_EVENTS] = events
+        port.txsync()
+        row[F_TOC] = time.monotonic_ns()
