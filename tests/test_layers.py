@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import vtnetmap_cli
 
 import vtnet_py
-import vtnetmap_cli
 
 # layer rank of each top-level part; admin and apps are side by side (neither imports the other)
 LAYERS: dict[str, int] = {

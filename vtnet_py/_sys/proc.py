@@ -31,6 +31,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def proc_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (with the pid, names one process
+    for good), or None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[19])
+
+
 def live_netns_inodes() -> set[int]:
     """Network namespaces this host can see: named ones and those of every thread."""
     inos: set[int] = set()

@@ -193,6 +193,7 @@ class DeviceInfo:
     virtio_features: frozenset[int] | None = None
     carries_default_route: bool = False
     oper_up: bool = False
+    address: str | None = None  # the MAC address, as rtnetlink reports it (aa:bb:...)
 
     @property
     def rx_queues(self) -> int:
@@ -235,8 +236,9 @@ class DeviceInfo:
         """Build from a decoded rtnetlink link record plus the ethtool-side facts.
 
         ``link`` holds ``ifname``, ``ifindex``, ``mtu``, ``max_mtu``, ``operstate``,
-        ``flags`` and ``xdp`` (a mapping with ``attached``, ``prog_id``, ``drv_prog_id``,
-        ``skb_prog_id``, ``hw_prog_id``), as :func:`link_record` produces from pyroute2.
+        ``flags``, ``address`` and ``xdp`` (a mapping with ``attached``, ``prog_id``,
+        ``drv_prog_id``, ``skb_prog_id``, ``hw_prog_id``), as :func:`link_record` produces
+        from pyroute2.
         """
         xdp = link.get("xdp") or {}
         prog_id, mode = _xdp_state(xdp)
@@ -264,6 +266,7 @@ class DeviceInfo:
             virtio_features=virtio_features if driver == "virtio_net" else None,
             carries_default_route=carries_default_route,
             oper_up=up,
+            address=str(link["address"]) if link.get("address") else None,
         )
 
 
