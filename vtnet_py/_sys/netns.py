@@ -42,6 +42,8 @@ def netns(name: str | None) -> Iterator[None]:
     except FileNotFoundError:
         raise DeviceError(f"network namespace {name!r} does not exist ({path})") from None
     except (OSError, ValueError) as exc:  # "ns/" (ENOTDIR), a NUL byte, ...
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # a limit, not a bad name: the caller names the limit
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise DeviceError(f"network namespace {name!r}: cannot open {path!r}: {why}") from None
     try:

@@ -398,7 +398,7 @@ def open_port(
     spec = parse_port_name(name)
     port = Port(spec)
     try:
-        with enter_netns(netns):
+        with _step(port, "namespace"), enter_netns(netns):
             _open(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr)
     except BaseException:
         port.close()
