@@ -26,6 +26,7 @@ from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vtnet_py._sys import ethtool as _ethtool
+from vtnet_py._sys.abi import RTN_UNICAST
 from vtnet_py.device.types import (
     Channels,
     DeviceInfo,
@@ -36,7 +37,6 @@ from vtnet_py.device.types import (
 from vtnet_py.errors import BusyError, DeviceError, PrivilegeError, RefusedError
 
 T = TypeVar("T")
-RTN_UNICAST = 1
 SYSFS_NET = "/sys/class/net"
 
 

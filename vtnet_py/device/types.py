@@ -12,7 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vtnet_py._sys.abi import IFF_RUNNING, IFF_UP, XDP_ATTACHED_MODES
+
 XdpMode = Literal["native", "generic", "offload"]
+_UP_RUNNING = IFF_UP | IFF_RUNNING
 
 # Bit numbers of the virtio-net feature word (virtio spec 5.1.3 / linux uapi virtio_net.h).
 # Only the ones our decisions read are named.
@@ -244,9 +247,9 @@ class DeviceInfo:
         prog_id, mode = _xdp_state(xdp)
         operstate = str(link.get("operstate") or "").upper()
         flags = int(link.get("flags") or 0)
-        # IFF_UP (0x1) | IFF_RUNNING (0x40): drivers without operstate reporting (tun,
+        # IFF_UP | IFF_RUNNING: drivers without operstate reporting (tun,
         # some virtual ones) stay UNKNOWN even when they pass traffic.
-        up = operstate == "UP" or (operstate == "UNKNOWN" and flags & 0x41 == 0x41)
+        up = operstate == "UP" or (operstate == "UNKNOWN" and flags & _UP_RUNNING == _UP_RUNNING)
         return cls(
             ifname=str(link["ifname"]),
             ifindex=int(link["ifindex"]),
@@ -270,21 +273,8 @@ class DeviceInfo:
         )
 
 
-# IFLA_XDP_ATTACHED values (uapi if_link.h), and the strings pyroute2 decodes them to.
-_XDP_ATTACHED: dict[object, str] = {
-    1: "native",
-    2: "generic",
-    3: "offload",
-    4: "multi",
-    "xdp": "native",
-    "xdpgeneric": "generic",
-    "xdpoffload": "offload",
-    "xdpmulti": "multi",
-}
-
-
 def _xdp_state(xdp: Mapping[str, Any]) -> tuple[int | None, XdpMode | None]:
-    attached = _XDP_ATTACHED.get(xdp.get("attached"))
+    attached = XDP_ATTACHED_MODES.get(xdp.get("attached"))
     drv, skb, hw = xdp.get("drv_prog_id"), xdp.get("skb_prog_id"), xdp.get("hw_prog_id")
     if attached == "native":
         return _id(xdp.get("prog_id") or drv), "native"

@@ -18,6 +18,7 @@ flags bcc does not expose (BPF_F_XDP_HAS_FRAGS) and under a name we choose.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -437,7 +438,7 @@ def instantiate(
     except OSError as exc:
         for fd in created.values():
             os.close(fd)
-        if exc.errno == 1:  # EPERM
+        if exc.errno == errno.EPERM:
             raise PrivilegeError(
                 f"loading BPF program {name!r} needs CAP_BPF and CAP_NET_ADMIN"
             ) from exc

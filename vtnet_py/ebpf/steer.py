@@ -53,16 +53,7 @@ def xdp_attachment(ifindex: int) -> tuple[int, str | None]:
     prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
     attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
     # pyroute2 decodes IFLA_XDP_ATTACHED to a name ("xdp", ...); older versions to the int
-    mode = {
-        1: "native",
-        2: "generic",
-        3: "offload",
-        4: "multi",
-        "xdp": "native",
-        "xdpgeneric": "generic",
-        "xdpoffload": "offload",
-        "xdpmulti": "multi",
-    }.get(attached)
+    mode = K.XDP_ATTACHED_MODES.get(attached)
     return int(prog_id), mode
 
 

@@ -75,7 +75,7 @@ from vtnet_py._sys import abi as K
 from vtnet_py._sys import bpf as bpf
 from vtnet_py._sys.netns import fd_netns, new_private_netns
 from vtnet_py._sys.netns import netns as enter_netns
-from vtnet_py.device.policy import possible_cpus
+from vtnet_py.device.checks import possible_cpus
 from vtnet_py.ebpf.build import LoadedProgram, compile_image, instantiate
 from vtnet_py.ebpf.steer import Steering
 from vtnet_py.ebpf.tc import TC_MODE_ENV, TcAttachment
@@ -106,7 +106,7 @@ HOST_COUNTERS = (
     "from_host_tx",
 )
 CFG_NEAR, CFG_IFINDEX, CFG_MAX_LEN, CFG_DIVERT = 0, 1, 2, 3
-ETH_VLAN_LEN = 14 + 4  # what a frame may add to the MTU: Ethernet header and one VLAN tag
+ETH_VLAN_LEN = K.ETH_HLEN + K.VLAN_HLEN  # what a frame may add to the MTU
 HOST_RINGS = 1  # host ring pairs per interface (netmap's default)
 Key = tuple[int, int]  # (netns inode, ifindex): one interface
 

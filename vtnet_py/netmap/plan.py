@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vtnet_py._sys.abi import ETH_OVERHEAD, XDP_PACKET_HEADROOM
+from vtnet_py.device.checks import possible_cpus, refuse_default_route, support_mode
 from vtnet_py.device.netlink import real_queues
-from vtnet_py.device.policy import possible_cpus, refuse_default_route, support_mode
 from vtnet_py.device.types import DeviceInfo
 from vtnet_py.errors import DeviceError, UnsupportedError
 from vtnet_py.netmap.hostrings import check_request, wants_host_rings

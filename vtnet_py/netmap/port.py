@@ -1,3 +1,4 @@
+# Over 500 lines: the Port and the open steps that register their undo on it stay together.
 """netmap ports over AF_XDP: ``open_port("netmap:eth0")`` and the Port object.
 
 A port owns one AF_XDP socket per queue it binds, all on one Memory (UMEM), and exposes
@@ -33,8 +34,8 @@ import numpy as np
 from vtnet_py._sys.abi import VNET_HDR_LENS
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py._sys.proc import netns_inode
+from vtnet_py.device.checks import check_xdp_preconditions
 from vtnet_py.device.netlink import read_device, real_queues
-from vtnet_py.device.policy import check_xdp_preconditions
 from vtnet_py.device.record import attached_zerocopy
 from vtnet_py.device.types import DeviceInfo
 from vtnet_py.ebpf.steer import Steering

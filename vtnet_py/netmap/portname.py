@@ -1,3 +1,4 @@
+# One module over 500 lines: the grammar is written where the one-pass parser is (STYLE).
 """netmap port names for vtnetmap: ``netmap:eth0-1/x@conf:slots=1024`` and friends.
 
 netmap names what to bind with one string (libnetmap's "portspec", parsed by
