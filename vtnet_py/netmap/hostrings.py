@@ -75,6 +75,7 @@ from vtnet_py._sys import abi as K
 from vtnet_py._sys import bpf as bpf
 from vtnet_py._sys.netns import fd_netns, new_private_netns
 from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py._sys.proc import netns_inode
 from vtnet_py.device.checks import possible_cpus
 from vtnet_py.ebpf.build import LoadedProgram, compile_image, instantiate
 from vtnet_py.ebpf.steer import Steering
@@ -395,8 +396,11 @@ class HostRings:
         if self._if_ns_fd < 0:
             return
         try:
-            with enter_netns(fd_netns(self._if_ns_fd)):
-                self._teardown()
+            if os.fstat(self._if_ns_fd).st_ino == netns_inode():
+                self._teardown()  # already there (a failed open): no setns, no privilege
+            else:
+                with enter_netns(fd_netns(self._if_ns_fd)):
+                    self._teardown()
         finally:
             os.close(self._if_ns_fd)
             self._if_ns_fd = -1
