@@ -81,6 +81,7 @@ from vtnet_py.ebpf.build import LoadedProgram, compile_image, instantiate
 from vtnet_py.ebpf.steer import Steering
 from vtnet_py.ebpf.tc import TC_MODE_ENV, TcAttachment
 from vtnet_py.errors import BusyError, DeviceError, UnsupportedError, VtnetError
+from vtnet_py.netmap.forward import forward_slots
 from vtnet_py.netmap.hosthelper import (
     EG_PROG,
     IN_PROG,
@@ -91,7 +92,7 @@ from vtnet_py.netmap.hosthelper import (
     make_pair,
 )
 from vtnet_py.netmap.portname import PortSpec, RegMode
-from vtnet_py.netmap.ring import NS_BUF_CHANGED, NS_FORWARD, NS_MOREFRAG, Ring
+from vtnet_py.netmap.ring import Ring
 from vtnet_py.netmap.xsk import XskSocket, ring_sizes
 
 if TYPE_CHECKING:
@@ -362,11 +363,11 @@ class HostRings:
         out: list[tuple[Ring, Callable[[Ring, np.ndarray], None]]] = []
         if self.tx_ring is not None:
             to_host = partial(
-                _forward, dsts=[self.tx_ring], stats=self.stats, key="forwarded_to_host"
+                forward_slots, dsts=[self.tx_ring], stats=self.stats, key="forwarded_to_host"
             )
             out += [(r, to_host) for r in nic_rx]
         if self.rx_ring is not None and nic_tx:
-            to_nic = partial(_forward, dsts=nic_tx, stats=self.stats, key="forwarded_to_nic")
+            to_nic = partial(forward_slots, dsts=nic_tx, stats=self.stats, key="forwarded_to_nic")
             out.append((self.rx_ring, to_nic))
         return out
 
@@ -449,49 +450,6 @@ class HostRings:
             if fd >= 0:
                 os.close(fd)
         self._netns_fd = self._if_ns_fd = -1
-
-
-def _forward(
-    src: Ring, idx: np.ndarray, *, dsts: list[Ring], stats: dict[str, int], key: str
-) -> None:
-    """NS_FORWARD: move the released slots ``idx`` of ``src`` that carry NS_FORWARD into
-    the TX rings ``dsts`` (first with room first) by swapping buffers, then sync those
-    TX rings. Frames that find no room are dropped (their slots are released as usual)."""
-    fl = src.slot["flags"]
-    sel = idx[(fl[idx] & NS_FORWARD) != 0]
-    if not sel.size:
-        return
-    bi = src.slot["buf_idx"]
-    ln = src.slot["len"]
-    done = 0
-    for dst in dsts:
-        left = sel.size - done
-        if left <= 0:
-            break
-        room = (dst.tail - dst.head) % dst.num_slots
-        k = min(room, left)
-        if k <= 0:
-            continue
-        part = sel[done : done + k]
-        if k < left and fl[part[-1]] & NS_MOREFRAG:
-            # do not split a multi-slot frame: it would be sent without its end
-            ends = np.flatnonzero((fl[part] & NS_MOREFRAG) == 0)
-            k = int(ends[-1]) + 1 if ends.size else 0
-            part = part[:k]
-            if not k:
-                continue
-        ti = dst.slots_from_head(k)
-        tmp = bi[part].copy()
-        bi[part] = dst.slot["buf_idx"][ti]
-        dst.slot["buf_idx"][ti] = tmp
-        dst.slot["len"][ti] = ln[part]
-        dst.slot["flags"][ti] = NS_BUF_CHANGED | (fl[part] & NS_MOREFRAG)
-        fl[part] = NS_BUF_CHANGED
-        dst.head = dst.cur = dst.next(dst.head, k)
-        done += k
-        dst.txsync()
-    stats[key] += done
-    stats["forward_dropped"] += int(sel.size) - done
 
 
 __all__ = [
