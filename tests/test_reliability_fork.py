@@ -175,3 +175,43 @@ def _drop_inherited(port: Port, how: str) -> None:
         port.__del__()  # what the finalizer runs at the child's exit
         del port
         gc.collect()
+
+
+def test_the_finalizer_closes_fds_and_nothing_else(
+    veth: VethPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port dropped without close: its finalizer makes no bpf() map change, opens no
+    netlink socket and takes no lock (it may run inside a GC pass anywhere); the queue
+    goes back to the kernel with the socket, and the next open works."""
+    import gc
+
+    from vtnet_py._sys import bpf
+    from vtnet_py.ebpf.steer import Steering
+    from vtnet_py.netmap import hosthelper, hostrings
+
+    port = open_port(f"netmap:{veth.a}-0", netns=veth.ns_a)
+    calls: list[str] = []
+
+    def record(what: str) -> object:
+        return lambda *a, **k: calls.append(what)
+
+    class Lock:
+        def __enter__(self) -> None:
+            calls.append("lock")
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    for mod, attr in ((bpf, "map_update"), (bpf, "map_delete")):
+        monkeypatch.setattr(mod, attr, record(attr))
+    for mod in (hostrings, hosthelper):
+        monkeypatch.setattr(mod, "IPRoute", record("netlink"))
+    monkeypatch.setattr(Steering, "_lock", Lock())
+    del port
+    gc.collect()
+    assert calls == []
+    monkeypatch.undo()
+    veth.send_on_queue(frames(veth, 10), 0)  # the queue is the kernel's again: not lost
+    with open_port(f"netmap:{veth.a}-0", netns=veth.ns_a) as again:
+        veth.send_on_queue(frames(veth, 10), 0)
+        assert receive_count(again, 10) == 10

@@ -11,6 +11,7 @@ import os
 import resource
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from vtnet_py._sys.proc import pid_alive
@@ -25,26 +26,29 @@ BUSY_RETRY_S = 1.0  # the kernel frees a closed socket's queue in deferred work
 
 class QueueRegistry:
     """Which port of this process has which queue, per interface: an overlapping open
-    is refused naming both ports, before the kernel answers EBUSY."""
+    is refused naming both ports, before the kernel answers EBUSY. An entry whose port
+    was dropped without close (its finalizer takes no lock) is stale and taken over."""
 
     def __init__(self) -> None:
-        self._held: dict[tuple[int, int, int], str] = {}  # (netns, ifindex, queue) -> port
+        # (netns, ifindex, queue) -> (port name, the port)
+        self._held: dict[tuple[int, int, int], tuple[str, weakref.ref[object]]] = {}
         self._lock = threading.Lock()
 
-    def take(self, key: tuple[int, int], plan: PortPlan) -> Callable[[], None]:
-        """Record the plan's queues; returns the undo. BusyError names the overlap."""
+    def take(self, key: tuple[int, int], plan: PortPlan, owner: object) -> Callable[[], None]:
+        """Record the plan's queues for ``owner``; returns the undo. BusyError names the
+        overlap."""
         mine = [(*key, q.queue) for q in plan.queues]
         with self._lock:
             for k in mine:
                 other = self._held.get(k)
-                if other is not None:
+                if other is not None and other[1]() is not None:
                     raise BusyError(
                         f"{plan.name}: {plan.ifname} queue {k[2]} is already open in this "
-                        f"process as {other} (one socket per queue: open both directions "
+                        f"process as {other[0]} (one socket per queue: open both directions "
                         f"in one port)"
                     )
             for k in mine:
-                self._held[k] = plan.name
+                self._held[k] = (plan.name, weakref.ref(owner))
 
         def undo() -> None:
             with self._lock:

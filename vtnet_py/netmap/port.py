@@ -441,7 +441,7 @@ def _open(
     plan = plan_port(spec, info, opts, queues=real_queues(info), tx_limit=tx_before)
     port.plan = plan
     key = (netns_inode(), info.ifindex)
-    port.done("queue registry", QUEUES.take(key, plan))
+    port.done("queue registry", QUEUES.take(key, plan, port))
     with _step(port, "watch"):
         port._watch = DeviceWatch(plan.name, plan.ifname, info.channels)  # in the port's netns
         port.done("watch", port._watch.close)
