@@ -10,6 +10,7 @@
     │   │                           tampered with, or on a full / read-only filesystem
     │   └── InterfaceChangedError   link gone/down, channels or MTU changed while open
     ├── PrivilegeError (PermissionError)  a capability is missing; names it
+    ├── ResourceError               a limit was reached (fds, memory); names port and limit
     ├── RingError                   a ring rule broken (head/cur, buf_idx, len): ring reset
     ├── PortClosedError             the port was closed
     └── InvariantError (AssertionError)   a UMEM frame is not in exactly one place
@@ -61,6 +62,11 @@ class InterfaceChangedError(DeviceError):
 
 class PrivilegeError(VtnetError, PermissionError):
     """A capability (CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, ...) is missing."""
+
+
+class ResourceError(VtnetError):
+    """A process or system limit (file descriptors, memory, BPF map space) refused an
+    open; the message names the port, the step and the limit."""
 
 
 class RingError(VtnetError):

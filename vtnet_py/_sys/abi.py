@@ -343,9 +343,28 @@ ETHTOOL_GDRVINFO = 0x00000003
 # runner return it for "operation not supported".
 ENOTSUPP = 524
 
-# --- Ethernet framing -------------------------------------------------------------------
+# --- Ethernet framing: include/uapi/linux/if_ether.h, if_vlan.h ------------------------
+ETH_HLEN = 14  # destination, source, EtherType
+VLAN_HLEN = 4  # one 802.1Q tag
+ETH_FCS_LEN = 4
 # Ethernet header, one VLAN tag, FCS room: what a frame needs beyond the MTU
-ETH_OVERHEAD = 14 + 4 + 4
+ETH_OVERHEAD = ETH_HLEN + VLAN_HLEN + ETH_FCS_LEN
+
+# --- include/uapi/linux/if.h, rtnetlink.h, if_link.h ------------------------------------
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+RTN_UNICAST = 1  # route type of a plain unicast route
+# IFLA_XDP_ATTACHED values, and the names pyroute2 decodes them to
+XDP_ATTACHED_MODES: dict[object, str] = {
+    1: "native",
+    2: "generic",
+    3: "offload",
+    4: "multi",
+    "xdp": "native",
+    "xdpgeneric": "generic",
+    "xdpoffload": "offload",
+    "xdpmulti": "multi",
+}
 
 # --- include/uapi/linux/virtio_net.h ----------------------------------------------------
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1

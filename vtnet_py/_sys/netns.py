@@ -8,6 +8,7 @@ on an interface that lives in another namespace.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ NETNS_RUN_DIR = "/run/netns"
 def _setns(fd: int, what: str) -> None:
     if K.libc.setns(fd, K.CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        if err == 1:
+        if err == errno.EPERM:
             raise PrivilegeError(f"entering network namespace {what} needs CAP_SYS_ADMIN")
         raise DeviceError(f"cannot enter network namespace {what}: {os.strerror(err)}")
 
@@ -41,6 +42,8 @@ def netns(name: str | None) -> Iterator[None]:
     except FileNotFoundError:
         raise DeviceError(f"network namespace {name!r} does not exist ({path})") from None
     except (OSError, ValueError) as exc:  # "ns/" (ENOTDIR), a NUL byte, ...
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # a limit, not a bad name: the caller names the limit
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise DeviceError(f"network namespace {name!r}: cannot open {path!r}: {why}") from None
     try:
@@ -55,3 +58,27 @@ def netns(name: str | None) -> Iterator[None]:
             os.close(home)
     finally:
         os.close(target)
+
+
+def new_private_netns(what: str) -> int:
+    """An fd of a fresh, anonymous network namespace (never bind-mounted): it lives while
+    the fd, or a socket or device made inside it, does. The calling thread stays where it
+    is. ``what`` names the caller in errors."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if K.libc.unshare(K.CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EPERM:
+                raise PrivilegeError(f"{what}: creating a network namespace needs CAP_SYS_ADMIN")
+            raise DeviceError(f"{what}: unshare(CLONE_NEWNET): {os.strerror(err)}")
+        try:
+            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            _setns(home, "of origin")
+    finally:
+        os.close(home)
+
+
+def fd_netns(fd: int) -> str:
+    """A path naming the namespace held by ``fd``, for :func:`netns`."""
+    return f"/proc/self/fd/{fd}"

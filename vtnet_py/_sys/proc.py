@@ -50,6 +50,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def proc_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (with the pid, names one process
+    for good), or None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[19])
+
+
 def live_netns_paths() -> dict[int, str]:
     """Network namespaces this host can see, by inode: a path that opens each (a named
     one's file in /run/netns, else a thread's /proc/PID/task/TID/ns/net)."""

@@ -1,6 +1,6 @@
 """The device layer of vtnetmap: what an interface is and can do, and getting it ready.
 
-One import point for the lead's code and the CLI::
+One import point for the ports, the admin commands and the CLI::
 
     from vtnet_py.device import read_device, prepare, restore, NetlinkDeviceLayer
 

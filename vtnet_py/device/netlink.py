@@ -26,6 +26,7 @@ from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vtnet_py._sys import ethtool as _ethtool
+from vtnet_py._sys.abi import RTN_UNICAST
 from vtnet_py.device.types import (
     Channels,
     DeviceInfo,
@@ -36,7 +37,6 @@ from vtnet_py.device.types import (
 from vtnet_py.errors import BusyError, DeviceError, PrivilegeError, RefusedError
 
 T = TypeVar("T")
-RTN_UNICAST = 1
 SYSFS_NET = "/sys/class/net"
 
 
@@ -183,32 +183,65 @@ def default_route_oifs(routes: Iterable[Any]) -> set[int]:
     return oifs
 
 
-def read_virtio_features_sysfs(
-    ifname: str, ifindex: int, address: str | None, bus_info: str, root: str = SYSFS_NET
-) -> frozenset[int] | None:
-    """virtio feature bits of ``ifname`` from sysfs, or None when sysfs cannot be trusted.
-
-    sysfs shows the devices of the namespace that mounted /sys; the entry is used only if
-    its ifindex, MAC address and parent bus device all match what netlink/ethtool report
-    in the caller's namespace, so a same-named interface elsewhere is never read.
-    """
+def sysfs_shows(
+    ifname: str,
+    ifindex: int,
+    address: str | None,
+    bus_info: str = "",
+    root: str = SYSFS_NET,
+) -> bool:
+    """Whether ``root``/``ifname`` is the device netlink reported in the caller's
+    namespace: same ifindex, MAC address and (when known) parent bus device. sysfs shows
+    the devices of the namespace that mounted /sys, so a same-named interface elsewhere
+    must not be read."""
     base = os.path.join(root, ifname)
     try:
         with open(os.path.join(base, "ifindex")) as f:
             if int(f.read().strip()) != ifindex:
-                return None
+                return False
         if address is not None:
             with open(os.path.join(base, "address")) as f:
                 if f.read().strip().lower() != str(address).lower():
-                    return None
+                    return False
         if bus_info:
             parent = os.path.basename(os.path.realpath(os.path.join(base, "device", "..")))
             if parent != bus_info:
-                return None
-        with open(os.path.join(base, "device", "features")) as f:
+                return False
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def read_virtio_features_sysfs(
+    ifname: str, ifindex: int, address: str | None, bus_info: str, root: str = SYSFS_NET
+) -> frozenset[int] | None:
+    """virtio feature bits of ``ifname`` from sysfs, or None when sysfs cannot be trusted
+    (:func:`sysfs_shows`)."""
+    if not sysfs_shows(ifname, ifindex, address, bus_info, root):
+        return None
+    try:
+        with open(os.path.join(root, ifname, "device", "features")) as f:
             return parse_virtio_features(f.read())
     except (OSError, ValueError):
         return None
+
+
+def real_queues(info: DeviceInfo, root: str = SYSFS_NET) -> tuple[int, int]:
+    """(RX, TX) queues the kernel really uses: sysfs's queues/rx-* and tx-* where sysfs
+    shows this very device (:func:`sysfs_shows`), else the channel counts (exact for veth,
+    which reports rx/tx channels). virtio_net with XDP reports its XDP queue pairs as
+    combined channels, but only RX uses them; an AF_XDP socket transmitting on a queue
+    past the real TX queues sends nothing."""
+    if sysfs_shows(info.ifname, info.ifindex, info.address, root=root):
+        try:
+            names = os.listdir(os.path.join(root, info.ifname, "queues"))
+        except OSError:
+            names = []
+        nrx = sum(n.startswith("rx-") for n in names)
+        ntx = sum(n.startswith("tx-") for n in names)
+        if nrx and ntx:
+            return nrx, ntx
+    return info.rx_queues, info.tx_queues
 
 
 class NetlinkDeviceLayer:

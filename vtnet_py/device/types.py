@@ -12,7 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vtnet_py._sys.abi import IFF_RUNNING, IFF_UP, XDP_ATTACHED_MODES
+
 XdpMode = Literal["native", "generic", "offload"]
+_UP_RUNNING = IFF_UP | IFF_RUNNING
 
 # Bit numbers of the virtio-net feature word (virtio spec 5.1.3 / linux uapi virtio_net.h).
 # Only the ones our decisions read are named.
@@ -193,6 +196,7 @@ class DeviceInfo:
     virtio_features: frozenset[int] | None = None
     carries_default_route: bool = False
     oper_up: bool = False
+    address: str | None = None  # the MAC address, as rtnetlink reports it (aa:bb:...)
 
     @property
     def rx_queues(self) -> int:
@@ -235,16 +239,17 @@ class DeviceInfo:
         """Build from a decoded rtnetlink link record plus the ethtool-side facts.
 
         ``link`` holds ``ifname``, ``ifindex``, ``mtu``, ``max_mtu``, ``operstate``,
-        ``flags`` and ``xdp`` (a mapping with ``attached``, ``prog_id``, ``drv_prog_id``,
-        ``skb_prog_id``, ``hw_prog_id``), as :func:`link_record` produces from pyroute2.
+        ``flags``, ``address`` and ``xdp`` (a mapping with ``attached``, ``prog_id``,
+        ``drv_prog_id``, ``skb_prog_id``, ``hw_prog_id``), as :func:`link_record` produces
+        from pyroute2.
         """
         xdp = link.get("xdp") or {}
         prog_id, mode = _xdp_state(xdp)
         operstate = str(link.get("operstate") or "").upper()
         flags = int(link.get("flags") or 0)
-        # IFF_UP (0x1) | IFF_RUNNING (0x40): drivers without operstate reporting (tun,
+        # IFF_UP | IFF_RUNNING: drivers without operstate reporting (tun,
         # some virtual ones) stay UNKNOWN even when they pass traffic.
-        up = operstate == "UP" or (operstate == "UNKNOWN" and flags & 0x41 == 0x41)
+        up = operstate == "UP" or (operstate == "UNKNOWN" and flags & _UP_RUNNING == _UP_RUNNING)
         return cls(
             ifname=str(link["ifname"]),
             ifindex=int(link["ifindex"]),
@@ -264,24 +269,12 @@ class DeviceInfo:
             virtio_features=virtio_features if driver == "virtio_net" else None,
             carries_default_route=carries_default_route,
             oper_up=up,
+            address=str(link["address"]) if link.get("address") else None,
         )
 
 
-# IFLA_XDP_ATTACHED values (uapi if_link.h), and the strings pyroute2 decodes them to.
-_XDP_ATTACHED: dict[object, str] = {
-    1: "native",
-    2: "generic",
-    3: "offload",
-    4: "multi",
-    "xdp": "native",
-    "xdpgeneric": "generic",
-    "xdpoffload": "offload",
-    "xdpmulti": "multi",
-}
-
-
 def _xdp_state(xdp: Mapping[str, Any]) -> tuple[int | None, XdpMode | None]:
-    attached = _XDP_ATTACHED.get(xdp.get("attached"))
+    attached = XDP_ATTACHED_MODES.get(xdp.get("attached"))
     drv, skb, hw = xdp.get("drv_prog_id"), xdp.get("skb_prog_id"), xdp.get("hw_prog_id")
     if attached == "native":
         return _id(xdp.get("prog_id") or drv), "native"

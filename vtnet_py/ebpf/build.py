@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -441,7 +442,7 @@ def instantiate(
     except OSError as exc:
         for fd in created.values():
             os.close(fd)
-        if exc.errno == 1:  # EPERM
+        if exc.errno == errno.EPERM:
             raise PrivilegeError(
                 f"loading BPF program {name!r} needs CAP_BPF and CAP_NET_ADMIN"
             ) from exc

@@ -53,16 +53,7 @@ def xdp_attachment(ifindex: int) -> tuple[int, str | None]:
     prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
     attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
     # pyroute2 decodes IFLA_XDP_ATTACHED to a name ("xdp", ...); older versions to the int
-    mode = {
-        1: "native",
-        2: "generic",
-        3: "offload",
-        4: "multi",
-        "xdp": "native",
-        "xdpgeneric": "generic",
-        "xdpoffload": "offload",
-        "xdpmulti": "multi",
-    }.get(attached)
+    mode = K.XDP_ATTACHED_MODES.get(attached)
     return int(prog_id), mode
 
 
@@ -82,6 +73,9 @@ class Steering:
 
     _registry: dict[tuple[int, int], Steering] = {}
     _lock = threading.Lock()
+    # references dropped by finalizers, which may not take the lock: released by the
+    # next acquire or release (list.append is atomic)
+    _deferred: list[Steering] = []
 
     def __init__(self, key: tuple[int, int], ifname: str, held: _Held):
         self._key = key
@@ -100,6 +94,7 @@ class Steering:
         foreign XDP program is on the interface. Leaves nothing behind on failure.
         """
         key = (os.stat("/proc/thread-self/ns/net").st_ino, ifindex)
+        cls._drain_deferred()
         with cls._lock:
             st = cls._registry.get(key)
             if st is None:
@@ -160,16 +155,42 @@ class Steering:
     def release(self) -> None:
         """Drop one reference; the last one closes our fds (and, if we were the last
         holder of the link anywhere, the kernel detaches the program)."""
+        self._release()
+        self._drain_deferred()
+
+    def release_later(self) -> None:
+        """:meth:`release`, from a finalizer: no lock taken here; the reference is
+        dropped by this process's next acquire or release."""
+        self._deferred.append(self)
+
+    def _release(self) -> None:
         with self._lock:
             self._refs -= 1
             if self._refs > 0:
                 return
-            self._registry.pop(self._key, None)
+            if self._registry.get(self._key) is self:
+                del self._registry[self._key]
             held, self._held = self._held, None
         if held is not None:
             for fd in (held.xsks_fd, held.owners_fd, held.prog_fd, held.link_fd):
                 if fd >= 0:
                     os.close(fd)
+
+    @classmethod
+    def _drain_deferred(cls) -> None:
+        while cls._deferred:
+            cls._deferred.pop()._release()
+
+    @classmethod
+    def _forget_after_fork(cls) -> None:
+        """In a forked child: the parent's handles are not this process's to release
+        (their fds are closed when the child exits); the child's ports start afresh."""
+        cls._registry = {}
+        cls._deferred = []
+        cls._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=Steering._forget_after_fork)
 
 
 def _attach_or_join(ifname: str, ifindex: int, mode: str | None, frags: bool) -> _Held:

@@ -1,62 +1,79 @@
+# Over 500 lines: the Port and the open steps that register their undo on it stay together.
 """netmap ports over AF_XDP: ``open_port("netmap:eth0")`` and the Port object.
 
 A port owns one AF_XDP socket per queue it binds, all on one Memory (UMEM), and exposes
-them as netmap rings. Opening is a sequence of acquire steps (device read, memory,
-steering program, sockets, rings, queue claims, epoll); each has an undo step, and
-``close`` (also on a half-built port) runs them in reverse. What survives a crash is only
-what the kernel keeps for a live fd, so kill -9 returns every queue to the kernel.
+them as netmap rings. Opening follows libnetmap's nmport_prepare/register/mmap:
+
+1. a pure plan (:mod:`vtnet_py.netmap.plan`: ``plan_attach``, then ``plan_port``):
+   which queues, ring sizes, frags, vnet header, buffers needed, zero-copy choice,
+   computed from the parsed name, the DeviceInfo and the options, without a syscall;
+2. named acquire steps, each recording its undo on the port as it succeeds: device,
+   steering, watch, memory, epoll, then per queue socket, rings and claim, then host
+   rings and the NIC TX registration. A failure at any step (or ``close``, also on a
+   half-built port) runs the undo steps done so far in reverse.
+
+What survives a crash is only what the kernel keeps for a live fd, so kill -9 returns
+every queue to the kernel. A port belongs to the process that opened it: in a forked
+child, ``close`` and the finalizer only drop that process's references (netmap's rule:
+the last close of a shared fd releases the rings), so the parent keeps receiving.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import select
 import socket
-import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import numpy as np
 
-from vtnet_py._sys.abi import ETH_OVERHEAD, SIOCGIFHWADDR, VNET_HDR_LENS, XDP_PACKET_HEADROOM
+from vtnet_py._sys.abi import VNET_HDR_LENS
 from vtnet_py._sys.netns import netns as enter_netns
-from vtnet_py._sys.proc import pid_alive
-from vtnet_py.device.netlink import read_device
-from vtnet_py.device.policy import (
-    check_xdp_preconditions,
-    possible_cpus,
-    refuse_default_route,
-    support_mode,
-)
+from vtnet_py._sys.proc import netns_inode
+from vtnet_py.device.checks import check_xdp_preconditions
+from vtnet_py.device.netlink import read_device, real_queues
 from vtnet_py.device.record import attached_zerocopy
 from vtnet_py.device.types import DeviceInfo
 from vtnet_py.ebpf.steer import Steering
-from vtnet_py.errors import (
-    BusyError,
-    DeviceError,
-    InterfaceChangedError,
-    PortClosedError,
-    UnsupportedError,
-    VtnetError,
+from vtnet_py.errors import InterfaceChangedError, PortClosedError, ResourceError, VtnetError
+from vtnet_py.netmap.acquire import (
+    QUEUES,
+    bind_retrying,
+    limit_error,
+    limit_hit,
+    make_rings,
+    release_rings,
 )
-from vtnet_py.netmap import hostrings
+from vtnet_py.netmap.hostrings import REGISTRY as HOST_REGISTRY
+from vtnet_py.netmap.hostrings import HostRings
 from vtnet_py.netmap.memory import Memory
-from vtnet_py.netmap.portname import PortSpec, RegMode, parse_port_name
-from vtnet_py.netmap.ring import FREE, Ring, krx, ktx
+from vtnet_py.netmap.plan import (
+    DEFAULT_RX_SLOTS,
+    DEFAULT_TX_SLOTS,
+    NR_BUF_SIZE,
+    AttachPlan,
+    OpenOptions,
+    PortPlan,
+    QueuePlan,
+    nic_queue_bound,
+    plan_attach,
+    plan_port,
+)
+from vtnet_py.netmap.portname import PortSpec, parse_port_name
+from vtnet_py.netmap.ring import Ring
 from vtnet_py.netmap.watch import DeviceWatch
-from vtnet_py.netmap.xsk import CHUNK_SIZE, XskSocket, ring_sizes
+from vtnet_py.netmap.xsk import XskSocket, ring_sizes
 
 log = logging.getLogger("vtnet_py")
 
-NR_BUF_SIZE = CHUNK_SIZE - XDP_PACKET_HEADROOM  # a netmap buffer: a UMEM chunk after headroom
 HEALTH_SLICE_MS = 100  # longest sleep in poll() between checks that the sockets are bound
-DEFAULT_RX_SLOTS = 1024
-DEFAULT_TX_SLOTS = 1024
-MAX_FRAGS = 18  # MAX_SKB_FRAGS + 1: the most a copy-mode AF_XDP TX frame may span
+
+
+# --- the port -----------------------------------------------------------------------------
 
 
 class Port:
@@ -73,19 +90,20 @@ class Port:
         self.xdp_mode: str | None = None
         self.frags = False
         self.vnet_hdr = 0
+        self.plan: PortPlan | None = None
         self._bufs: np.ndarray | None = None
         self.memory: Memory | None = None
         self._own_memory = False
         self._sockets: list[XskSocket] = []
-        self._claimed: list[int] = []
         self._steering: Steering | None = None
         self._epoll: select.epoll | None = None
         self._poller: Any = None
-        self._rx_fds: dict[int, XskSocket] = {}
         self._closed = False
-        self._watch: DeviceWatch | None = None  # notices channel changes (issue 3)
+        self._watch: DeviceWatch | None = None  # notices channel changes
         self._failed = ""
-        self._host: Any = None  # hostrings.HostRings when the port has host rings
+        self._host: HostRings | None = None
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._pid = os.getpid()  # the process that opened it: the only one that releases
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -247,44 +265,59 @@ class Port:
         """pid recorded as owner of ``queue`` in the steering program (0: the kernel)."""
         return self._steering.owner_of(queue) if self._steering else 0
 
+    # --- what the open steps register -----------------------------------------------------
+    def done(self, step: str, undo: Callable[[], None]) -> None:
+        """Record that ``step`` succeeded and how to undo it (close runs these in reverse)."""
+        self._undo.append((step, undo))
+
+    def add_socket(self, sock: XskSocket) -> int:
+        """Take ``sock`` as one of the port's sockets; returns its id in the memory."""
+        self._sockets.append(sock)
+        self.zerocopy = sock.zerocopy
+        return self._mem().add_socket(sock)
+
+    def add_rings(self, rings: list[Ring]) -> None:
+        """Take ``rings`` (made on one of the port's sockets) into the ring lists."""
+        self._mem().add_rings(rings)
+        for r in rings:
+            (self.tx_rings if r.is_tx else self.rx_rings).append(r)
+
+    def watch_fd(self, fd: int, events: int) -> None:
+        """Make ``fileno()`` readable on ``events`` of socket ``fd``."""
+        assert self._epoll is not None
+        self._epoll.register(fd, events)
+
+    # --- close ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Give every queue back to the kernel and release all resources (idempotent)."""
+        """Give every queue back to the kernel and release all resources (idempotent).
+
+        In a process that did not open the port (a forked child) nothing is released:
+        the port only drops this process's references, and the opener keeps its queues.
+        """
         if self._closed:
             return
         self._closed = True
-        hostrings.port_closing(self)  # host side first: the stack's frames stop coming
-        if self._steering is not None:
-            for q in self._claimed:
-                with suppress(OSError, VtnetError):
-                    self._steering.unclaim(q)
-        self._claimed.clear()
-        for s in self._sockets:
-            s.close()
-        mem = self.memory
-        if mem is not None:
-            rings = self.rx_rings + self.tx_rings
-            for r in rings:  # this port's buffers, wherever they are now, become free
-                held, _, _ = r.held_unchecked()
-                mem.pool.owner[held] = FREE
-                mem.pool.owner[mem.pool.owner == (ktx(r._kid) if r.is_tx else krx(r._kid))] = FREE
-            mem.remove_rings(rings)
-            for r in rings:  # a Ring the application keeps must not keep the UMEM mapped
-                r._chunks = None
-            mem.users -= 1
-            if self._own_memory:
-                mem.close()
-        self._sockets.clear()
-        if self._steering is not None:
-            self._steering.release()
-            self._steering = None
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
+        if os.getpid() != self._pid:
+            self._drop()
+            return
+        while self._undo:
+            step, undo = self._undo.pop()
+            try:
+                undo()
+            except Exception as exc:  # the remaining steps must still run
+                log.warning("vtnetmap: %s: undoing %s: %s", self.name, step, exc)
+        self._drop()
+
+    def _drop(self) -> None:
+        self._undo.clear()
+        self._sockets = []
+        self._steering = None
+        self._epoll = None
         self._poller = None
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
+        self._watch = None
+        self._host = None
         self._bufs = None
+        self.memory = None
 
     def __enter__(self) -> Port:
         return self
@@ -293,9 +326,23 @@ class Port:
         self.close()
 
     def __del__(self) -> None:
+        # A finalizer may run anywhere (in a GC pass inside a lock, at interpreter exit,
+        # in a forked child): it closes the raw fds of the process that opened the port,
+        # as kill -9 would, and nothing else: no netlink, no map update, no lock.
+        if getattr(self, "_closed", True) or os.getpid() != self._pid:
+            return
+        self._closed = True
         with suppress(Exception):
-            if not self._closed:
-                self.close()
+            if self._host is not None:
+                self._host.close_fds()
+            for s in self._sockets:
+                s.close()
+            if self._epoll is not None:
+                self._epoll.close()
+            if self._watch is not None:
+                self._watch.close()
+            if self._steering is not None:
+                self._steering.release_later()
 
     def __repr__(self) -> str:
         return (
@@ -315,18 +362,7 @@ class Port:
         return self.memory
 
 
-def _queues(spec: PortSpec, nrx: int, ntx: int) -> Iterator[tuple[int, bool, bool]]:
-    """(queue, bind rx, bind tx) for every queue the port takes."""
-    want_rx, want_tx = spec.rx, spec.tx
-    if spec.mode in (RegMode.SW, RegMode.ONE_SW):
-        return  # host rings only (hostrings.py)
-    if spec.mode is RegMode.ONE_NIC:
-        assert spec.ring_id is not None
-        q = spec.ring_id
-        yield q, want_rx and q < nrx, want_tx and q < ntx
-        return
-    for q in range(max(nrx if want_rx else 0, ntx if want_tx else 0)):
-        yield q, want_rx and q < nrx, want_tx and q < ntx
+# --- open ---------------------------------------------------------------------------------
 
 
 def open_port(
@@ -350,7 +386,9 @@ def open_port(
     carries the default route. ``vnet_hdr`` (10 or 12) gives every slot a virtio-net
     header, as netmap's NETMAP_REQ_PORT_HDR_SET: zeroed on RX, stripped on TX, where a
     header asking for checksum or segmentation offload is refused per slot (counted in
-    the ring's ``hdr_refused``). On failure nothing is left behind.
+    the ring's ``hdr_refused``). On failure nothing is left behind: every step done is
+    undone in reverse; a limit hit (file descriptors, memory) raises ResourceError
+    naming the port and the limit.
     """
     if vnet_hdr not in VNET_HDR_LENS:
         raise ValueError(f"{name}: vnet_hdr must be one of {VNET_HDR_LENS}, not {vnet_hdr!r}")
@@ -361,15 +399,15 @@ def open_port(
     spec = parse_port_name(name)
     port = Port(spec)
     try:
-        with enter_netns(netns):
-            _build(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr)
+        with _step(port, "namespace"), enter_netns(netns):
+            _open(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr)
     except BaseException:
         port.close()
         raise
     return port
 
 
-def _build(
+def _open(
     port: Port,
     spec: PortSpec,
     zerocopy: str,
@@ -379,256 +417,203 @@ def _build(
     force: bool,
     vnet_hdr: int,
 ) -> None:
-    name = spec.name
-    info = read_device(spec.ifname)
-    refuse_default_route(info, force)
-    port.ifindex = info.ifindex
-    zerocopy = attached_zerocopy(spec.ifname, zerocopy)  # `vtnetmap attach --zerocopy`
-    zerocopy = hostrings.check_request(spec, zerocopy)  # IF*: copy mode, like its host rings
-    host = spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW)
-    nic_rx = spec.rx and spec.mode not in (RegMode.SW, RegMode.ONE_SW)
-    nr_buf_size = memory.nr_buf_size if memory is not None else NR_BUF_SIZE
-    frame_max = info.mtu + ETH_OVERHEAD
-    if frags is None:
-        frags = frame_max > nr_buf_size
-    elif not frags and frame_max > nr_buf_size and nic_rx:
-        raise UnsupportedError(
-            f"{name}: {spec.ifname} MTU {info.mtu} does not fit one "
-            f"{nr_buf_size}-byte buffer; open with frags=True"
-        )
-    if frags and vnet_hdr:
-        raise UnsupportedError(
-            f"{name}: a virtio-net header with multi-buffer frames is not "
-            f"supported (lower the MTU of {spec.ifname} or drop the header)"
-        )
-    tx_before = _real_queues(info)[1]
-    if nic_rx:
-        if not info.xdp_prog_id:
-            # we attach: refuse what the driver would refuse, in its words, before trying
-            # (a failed native attach must not fall back to generic XDP on virtio_net,
-            # whose generic path changes offloads on the way)
-            mode, why = support_mode(info, mode)
-            if why:
-                log.warning("vtnetmap: %s", why)
-            for warning in check_xdp_preconditions(info, frags=frags, mode=mode):
-                log.warning("vtnetmap: %s", warning)
-        port._steering = Steering.acquire(spec.ifname, info.ifindex, mode=mode, frags=frags)
-        port.xdp_mode = port._steering.mode
-        # attaching XDP can change the queues: virtio_net adds a queue pair per CPU for XDP
-        # transmit, which also receive; the stack's TX queues stay as they were
+    """The acquire steps, in the port's network namespace."""
+    with _step(port, "device"):
         info = read_device(spec.ifname)
-    port._watch = DeviceWatch(name, spec.ifname, info.channels)  # made in the port's netns
-    nrx, ntx = _real_queues(info)
-    ntx = min(ntx, tx_before)
-    for key, have in (("rx-rings", nrx), ("tx-rings", ntx)):
-        asked = spec.effective_rx_rings if key == "rx-rings" else spec.effective_tx_rings
-        if asked is not None and asked != have:
-            raise UnsupportedError(
-                f"{name}: @conf:{key}={asked} but {spec.ifname} has {have}; the number of "
-                f"queues is the device's (change it with `vtnetmap attach --rings N`)"
-            )
-    if spec.mode is RegMode.ONE_NIC:
-        assert spec.ring_id is not None
-        if spec.ring_id >= max(nrx, ntx):
-            raise DeviceError(
-                f"{name}: {spec.ifname} has no queue {spec.ring_id} ({nrx} rx / {ntx} tx queues)"
-            )
-    rx_slots = spec.effective_rx_slots or DEFAULT_RX_SLOTS
-    tx_slots = spec.effective_tx_slots or DEFAULT_TX_SLOTS
-    plan = list(_queues(spec, nrx, ntx))
-    if not host and not any(r or t for _, r, t in plan):
-        raise DeviceError(f"{name}: no ring to bind on {spec.ifname}")
-    need = sum((rx_slots if r else 0) + (tx_slots if t else 0) for _, r, t in plan)
-    if host:  # one host ring pair, after the NIC rings in memory as in the ring lists
-        need += (rx_slots if spec.rx else 0) + (tx_slots if spec.tx else 0)
-
-    mem = memory
-    if mem is None:
-        mem = Memory(need)
-        port._own_memory = True
-    port.memory = mem
-    mem.users += 1
-    port.frags = frags
-    port.vnet_hdr = vnet_hdr
-    first_free = mem.allocate(need, name)
-    port._epoll = select.epoll()
-    next_buf = first_free
-    for q, want_rx, want_tx in plan:
-        if not (want_rx or want_tx):
-            continue
-        sizes = ring_sizes(rx_slots if want_rx else 0, tx_slots if want_tx else 0)
-        sock = _bind_retrying(port, spec.ifname, info.ifindex, q, mem, sizes, zerocopy, frags, name)
-        port._sockets.append(sock)
-        port.zerocopy = sock.zerocopy
-        kid = mem.add_socket(sock)
-        rings = []
-        if want_rx:
-            r = Ring(
-                port_name=name,
-                ring_id=len(port.rx_rings),
-                queue=q,
-                is_tx=False,
-                host=False,
-                num_slots=rx_slots,
-                pool=mem.pool,
-                xsk=sock,
-                kid=kid,
-                first_buf=next_buf,
-                frags=frags,
-                max_frags=MAX_FRAGS,
-                chunks=mem.umem.chunks,
-                vnet_hdr=vnet_hdr,
-            )
-            next_buf += rx_slots
-            port.rx_rings.append(r)
-            rings.append(r)
-        if want_tx:
-            t = Ring(
-                port_name=name,
-                ring_id=len(port.tx_rings),
-                queue=q,
-                is_tx=True,
-                host=False,
-                num_slots=tx_slots,
-                pool=mem.pool,
-                xsk=sock,
-                kid=kid,
-                first_buf=next_buf,
-                frags=frags,
-                max_frags=MAX_FRAGS,
-                chunks=mem.umem.chunks,
-                vnet_hdr=vnet_hdr,
-            )
-            next_buf += tx_slots
-            port.tx_rings.append(t)
-            rings.append(t)
-        mem.add_rings(rings)
-        if want_rx:
-            assert port._steering is not None
-            port._steering.claim(q, sock.fileno())
-            port._claimed.append(q)
-            port._epoll.register(sock.fileno(), select.EPOLLIN)
-    hostrings.port_built(
-        port,
-        info,
-        mem,
-        rx_slots=rx_slots,
-        tx_slots=tx_slots,
-        first_buf=next_buf,
+        zc = attached_zerocopy(spec.ifname, zerocopy)  # `vtnetmap attach --zerocopy`
+    opts = OpenOptions(
+        zerocopy=zc,
+        mode=mode,
         frags=frags,
-        max_frags=MAX_FRAGS,
+        force=force,
+        vnet_hdr=vnet_hdr,
+        nr_buf_size=memory.nr_buf_size if memory is not None else NR_BUF_SIZE,
     )
-    if not port.rx_rings:
+    attach = plan_attach(spec, info, opts)
+    port.ifindex = info.ifindex
+    tx_before = real_queues(info)[1]
+    if attach.steer:
+        with _step(port, "steering"):
+            _acquire_steering(port, info, attach)
+            # attaching XDP can change the queues: virtio_net adds a queue pair per CPU for
+            # XDP transmit, which also receive; the stack's TX queues stay as they were
+            info = read_device(spec.ifname)
+    plan = plan_port(spec, info, opts, queues=real_queues(info), tx_limit=tx_before)
+    port.plan = plan
+    key = (netns_inode(), info.ifindex)
+    port.done("queue registry", QUEUES.take(key, plan, port))
+    with _step(port, "watch"):
+        port._watch = DeviceWatch(plan.name, plan.ifname, info.channels)  # in the port's netns
+        port.done("watch", port._watch.close)
+    with _step(port, "memory"):
+        _acquire_memory(port, plan, memory)
+        nxt = port._mem().allocate(plan.buffers, plan.name)
+    with _step(port, "epoll"):
+        port._epoll = select.epoll()
+        port.done("epoll", port._epoll.close)
+    for q in plan.queues:
+        with _step(port, f"queue {q.queue}"):
+            nxt = _acquire_queue(port, plan, q, nxt)
+    if plan.nic_tx:  # NIC TX rings in netmap mode: the stack's frames go to host RX rings
+        HOST_REGISTRY.nic_tx_opened(key)
+        port.done("NIC TX rings", lambda: HOST_REGISTRY.nic_tx_closed(key))
+    if plan.host:
+        with _step(port, "host rings"):
+            _acquire_host_rings(port, plan, info, key, nxt)
+    if not port.rx_rings:  # TX only: fileno() is readable when a TX ring has room
         for s in port._sockets:
-            port._epoll.register(s.fileno(), select.EPOLLOUT)
+            port.watch_fd(s.fileno(), select.EPOLLOUT)
 
 
-def _real_queues(info: DeviceInfo) -> tuple[int, int]:
-    """(RX, TX) queues the kernel really uses: sysfs's queues/rx-* and tx-* where sysfs
-    shows this very device (same name, ifindex and MAC: sysfs belongs to the netns that
-    mounted it), else the channel counts (exact for veth, which reports rx/tx channels).
-    virtio_net with XDP reports its XDP queue pairs as combined channels, but only RX uses
-    them; an AF_XDP socket transmitting on a queue past the real TX queues sends nothing."""
-    base = os.path.join("/sys/class/net", info.ifname)
+@contextmanager
+def _step(port: Port, step: str) -> Iterator[None]:
+    """Run one acquire step; an exhausted limit becomes one ResourceError line naming
+    the port, the step and the limit."""
     try:
-        with open(os.path.join(base, "ifindex")) as f:
-            same = int(f.read()) == info.ifindex
-        with open(os.path.join(base, "address")) as f:
-            same = same and f.read().strip() == _mac(info.ifname)
-        if same:
-            names = os.listdir(os.path.join(base, "queues"))
-            nrx = sum(n.startswith("rx-") for n in names)
-            ntx = sum(n.startswith("tx-") for n in names)
-            if nrx and ntx:
-                return nrx, ntx
-    except (OSError, ValueError):
-        pass
-    return info.rx_queues, info.tx_queues
+        yield
+    except ResourceError:
+        raise
+    except (OSError, VtnetError) as exc:
+        hit = limit_hit(exc)
+        if hit is None:
+            raise
+        raise limit_error(port.name, step, hit) from exc
 
 
-def _mac(ifname: str) -> str:
-    """The MAC address of ``ifname`` in the calling thread's netns (SIOCGIFHWADDR)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        raw = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
-    return ":".join(f"{b:02x}" for b in raw[18:24])
+def _acquire_steering(port: Port, info: DeviceInfo, attach: AttachPlan) -> None:
+    if attach.warning:
+        log.warning("vtnetmap: %s", attach.warning)
+    if not info.xdp_prog_id:
+        # we attach: refuse what the driver would refuse, in its words, before trying
+        mode = attach.xdp_mode or "native"
+        for warning in check_xdp_preconditions(info, frags=attach.frags, mode=mode):
+            log.warning("vtnetmap: %s", warning)
+    steering = Steering.acquire(info.ifname, info.ifindex, mode=attach.xdp_mode, frags=attach.frags)
+    port._steering = steering
+    port.xdp_mode = steering.mode
+    port.done("steering", steering.release)
 
 
-def nic_queue_bound(info: DeviceInfo) -> int:
-    """The most NIC ring pairs a port on ``info`` can get once the steering program is
-    attached (virtio_net then adds up to one queue pair per CPU): for sizing a Memory
-    before any port is open."""
-    n = max(_real_queues(info))
-    if info.driver == "virtio_net" and not info.xdp_prog_id:
-        limit = info.channels.max_combined or n
-        n = max(n, min(limit, n + possible_cpus()))
-    return n
+def _acquire_memory(port: Port, plan: PortPlan, memory: Memory | None) -> None:
+    mem = memory if memory is not None else Memory(plan.buffers)
+    port._own_memory = memory is None
+    port.memory = mem
+    port.frags = plan.frags
+    port.vnet_hdr = plan.vnet_hdr
+    mem.users += 1
+
+    def undo() -> None:
+        release_rings(mem, port.rx_rings + port.tx_rings)
+        mem.users -= 1
+        if port._own_memory:
+            mem.close()
+
+    port.done("memory", undo)
 
 
-BUSY_RETRY_S = 1.0  # the kernel frees a closed socket's queue in deferred work
-
-
-def _bind_retrying(
+def _add_rings(
     port: Port,
-    ifname: str,
-    ifindex: int,
-    q: int,
-    mem: Memory,
-    sizes: Any,
-    zerocopy: str,
-    frags: bool,
-    name: str,
-) -> XskSocket:
-    """Bind, and when the queue is busy but no live process owns it (a socket closed a
-    moment ago, whose queue the kernel releases in deferred work), try again briefly."""
-    deadline = time.monotonic() + BUSY_RETRY_S
-    while True:
-        try:
-            return _bind(ifname, ifindex, q, mem, sizes, zerocopy, frags, name)
-        except BusyError as exc:
-            owner = port.owner_of(q)
-            if owner and owner != os.getpid() and pid_alive(owner):
-                raise BusyError(
-                    f"{name}: {ifname} queue {q} is busy: owned by pid {owner}"
-                ) from exc
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
+    plan: PortPlan,
+    sock: XskSocket,
+    kid: int,
+    *,
+    rx: bool,
+    tx: bool,
+    queue: int,
+    host: bool,
+    first_buf: int,
+) -> tuple[Ring | None, Ring | None]:
+    """Make the RX and/or TX ring on ``sock`` and register them with the port."""
+    made = make_rings(
+        port._mem(),
+        plan,
+        sock,
+        kid,
+        rx=rx,
+        tx=tx,
+        queue=queue,
+        host=host,
+        first_buf=first_buf,
+        ring_ids=(len(port.rx_rings), len(port.tx_rings)),
+    )
+    port.add_rings(made)
+    return (
+        next((r for r in made if not r.is_tx), None),
+        next((r for r in made if r.is_tx), None),
+    )
 
 
-def _bind(
-    ifname: str,
-    ifindex: int,
-    q: int,
-    mem: Memory,
-    sizes: Any,
-    zerocopy: str,
-    frags: bool,
-    name: str,
-) -> XskSocket:
-    """Bind queue ``q``: zero copy first when "auto", copy mode if the driver refuses."""
-    if mem.share_socket() is not None:
-        tries = [False]  # the mode is inherited from the socket that registered the UMEM
-    else:
-        tries = [True, False] if zerocopy == "auto" else [zerocopy == "on"]
-    for i, zc in enumerate(tries):
-        try:
-            return XskSocket(
-                ifname=ifname,
-                ifindex=ifindex,
-                queue=q,
-                umem=mem.umem,
-                share_with=mem.share_socket(),
-                sizes=sizes,
-                zerocopy=zc,
-                frags=frags,
-            )
-        except UnsupportedError as exc:
-            if zc and i + 1 < len(tries) and "zero-copy" in str(exc):
-                continue
-            raise UnsupportedError(f"{name}: {exc}") from exc
-        except DeviceError as exc:
-            raise type(exc)(f"{name}: {exc}") from exc
-    raise AssertionError("unreachable")
+def _acquire_queue(port: Port, plan: PortPlan, q: QueuePlan, first_buf: int) -> int:
+    """Socket, rings and steering claim of one NIC queue; returns the next free buffer."""
+    sizes = ring_sizes(plan.rx_slots if q.rx else 0, plan.tx_slots if q.tx else 0)
+    sock = bind_retrying(port._mem(), plan, q.queue, sizes, port.owner_of)
+    port.done(f"socket of queue {q.queue}", sock.close)
+    kid = port.add_socket(sock)
+    _add_rings(
+        port, plan, sock, kid, rx=q.rx, tx=q.tx, queue=q.queue, host=False, first_buf=first_buf
+    )
+    nxt = first_buf + (plan.rx_slots if q.rx else 0) + (plan.tx_slots if q.tx else 0)
+    if q.rx:
+        steering = port._steering
+        assert steering is not None
+        steering.claim(q.queue, sock.fileno())
+        port.done(f"claim of queue {q.queue}", lambda: steering.unclaim(q.queue))
+        port.watch_fd(sock.fileno(), select.EPOLLIN)
+    return nxt
 
 
-__all__ = ["Port", "open_port"]
+def _acquire_host_rings(
+    port: Port, plan: PortPlan, info: DeviceInfo, key: tuple[int, int], first_buf: int
+) -> None:
+    """The host ring pair: HostRings makes the helper and binds its socket; the port
+    makes the rings on it, registers them, and installs the NS_FORWARD hooks."""
+    mem = port._mem()
+    host = HostRings(port.spec, info, key)
+    host.check(mem, plan.frags)
+    port._host = host
+    port.done("host rings", host.close)
+    host.make_helper()
+    sock = host.bind(mem, rx_slots=plan.rx_slots, tx_slots=plan.tx_slots, frags=plan.frags)
+    kid = port.add_socket(sock)
+    rx, tx = _add_rings(
+        port,
+        plan,
+        sock,
+        kid,
+        rx=plan.host_rx,
+        tx=plan.host_tx,
+        queue=0,
+        host=True,
+        first_buf=first_buf,
+    )
+    host.use_rings(rx, tx)
+    if rx is not None:
+        port.watch_fd(sock.fileno(), select.EPOLLIN)
+    hooks = host.forwarders(
+        [r for r in port.rx_rings if not r.is_host], [r for r in port.tx_rings if not r.is_host]
+    )
+    for ring, hook in hooks:
+        _set_forward(ring, hook)
+
+    def unhook() -> None:
+        for ring, _ in hooks:
+            _set_forward(ring, None)
+
+    port.done("NS_FORWARD hooks", unhook)
+    host.start(plan.frags)
+
+
+def _set_forward(ring: Ring, hook: Callable[[Ring, np.ndarray], None] | None) -> None:
+    # Ring has no public setter for its NS_FORWARD hook yet: this is the one place that
+    # writes it
+    ring._forward = hook
+
+
+__all__ = [
+    "DEFAULT_RX_SLOTS",
+    "DEFAULT_TX_SLOTS",
+    "NR_BUF_SIZE",
+    "Port",
+    "nic_queue_bound",
+    "open_port",
+]

@@ -1,3 +1,4 @@
+# One module over 500 lines: the port-name grammar is documented where its one-pass parser is.
 """netmap port names for vtnetmap: ``netmap:eth0-1/x@conf:slots=1024`` and friends.
 
 netmap names what to bind with one string (libnetmap's "portspec", parsed by

@@ -18,7 +18,7 @@ from vtnet_py._sys.abi import SIOCGIFHWADDR, SIOCGIFMTU
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py.apps.pktgen.spec import FrameSpec
 from vtnet_py.errors import VtnetError
-from vtnet_py.netmap.port import MAX_FRAGS, NR_BUF_SIZE
+from vtnet_py.netmap.plan import MAX_FRAGS, NR_BUF_SIZE
 from vtnet_py.netmap.portname import PortSpec, RegMode, parse_port_name
 
 FUNCTIONS = ("tx", "rx", "ping", "pong", "txseq", "rxseq")
