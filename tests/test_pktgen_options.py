@@ -13,7 +13,8 @@ from nettest import PKTGEN_FINAL2, PKTGEN_PERIODIC
 
 from vtnet_py.apps.pktgen.addresses import FrameSpecError, IPRange, IPRange6
 from vtnet_py.apps.pktgen.config import Config, FragPlan
-from vtnet_py.apps.pktgen.frames import FrameSpec, make_framegen
+from vtnet_py.apps.pktgen.frames import FrameSpec
+from vtnet_py.apps.pktgen.frames6 import make_framegen
 from vtnet_py.apps.pktgen.report import Drops, Final, Periodic, d_prefix, hexdump
 
 

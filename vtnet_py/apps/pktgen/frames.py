@@ -20,7 +20,7 @@ random sizes, every frame built here carries correct lengths and checksums.
 Nothing here touches the network: the functions fill numpy arrays (a UMEM
 view or a private array).  On error nothing is written.  IPv6 frames (``-6``)
 are frames6.FrameGen6, the same walk over one 16-bit group of the address;
-``make_framegen`` picks the class.  A frame read from a pcap file (``-P``) is sent
+``frames6.make_framegen`` picks the class.  A frame read from a pcap file (``-P``) is sent
 as it is: ``FrameSpec.raw``.
 """
 
@@ -426,12 +426,3 @@ class FrameGen:
         self.init_rows(out, rows)
         self.write(out, rows, b)
         return out, b.slot_len, b
-
-
-def make_framegen(spec: FrameSpec, seed: int | None = None) -> FrameGen:
-    """The generator for ``spec``: IPv6 frames (frames6.FrameGen6) or IPv4 ones."""
-    if spec.ipv6 and spec.raw is None:
-        from vtnet_py.apps.pktgen.frames6 import FrameGen6
-
-        return FrameGen6(spec, seed)
-    return FrameGen(spec, seed)

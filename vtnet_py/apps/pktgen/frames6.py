@@ -18,7 +18,7 @@ import numpy.typing as npt
 from vtnet_py.apps.pktgen.addresses import IPRange6
 from vtnet_py.apps.pktgen.checksum import words_of
 from vtnet_py.apps.pktgen.frames import FrameGen
-from vtnet_py.apps.pktgen.spec import ETH_HLEN, HDRS6_LEN, IP6_HLEN, SEQ_LEN, UDP_HLEN
+from vtnet_py.apps.pktgen.spec import ETH_HLEN, HDRS6_LEN, IP6_HLEN, SEQ_LEN, UDP_HLEN, FrameSpec
 
 ETHERTYPE_IPV6 = 0x86DD
 OFF6_PLEN = 18
@@ -99,3 +99,10 @@ class FrameGen6(FrameGen):
         )
         self._finish(w, usum, seq, stamp)
         return w, usum
+
+
+def make_framegen(spec: FrameSpec, seed: int | None = None) -> FrameGen:
+    """The generator for ``spec``: IPv6 frames (FrameGen6) or IPv4 ones (FrameGen)."""
+    if spec.ipv6 and spec.raw is None:
+        return FrameGen6(spec, seed)
+    return FrameGen(spec, seed)

@@ -20,8 +20,7 @@ from vtnet_py.apps.pktgen.config import (
     F_TOC,
     PktgenError,
 )
-from vtnet_py.apps.pktgen.frames import make_framegen
-from vtnet_py.apps.pktgen.frames6 import ETHERTYPE_IPV6
+from vtnet_py.apps.pktgen.frames6 import ETHERTYPE_IPV6, make_framegen
 from vtnet_py.apps.pktgen.rxfields import field_view, gather, payload_offsets
 from vtnet_py.apps.pktgen.spec import OFF_ETHERTYPE, SEQ_LEN, STAMP_LEN
 from vtnet_py.apps.pktgen.workerbase import Pacer, WorkerBase

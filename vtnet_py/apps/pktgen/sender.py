@@ -26,7 +26,8 @@ from vtnet_py.apps.pktgen.config import (
     TX_SPINS,
     PktgenError,
 )
-from vtnet_py.apps.pktgen.frames import FrameGen, make_framegen
+from vtnet_py.apps.pktgen.frames import FrameGen
+from vtnet_py.apps.pktgen.frames6 import make_framegen
 from vtnet_py.apps.pktgen.workerbase import Pacer, WorkerBase
 from vtnet_py.netmap.ring import NS_MOREFRAG
 
