@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from nettest import VethPair, kernel, make_veth_pair, remove_veth_pair
+from netlab_plugin import NS_PREFIX, make_veth_pair
+from nettest import VethPair
 
 from vtnet_py import InterfaceChangedError, open_port
 from vtnet_py._sys import bpf as bpf
@@ -31,6 +32,7 @@ from vtnet_py.admin.attach import attach, detach
 from vtnet_py.admin.pins import PIN_ROOT, pin_dir
 from vtnet_py.admin.pins import remove_pins as _remove_pins
 from vtnet_py.admin.status import status
+from vtnet_py.apps.netlab import NetLab
 from vtnet_py.device import SavedState, prepare
 from vtnet_py.device.netlink import NetlinkDeviceLayer
 from vtnet_py.device.record import (
@@ -42,7 +44,7 @@ from vtnet_py.device.record import (
 )
 from vtnet_py.device.record import write_record as _write_record
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"
 
@@ -523,7 +525,8 @@ def test_dead_attacher_and_stale_pins_are_repaired(env: AttachEnv) -> None:
 
 
 def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
-    gone = make_veth_pair()
+    lab = NetLab(NS_PREFIX)
+    gone = make_veth_pair(lab)
     try:
         nsino = ns_inode(gone.ns_a)
         attach(gone.a, netns=gone.ns_a)
@@ -545,7 +548,7 @@ def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
             )
         nsino_b = ns_inode(gone.ns_b)
     finally:
-        remove_veth_pair(gone)  # deleted while attached: the veth goes, the pins stay
+        lab.close()  # deleted while attached: the veth goes, the pins stay
     try:
         assert os.path.exists(pin_dir(nsino, gone.a))
         v = env.pair()
