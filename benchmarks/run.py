@@ -121,7 +121,14 @@ class Pair:
 def veth_pair() -> Iterator[Pair]:
     """The pair in namespaces ``vtpg-bench-<pid>-<tag>a`` / ``b``; removed on the way out,
     also on SIGTERM (turned into KeyboardInterrupt so the ``with`` unwinds)."""
-    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    me = os.getpid()
+
+    def on_term(*_: object) -> None:
+        if os.getpid() != me:  # a forked helper (pyroute2's namespace child) just ends
+            os._exit(0)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
     try:
         with NetLab(f"vtpg-bench-{os.getpid()}-") as lab:
             yield Pair(lab)

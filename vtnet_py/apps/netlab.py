@@ -187,6 +187,10 @@ class NetLab:
         self.tag = random_tag() if tag is None else tag
         self.namespaces: list[str] = []  # made by this lab, in order
         self._closed = False
+        # pyroute2 runs its namespace work in forked children; one that unwinds through
+        # our caller's stack (a signal handler that raises, in the child) must not tear
+        # down the parent's namespaces.
+        self._owner = os.getpid()
 
     def __enter__(self) -> NetLab:
         return self
@@ -376,8 +380,11 @@ class NetLab:
     def close(self) -> None:
         """Remove every namespace this lab made, newest first (their interfaces go with
         them); one already gone is skipped. Idempotent. If a removal fails the others are
-        still tried, and DeviceError names the ones left."""
+        still tried, and DeviceError names the ones left. In a forked copy of the owner
+        it does nothing."""
         self._closed = True
+        if os.getpid() != self._owner:
+            return
         left: list[str] = []
         while self.namespaces:
             name = self.namespaces.pop()
