@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -131,3 +132,23 @@ def test_bad_configuration_names_the_interface_and_namespace() -> None:
         ns = lab.namespace()
         with pytest.raises(DeviceError, match=rf"^tnnope: no such interface in .*{ns}$"):
             lab.configure(ns, "tnnope", ip="198.51.100.1")
+
+
+def test_without_root_it_is_a_one_line_privilege_error_and_leaves_nothing() -> None:
+    code = (
+        "from vtnet_py.apps.netlab import NetLab\n"
+        "from vtnet_py.errors import PrivilegeError\n"
+        "lab = NetLab('tn', tag='nopriv')\n"
+        "try:\n"
+        "    lab.namespace('a')\n"
+        "except PrivilegeError as exc:\n"
+        "    print(exc)\n"
+    )
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    r = subprocess.run([*nobody, sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (
+        r.stdout
+        == "creating network namespace tnnopriva needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)\n"
+    )
+    assert not exists("tnnopriva")

@@ -120,8 +120,8 @@ def link_attrs(ns: str, dev: str) -> dict[str, Any]:
         "lladdr": msg.get_attr("IFLA_ADDRESS"),
         "mtu": msg.get_attr("IFLA_MTU"),
         "up": bool(msg["flags"] & 1),
-        # XDP_ATTACHED_NONE is 0; pyroute2 may decode the mode to a name
-        "xdp": attached not in (None, 0, "none", "XDP_ATTACHED_NONE"),
+        # pyroute2 names the mode ('xdp', 'xdpgeneric', ...); XDP_ATTACHED_NONE is None
+        "xdp": attached not in (None, 0),
     }
 
 
