@@ -67,8 +67,7 @@ class Sandbox:
                 f"vtd{lab.tag}{_ROLE_TX}",
                 queues=queues,
                 ip_a="198.51.100.1",
-                ip_b="198.51.100.2",
-                ipv6=True,
+                ip_b="198.51.100.2",  # no IPv6: the receiver sees only the demo's frames
             )
         except BaseException:
             lab.close()
