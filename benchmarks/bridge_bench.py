@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import run as suite  # noqa: E402  (benchmarks/run.py: build, C binaries, process helpers)
 
-from vtnet_py.apps.netlab import NetLab, link_attrs  # noqa: E402
+from vtnet_py.apps.netlab import NetLab, link_state  # noqa: E402
 
 PY = sys.executable
 BURST = 512
@@ -192,7 +192,7 @@ class Topology:
         lab.veth(self.ns["mid"], self.a2, self.ns["drop"], self.b2, queues=1)
 
     def has_xdp(self, ns: str, dev: str) -> bool:
-        return bool(link_attrs(ns, dev)["xdp"])
+        return link_state(ns, dev).xdp
 
 
 def one_case(t: Topology, kind: str, secs: float) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import pytest
 from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 
 from vtnet_py._sys.netns import netns
-from vtnet_py.apps.netlab import NetLab, link_attrs
+from vtnet_py.apps.netlab import NetLab, link_state
 
 pytestmark = pytest.mark.kernel
 
@@ -49,11 +49,11 @@ class Pair:
 
     def mac(self, side: str) -> str:
         ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        return str(link_attrs(ns, dev)["lladdr"])
+        return link_state(ns, dev).lladdr
 
     def has_xdp(self, side: str) -> bool:
         ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        return bool(link_attrs(ns, dev)["xdp"])
+        return link_state(ns, dev).xdp
 
 
 def _pair(lab: NetLab) -> Pair:

@@ -33,7 +33,7 @@ from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 from vtnetmap_cli.pktgen_cmd import pkt_gen
 
 from vtnet_py._sys.netns import netns
-from vtnet_py.apps.netlab import NetLab, link_attrs
+from vtnet_py.apps.netlab import NetLab, link_state
 from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec, IPRange
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h: SO_RCVBUF beyond rmem_max, for root
@@ -57,7 +57,7 @@ class Pair:
     ip_b: str = "203.0.113.2"
 
     def mac_b(self) -> str:
-        return str(link_attrs(self.ns_b, self.b)["lladdr"])
+        return link_state(self.ns_b, self.b).lladdr
 
     def peer_gro(self, on: bool) -> None:
         run("ip", "netns", "exec", self.ns_b, "ethtool", "-K", self.b, "gro", "on" if on else "off")

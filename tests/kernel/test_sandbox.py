@@ -98,8 +98,7 @@ def test_a_create_that_finds_every_name_taken_removes_nothing_of_the_other(
             Sandbox.create()
         assert exists(first.ns_rx) and exists(first.ns_tx)
         # and the other sandbox still works: its veth is there and up
-        attrs = netlab.link_attrs(first.ns_rx, first.if_rx)
-        assert attrs["up"]
+        assert netlab.link_state(first.ns_rx, first.if_rx).up
     assert not exists(first.ns_rx) and not exists(first.ns_tx)
 
 

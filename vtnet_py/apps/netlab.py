@@ -108,21 +108,35 @@ def _index(ipr: IPRoute, ns: str, dev: str) -> int:
     return int(found[0])
 
 
-def link_attrs(ns: str, dev: str) -> dict[str, Any]:
-    """``ifindex``, ``lladdr`` (aa:bb:..), ``mtu``, ``up`` and ``xdp`` (a program is
-    attached, any mode) of ``dev`` in ``ns``, read over netlink."""
+@dataclass(frozen=True)
+class LinkState:
+    """What the tests and benchmarks ask of an interface, read over netlink."""
+
+    ifindex: int
+    lladdr: str  # aa:bb:cc:dd:ee:ff
+    mtu: int
+    up: bool
+    xdp: bool  # a program is attached, in any mode
+
+    @classmethod
+    def from_netlink(cls, msg: Any) -> LinkState:
+        xdp = msg.get_attr("IFLA_XDP")
+        attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp is not None else None
+        return cls(
+            ifindex=int(msg["index"]),
+            lladdr=str(msg.get_attr("IFLA_ADDRESS")),
+            mtu=int(msg.get_attr("IFLA_MTU")),
+            up=bool(msg["flags"] & 1),  # IFF_UP
+            # pyroute2 names the mode ('xdp', 'xdpgeneric', ...); XDP_ATTACHED_NONE is None
+            xdp=attached not in (None, 0),
+        )
+
+
+def link_state(ns: str, dev: str) -> LinkState:
+    """The state of ``dev`` in ``ns``."""
     with rtnl(ns) as ipr:
         (msg,) = ipr.get_links(_index(ipr, ns, dev))
-    xdp = msg.get_attr("IFLA_XDP")
-    attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp is not None else None
-    return {
-        "ifindex": msg["index"],
-        "lladdr": msg.get_attr("IFLA_ADDRESS"),
-        "mtu": msg.get_attr("IFLA_MTU"),
-        "up": bool(msg["flags"] & 1),
-        # pyroute2 names the mode ('xdp', 'xdpgeneric', ...); XDP_ATTACHED_NONE is None
-        "xdp": attached not in (None, 0),
-    }
+    return LinkState.from_netlink(msg)
 
 
 def in_namespace(ns: str, argv: list[str]) -> list[str]:
@@ -164,14 +178,14 @@ class VethPair:
 
     def lladdr(self, side: str) -> str:
         """MAC address of one end as text (aa:bb:cc:dd:ee:ff)."""
-        return str(link_attrs(*self.end(side))["lladdr"])
+        return link_state(*self.end(side)).lladdr
 
     def mac(self, side: str) -> bytes:
         """MAC address of one end as 6 bytes."""
         return bytes.fromhex(self.lladdr(side).replace(":", ""))
 
     def xdp_attached(self, side: str = "a") -> bool:
-        return bool(link_attrs(*self.end(side))["xdp"])
+        return link_state(*self.end(side)).xdp
 
 
 class NetLab:
