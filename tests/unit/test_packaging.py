@@ -25,6 +25,10 @@ def test_non_editable_install_finds_bpf_sources(tmp_path: Path) -> None:
             "*.egg-info",
             "build",
             ".mypy_cache",
+            # tool caches a root run leaves behind (root-only files): not part of a source tree
+            ".ruff_cache",
+            ".pytest_cache",
+            ".hypothesis",
             "out",
             ".vng-venv",
             "results",
