@@ -2,8 +2,8 @@
 
     sudo .venv/bin/python benchmarks/bridge_bench.py [--reps 3] [--secs 3]
 
-Topology (namespaces made here, prefix ``vttbb<pid>``, removed at the end, also on error
-or Ctrl-C)::
+Topology (namespaces made here with vtnet_py.apps.netlab, prefix ``vttbb<pid>-``, removed
+at the end, also on error or Ctrl-C)::
 
     gen: b1 ==veth== a1  [forwarder, in "mid"]  a2 ==veth== b2 :drop
 
@@ -38,6 +38,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import run as suite  # noqa: E402  (benchmarks/run.py: build, C binaries, process helpers)
+
+from vtnet_py.apps.netlab import NetLab, link_state  # noqa: E402
 
 PY = sys.executable
 BURST = 512
@@ -180,65 +182,17 @@ def worker_plain(a1: str, a2: str, secs: float) -> dict[str, Any]:
 
 
 class Topology:
-    """gen b1 == a1 [mid] a2 == b2 drop; ``remove`` deletes the namespaces."""
+    """gen b1 == a1 [mid] a2 == b2 drop, made by ``lab`` (removed with it)."""
 
-    def __init__(self) -> None:
-        tag = os.getpid() % 100000
-        self.ns = {k: f"vttbb{tag}{k}" for k in ("gen", "mid", "drop")}
+    def __init__(self, lab: NetLab) -> None:
+        self.ns = {k: lab.namespace(k) for k in ("gen", "mid", "drop")}
+        tag = lab.tag
         self.a1, self.b1, self.a2, self.b2 = (f"vtbb{tag}{x}" for x in ("a1", "b1", "a2", "b2"))
-
-    def create(self) -> None:
-        try:
-            for ns in self.ns.values():
-                suite.sh("ip", "netns", "add", ns)
-            for a, b, peer_ns in (
-                (self.a1, self.b1, self.ns["gen"]),
-                (self.a2, self.b2, self.ns["drop"]),
-            ):
-                suite.sh(
-                    "ip",
-                    "link",
-                    "add",
-                    a,
-                    "numtxqueues",
-                    "1",
-                    "numrxqueues",
-                    "1",
-                    "netns",
-                    self.ns["mid"],
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    b,
-                    "numtxqueues",
-                    "1",
-                    "numrxqueues",
-                    "1",
-                    "netns",
-                    peer_ns,
-                )
-                for ns, dev in ((self.ns["mid"], a), (peer_ns, b)):
-                    suite.sh(
-                        "ip",
-                        "netns",
-                        "exec",
-                        ns,
-                        "sysctl",
-                        "-qw",
-                        f"net.ipv6.conf.{dev}.disable_ipv6=1",
-                    )
-                    suite.sh("ip", "-n", ns, "link", "set", dev, "up")
-        except BaseException:
-            self.remove()
-            raise
-
-    def remove(self) -> None:
-        for ns in self.ns.values():
-            suite.sh("ip", "netns", "del", ns, check=False)
+        lab.veth(self.ns["mid"], self.a1, self.ns["gen"], self.b1, queues=1)
+        lab.veth(self.ns["mid"], self.a2, self.ns["drop"], self.b2, queues=1)
 
     def has_xdp(self, ns: str, dev: str) -> bool:
-        return " xdp" in suite.sh("ip", "-n", ns, "-o", "link", "show", dev).stdout
+        return link_state(ns, dev).xdp
 
 
 def one_case(t: Topology, kind: str, secs: float) -> dict[str, Any]:
@@ -304,10 +258,8 @@ def main() -> int:
     suite.build()
     cases = [c for c in args.cases.split(",") if c]
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
-    t = Topology()
-    t.remove()
-    t.create()
-    try:
+    with NetLab(f"vttbb{os.getpid()}-") as lab:
+        t = Topology(lab)
         for rep in range(args.reps):
             for c in cases:
                 r = one_case(t, c, args.secs)
@@ -318,8 +270,6 @@ def main() -> int:
                     f"{r['peer_pkts']}; generator {r['gen_pps'] / 1e6:.3f} Mpps",
                     flush=True,
                 )
-    finally:
-        t.remove()
     print()
     print(f"{'forwarder':22s} {'median Mpps':>11s}  runs")
     for c in cases:

@@ -3,7 +3,8 @@
     sudo .venv/bin/python benchmarks/run.py [--reps 3] [--secs 3] [--cases rx,tx,tx2,lat]
 
 Makes one veth pair (2 queues each side) between two network namespaces it
-creates (``vtpg-bench-<pid>-a`` / ``-b``, 203.0.113.1 / .2), runs every case of
+creates (``vtpg-bench-<pid>-<tag>a`` / ``b``, 203.0.113.1 / .2, with
+vtnet_py.apps.netlab), runs every case of
 every repetition in the same run (so ratios hold on a noisy machine), and
 always removes the namespaces, even on error or Ctrl-C.  Prints a table of
 medians and writes all the raw figures as JSON into benchmarks/results/.
@@ -39,6 +40,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from vtnet_py.apps.netlab import NetLab, in_namespace
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -97,86 +100,39 @@ def build() -> None:
 # -- namespaces --------------------------------------------------------------------------
 
 
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
 class Pair:
-    """Two namespaces joined by a 2-queue veth pair; ``remove`` undoes everything."""
+    """Two namespaces joined by a 2-queue veth pair, made by ``lab`` (removed with it)."""
 
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}"
-        self.ns_a, self.ns_b = f"vtpg-bench-{tag}-a", f"vtpg-bench-{tag}-b"
-        self.a, self.b = f"vtpgb{tag}a", f"vtpgb{tag}b"
-
-    def create(self) -> None:
-        try:
-            sh("ip", "netns", "add", self.ns_a)
-            sh("ip", "netns", "add", self.ns_b)
-            sh(
-                "ip",
-                "link",
-                "add",
-                self.a,
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-                "netns",
-                self.ns_a,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                self.b,
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-                "netns",
-                self.ns_b,
-            )
-            for ns, dev, ip in ((self.ns_a, self.a, IP_A), (self.ns_b, self.b, IP_B)):
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-                sh(
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    f"net.ipv6.conf.{dev}.disable_ipv6=1",
-                )
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-                sh("ip", "-n", ns, "link", "set", dev, "up")
-        except BaseException:
-            self.remove()
-            raise
-
-    def remove(self) -> None:
-        for ns in (self.ns_a, self.ns_b):
-            sh("ip", "netns", "del", ns, check=False)
+    def __init__(self, lab: NetLab) -> None:
+        ns_a, ns_b = lab.namespace("a"), lab.namespace("b")
+        self.veth = lab.veth(
+            ns_a, f"vtpgb{lab.tag}a", ns_b, f"vtpgb{lab.tag}b", queues=2, ip_a=IP_A, ip_b=IP_B
+        )
+        self.ns_a, self.ns_b, self.a, self.b = ns_a, ns_b, self.veth.a, self.veth.b
 
     def mac(self, side: str) -> str:
-        ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        out = sh("ip", "-n", ns, "-o", "link", "show", dev).stdout
-        return out.split("link/ether ")[1].split()[0]
+        return self.veth.lladdr(side)
 
     def has_xdp(self, side: str) -> bool:
-        ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        return " xdp" in sh("ip", "-n", ns, "-o", "link", "show", dev).stdout
+        return self.veth.xdp_attached(side)
 
 
 @contextmanager
 def veth_pair() -> Iterator[Pair]:
-    p = Pair()
-    p.remove()  # a leftover from a killed run of the same pid
-    p.create()
-    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    """The pair in namespaces ``vtpg-bench-<pid>-<tag>a`` / ``b``; removed on the way out,
+    also on SIGTERM (turned into KeyboardInterrupt so the ``with`` unwinds)."""
+    me = os.getpid()
+
+    def on_term(*_: object) -> None:
+        if os.getpid() != me:  # a forked helper (pyroute2's namespace child) just ends
+            os._exit(0)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
     try:
-        yield p
+        with NetLab(f"vtpg-bench-{os.getpid()}-") as lab:
+            yield Pair(lab)
     finally:
-        p.remove()
         signal.signal(signal.SIGTERM, old)
 
 
@@ -184,10 +140,8 @@ def veth_pair() -> Iterator[Pair]:
 
 
 def in_ns(ns: str, cmd: list[str], cpu: int | None = None) -> list[str]:
-    pre = ["ip", "netns", "exec", ns]
-    if cpu is not None:
-        pre += ["taskset", "-c", str(cpu)]
-    return pre + [str(c) for c in cmd]
+    pre = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    return in_namespace(ns, pre + [str(c) for c in cmd])
 
 
 def start(ns: str, cmd: list[str], cpu: int | None = None) -> subprocess.Popen[str]:

@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from vtnet_py import Port, open_port
-from vtnet_py.apps.sandbox import Sandbox
+from vtnet_py.apps.sandbox import Sandbox, remove_orphans
 
 FRAME = (
     bytes.fromhex(
@@ -82,6 +82,8 @@ def demo(seconds: float, show: int) -> None:
     Example:
       sudo vtnetmap demo -t 5
     """
+    for name in remove_orphans():
+        click.echo(f"removed namespace {name} of a sandbox whose owner is gone")
     with Sandbox.create(queues=1) as sb:
         click.echo(f"sandbox: {sb.ns_tx}/{sb.if_tx} --veth--> {sb.ns_rx}/{sb.if_rx}")
         with open_port(f"netmap:{sb.if_rx}", netns=sb.ns_rx) as port:

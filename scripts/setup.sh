@@ -34,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-# Editable so the tests exercise this tree; tests/test_packaging.py checks a
+# Editable so the tests exercise this tree; tests/unit/test_packaging.py checks a
 # non-editable `pip install .` into a fresh venv as users get it.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # The VM suite (tests/vm): QEMU, the Debian kernel image matching linux-headers-amd64,

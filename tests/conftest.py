@@ -1,4 +1,9 @@
-"""Shared fixtures (helpers live in nettest.py so test modules can import them)."""
+"""Shared fixtures and the kernel marker's meaning.
+
+Test networks come from tests/netlab_plugin.py (registered here); helpers live in
+nettest.py. Every folder's tests import both by name (pyproject puts tests/ on the path).
+A test marked ``kernel`` is skipped, saying why, where root, AF_XDP or iproute2 is missing.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +11,14 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from nettest import VethPair, _why, make_veth_pair, remove_veth_pair
+from nettest import _why
+
+pytest_plugins = ["netlab_plugin"]
 
 
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    """A 2-queue veth pair between two fresh namespaces."""
-    if _why:
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _why and item.get_closest_marker("kernel") is not None:
         pytest.skip(_why)
-    pair = make_veth_pair(queues=2)
-    try:
-        yield pair
-    finally:
-        remove_veth_pair(pair)
-
-
-@pytest.fixture
-def veth_factory() -> Iterator:
-    """Make veth pairs with chosen queues/MTU; all removed at the end of the test."""
-    if _why:
-        pytest.skip(_why)
-    made: list[VethPair] = []
-
-    def make(queues: int = 2, mtu: int | None = None) -> VethPair:
-        p = make_veth_pair(queues=queues, mtu=mtu)
-        made.append(p)
-        return p
-
-    try:
-        yield make
-    finally:
-        for p in made:
-            remove_veth_pair(p)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,14 +1,18 @@
-"""Test helpers: namespaces with veth pairs, made fresh per test and always removed.
+"""Test helpers that are not the test networks themselves (those come from
+tests/netlab_plugin.py, built on vtnet_py.apps.netlab): the kernel-feature probe, raw
+frames on a veth end, the port-holder child, pkt-gen's output patterns, device-layer
+probes (XDP attach, ethtool).
 
 Both ends of every veth live in namespaces the test creates; addresses come from
-198.51.100.0/24. Interface names carry no '-' (netmap's grammar reads it as a ring).
+198.51.100.0/24 and 203.0.113.0/24. Interface names carry no '-' (netmap's grammar reads
+it as a ring).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -18,14 +22,19 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from pyroute2 import IPRoute
 
 from vtnet_py._sys.netns import netns
+from vtnet_py.apps import netlab
 
 ETH_P_ALL = 0x0003
 TEST_ETHERTYPE = b"\x88\xb5"  # IEEE local experimental: nobody else sends it
 PACKET_OUTGOING = 4  # sockaddr_ll.sll_pkttype of a packet socket's own sends
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
+
+# The library's own setns helper: the tests enter namespaces the way ports do.
+in_netns = netns
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -47,49 +56,18 @@ def have_kernel_features() -> str | None:
 
 
 _why = have_kernel_features()
-kernel = pytest.mark.skipif(_why is not None, reason=_why or "")
+
+# The ``kernel`` marker under the name test modules have long imported; tests/conftest.py
+# skips marked tests, saying why, where ``have_kernel_features`` finds something missing.
+kernel = pytest.mark.kernel
 
 
-@dataclass
-class VethPair:
-    """``a`` in namespace ``ns_a`` (198.51.100.1), ``b`` in ``ns_b`` (198.51.100.2)."""
-
-    ns_a: str
-    ns_b: str
-    a: str
-    b: str
-    ip_a: str = "198.51.100.1"
-    ip_b: str = "198.51.100.2"
-
-    def sh_a(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns_a, "sh", "-c", cmd],
-            check=check,
-            capture_output=True,
-            text=True,
-        )
-
-    def sh_b(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns_b, "sh", "-c", cmd],
-            check=check,
-            capture_output=True,
-            text=True,
-        )
-
-    def mac(self, side: str) -> bytes:
-        ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        out = run("ip", "-n", ns, "-o", "link", "show", dev).stdout
-        text = out.split("link/ether ")[1].split()[0]
-        return bytes.fromhex(text.replace(":", ""))
-
-    def xdp_attached(self, side: str = "a") -> bool:
-        ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        return " xdp" in run("ip", "-n", ns, "-o", "link", "show", dev).stdout
+class VethPair(netlab.VethPair):
+    """A test's veth pair (see netlab.VethPair) with raw-frame helpers on its ends."""
 
     def raw_socket(self, side: str = "b") -> socket.socket:
         """An AF_PACKET socket bound to one end (made inside its namespace)."""
-        ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
+        ns, dev = self.end(side)
         with netns(ns):
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             s.bind((dev, 0))
@@ -114,52 +92,28 @@ class VethPair:
             s.close()
 
 
-def make_veth_pair(queues: int = 2, mtu: int | None = None) -> VethPair:
-    tag = secrets.token_hex(3)
-    pair = VethPair(ns_a=f"vtt{tag}a", ns_b=f"vtt{tag}b", a=f"vt{tag}a", b=f"vt{tag}b")
-    try:
-        run("ip", "netns", "add", pair.ns_a)
-        run("ip", "netns", "add", pair.ns_b)
-        run(
-            "ip",
-            "link",
-            "add",
-            pair.a,
-            "numtxqueues",
-            str(queues),
-            "numrxqueues",
-            str(queues),
-            "netns",
-            pair.ns_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            pair.b,
-            "numtxqueues",
-            str(queues),
-            "numrxqueues",
-            str(queues),
-            "netns",
-            pair.ns_b,
-        )
-        for ns, dev, ip in ((pair.ns_a, pair.a, pair.ip_a), (pair.ns_b, pair.b, pair.ip_b)):
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-            if mtu:
-                run("ip", "-n", ns, "link", "set", dev, "mtu", str(mtu))
-            run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            run("ip", "-n", ns, "link", "set", dev, "up")
-            # no IPv6 chatter (router solicitations, DAD) in tests that count frames
-            run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-    except BaseException:
-        remove_veth_pair(pair)
-        raise
-    return pair
+def run_checked(*argv: str) -> str:
+    """Run a command, return stdout; raise with its stderr when it fails."""
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p.stdout
 
 
-def remove_veth_pair(pair: VethPair) -> None:
-    for ns in (pair.ns_a, pair.ns_b):
-        run("ip", "netns", "del", ns, check=False)
+@dataclass
+class VethNs:
+    """A namespace holding veth pair ``a`` <-> ``b`` (both up); ``ip``/``exec`` run
+    iproute2 and other tools in it (the device tests compare against their output)."""
+
+    ns: str
+    a: str
+    b: str
+
+    def ip(self, *args: str) -> str:
+        return run_checked("ip", "-n", self.ns, *args)
+
+    def exec(self, *argv: str) -> str:
+        return run_checked(*netlab.in_namespace(self.ns, list(argv)))
 
 
 def peer_frames(
@@ -230,3 +184,89 @@ PKTGEN_FINAL2 = re.compile(
     r"^Speed: \d+\.\d{3} [KMGT ]?pps Bandwidth: \d+\.\d{3} [KMGT ]?bps "
     r"\(raw \d+\.\d{3} [KMGT ]?bps\)\. Average batch: \d+\.\d{2} pkts" + PKTGEN_DROPS
 )
+
+
+# -- device-layer probes ------------------------------------------------------------------
+
+XDP_FLAGS = {"generic": 1 << 1, "native": 1 << 2}
+
+
+def set_xdp(ifname: str, fd: int, mode: str) -> None:
+    """Attach program ``fd`` to ``ifname`` in ``mode`` ('native'/'generic'), or detach
+    with ``fd=-1``; in the calling thread's current network namespace."""
+    with IPRoute() as ipr:
+        (index,) = ipr.link_lookup(ifname=ifname)
+        attrs = [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", XDP_FLAGS[mode])]
+        ipr.link("set", index=index, xdp={"attrs": attrs})
+
+
+def ethtool_channels(env: VethNs, ifname: str) -> dict[str, int]:
+    """Current channel counts from ``ethtool -l`` (n/a -> 0)."""
+    out = env.exec("ethtool", "-l", ifname)
+    current = out.split("Current hardware settings:", 1)[1]
+    res: dict[str, int] = {}
+    for line in current.splitlines():
+        if ":" not in line:
+            continue
+        key, val = (s.strip() for s in line.split(":", 1))
+        res[key.lower()] = int(val) if val.isdigit() else 0
+    return res
+
+
+def ethtool_features(env: VethNs, ifname: str) -> dict[str, str]:
+    """``ethtool -k`` as {feature: 'on'|'off' [+ ' [fixed]' / ' [requested on]']}."""
+    out = env.exec("ethtool", "-k", ifname)
+    res: dict[str, str] = {}
+    for line in out.splitlines()[1:]:
+        if ":" in line:
+            key, val = line.split(":", 1)
+            res[key.strip()] = val.strip()
+    return res
+
+
+# --- vtnetmap attach tests: the CLI and what ip/ethtool see --------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vtnetmap_cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def errors(r: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr lines without bpfbuild's notice about compiling against other headers."""
+    return [
+        line
+        for line in r.stderr.strip().splitlines()
+        if not line.startswith("vtnetmap: no headers for running kernel")
+    ]
+
+
+def sh(ns: str, cmd: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "sh", "-c", cmd], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def ethtool_k(ns: str, dev: str) -> dict[str, str]:
+    out = sh(ns, f"ethtool -k {dev}")
+    return {
+        k.strip(): v.strip()
+        for k, v in (line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)
+    }
+
+
+def xdp_prog(ns: str, dev: str) -> int:
+    link = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-n", ns, "link", "show", "dev", dev],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )[0]
+    return int(link.get("xdp", {}).get("prog", {}).get("id", 0))
+
+
+def ns_inode(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino

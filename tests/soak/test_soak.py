@@ -37,9 +37,9 @@ import textwrap
 import time
 
 import pytest
-from nettest import VethPair, kernel, run
+from nettest import VethPair, run
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 RSS_SLACK_KB = 4096
 WARMUP_S = 3.0

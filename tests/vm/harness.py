@@ -26,9 +26,9 @@ and reaped and the namespace deleted; the results directory is left for inspecti
 
 CLI for manual use (as root)::
 
-    python3 tests/vm/harness.py [--cpus 2] [--queues 4] [--dev-opt ctrl_guest_offloads=off]
-        [--extra-nic host_mtu=9000] 'ethtool -l eth0'
-    python3 tests/vm/harness.py --profile main      # the guest scenarios of one profile
+    .venv/bin/python tests/vm/harness.py [--cpus 2] [--queues 4]
+        [--dev-opt ctrl_guest_offloads=off] [--extra-nic host_mtu=9000] 'ethtool -l eth0'
+    .venv/bin/python tests/vm/harness.py --profile main      # the guest scenarios of one profile
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from vtnet_py.apps.netlab import NetLab, in_namespace
 
 VM_DIR = Path(__file__).resolve().parent
 REPO = VM_DIR.parents[1]
@@ -189,13 +191,6 @@ def check_prerequisites() -> list[str]:
     return problems
 
 
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if check and p.returncode != 0:
-        raise HarnessError(f"{' '.join(argv)}: rc={p.returncode} {p.stderr.strip()}")
-    return p
-
-
 def _become_subreaper() -> None:
     # This machine's PID 1 does not reap orphans: after a timeout kill, vng's children
     # (virtme-run, qemu) are re-parented to us instead, and we reap them.
@@ -256,53 +251,37 @@ class _Drain(threading.Thread):
 class TestNetwork:
     """Namespace ``vtvm-<suffix>`` with the guest's TAPs; a context manager.
 
-    On exit (also after errors) the namespace is deleted, which removes its TAPs.
-    Nothing is left behind unless ``ip netns del`` itself fails.
+    Built with vtnet_py.apps.netlab: the namespace is created exclusively (if the name is
+    taken, another one is drawn: ``self.ns`` is the one made), and on exit (also after
+    errors) it is removed, which removes its TAPs; nothing else is touched.
     """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, suffix: str, extra_taps: int = 0, queues: int = 4) -> None:
+        self.lab = NetLab(NS_PREFIX, tag=suffix)
         self.ns = NS_PREFIX + suffix
         self.tap = TAP
         self.extra_taps = [f"vtvmtap{i + 1}" for i in range(extra_taps)]
         self.queues = queues
 
     def __enter__(self) -> TestNetwork:
-        _sh("ip", "netns", "del", self.ns, check=False)  # a leftover of a killed run
-        _sh("ip", "netns", "add", self.ns)
         try:
-            n = ("ip", "-n", self.ns)
-            _sh(*n, "link", "set", "lo", "up")
-            mq = ("multi_queue",) if self.queues > 1 else ()
-            _sh(*n, "tuntap", "add", "dev", self.tap, "mode", "tap", *mq)
-            _sh(*n, "addr", "add", f"{HOST_IP}/{PREFIX_LEN}", "dev", self.tap)
-            _sh(*n, "link", "set", self.tap, "up")
-            _sh(
-                *n,
-                "neigh",
-                "replace",
-                GUEST_IP,
-                "lladdr",
-                GUEST_MAC,
-                "dev",
-                self.tap,
-                "nud",
-                "permanent",
-            )
+            self.ns = self.lab.namespace()
+            self.lab.tap(self.ns, self.tap, queues=self.queues, ip=HOST_IP, prefixlen=PREFIX_LEN)
+            self.lab.neighbour(self.ns, self.tap, GUEST_IP, GUEST_MAC)
             for t in self.extra_taps:
-                _sh(*n, "tuntap", "add", "dev", t, "mode", "tap")
-                _sh(*n, "link", "set", t, "up")
+                self.lab.tap(self.ns, t)
         except BaseException:
-            _sh("ip", "netns", "del", self.ns, check=False)
+            self.lab.close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _sh("ip", "netns", "del", self.ns, check=False)
+        self.lab.close()
 
     def exec_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns]
+        return in_namespace(self.ns, [])
 
 
 class HostLink:

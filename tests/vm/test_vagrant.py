@@ -13,6 +13,8 @@ from pathlib import Path
 import harness
 import pytest
 
+pytestmark = pytest.mark.vm
+
 
 def _vagrant(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     vagrant = shutil.which("vagrant")

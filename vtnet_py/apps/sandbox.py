@@ -1,23 +1,45 @@
 """A throw-away sandbox: two network namespaces joined by a veth pair.
 
 Used by ``vtnetmap demo`` (the embedded default main job) so that nothing touches the
-machine's real interfaces. Both ends live in namespaces made here; ``close`` removes them
-(which removes the veth too), also after an exception.
+machine's real interfaces. Both ends live in namespaces made here (vtnet_py.apps.netlab);
+``close`` removes them (which removes the veth too), also after an exception.
+
+Names. The namespaces are ``vtdemo-<owner pid>-<tag>r`` and ``...t``, created exclusively:
+a name that exists belongs to another sandbox and is never touched (another tag is drawn),
+and a failed create removes only what this sandbox made. A sandbox whose owner died without
+closing it (kill -9) is found by the pid in its names: :func:`remove_orphans` removes the
+namespaces of sandboxes whose owner is no longer alive. A pid reused by a new process
+keeps its old sandbox until that process is gone too: the check errs on the side of
+leaving a namespace, never of removing a live one.
 """
 
 from __future__ import annotations
 
-import secrets
-import subprocess
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, field
 
-from vtnet_py.errors import DeviceError
+from vtnet_py._sys.proc import pid_alive
+from vtnet_py.apps.netlab import NetLab, list_namespaces, remove_namespace
+
+PREFIX = "vtdemo-"
+_ROLE_RX, _ROLE_TX = "r", "t"
 
 
-def _ip(*args: str) -> None:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise DeviceError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+def owner_of(name: str, prefix: str = PREFIX) -> int | None:
+    """The owner pid recorded in sandbox namespace ``name`` (None: not a sandbox's)."""
+    m = re.fullmatch(rf"{re.escape(prefix)}([1-9][0-9]*)-[0-9a-f]+[{_ROLE_RX}{_ROLE_TX}]", name)
+    return int(m.group(1)) if m else None
+
+
+def remove_orphans(prefix: str = PREFIX) -> list[str]:
+    """Remove the namespaces of sandboxes whose owner process is gone; their names."""
+    removed = []
+    for name in list_namespaces():
+        pid = owner_of(name, prefix)
+        if pid is not None and not pid_alive(pid) and remove_namespace(name):
+            removed.append(name)
+    return removed
 
 
 @dataclass
@@ -27,57 +49,33 @@ class Sandbox:
     if_rx: str
     if_tx: str
     queues: int
+    lab: NetLab = field(repr=False)
 
     @classmethod
-    def create(cls, queues: int = 1, prefix: str = "vtdemo") -> Sandbox:
-        tag = secrets.token_hex(2)
-        sb = cls(
-            ns_rx=f"{prefix}{tag}r",
-            ns_tx=f"{prefix}{tag}t",
-            if_rx=f"vtd{tag}r",
-            if_tx=f"vtd{tag}t",
-            queues=queues,
-        )
+    def create(cls, queues: int = 1, prefix: str = PREFIX) -> Sandbox:
+        """Namespaces ``<prefix><pid>-<tag>r`` / ``...t`` and a veth ``vtd<tag>r`` (rx,
+        198.51.100.1/24) <-> ``vtd<tag>t`` (tx, .2) with ``queues`` queues each, up.
+        On failure whatever was made here is removed, nothing else."""
+        lab = NetLab(f"{prefix}{os.getpid()}-")
         try:
-            _ip("netns", "add", sb.ns_rx)
-            _ip("netns", "add", sb.ns_tx)
-            q = str(queues)
-            _ip(
-                "link",
-                "add",
-                sb.if_rx,
-                "numtxqueues",
-                q,
-                "numrxqueues",
-                q,
-                "netns",
-                sb.ns_rx,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                sb.if_tx,
-                "numtxqueues",
-                q,
-                "numrxqueues",
-                q,
-                "netns",
-                sb.ns_tx,
+            ns_rx = lab.namespace(_ROLE_RX)
+            ns_tx = lab.namespace(_ROLE_TX)
+            pair = lab.veth(
+                ns_rx,
+                f"vtd{lab.tag}{_ROLE_RX}",
+                ns_tx,
+                f"vtd{lab.tag}{_ROLE_TX}",
+                queues=queues,
+                ip_a="198.51.100.1",
+                ip_b="198.51.100.2",  # no IPv6: the receiver sees only the demo's frames
             )
-            for ns, dev, addr in (
-                (sb.ns_rx, sb.if_rx, "198.51.100.1/24"),
-                (sb.ns_tx, sb.if_tx, "198.51.100.2/24"),
-            ):
-                _ip("-n", ns, "addr", "add", addr, "dev", dev)
-                _ip("-n", ns, "link", "set", dev, "up")
         except BaseException:
-            sb.close()
+            lab.close()
             raise
-        return sb
+        return cls(ns_rx=ns_rx, ns_tx=ns_tx, if_rx=pair.a, if_tx=pair.b, queues=queues, lab=lab)
 
     def close(self) -> None:
-        for ns in (self.ns_rx, self.ns_tx):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.lab.close()
 
     def __enter__(self) -> Sandbox:
         return self

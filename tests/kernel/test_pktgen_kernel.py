@@ -13,7 +13,6 @@ import json
 import os
 import re
 import resource
-import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 
 from vtnet_py._sys.netns import netns
+from vtnet_py.apps.netlab import NetLab, link_state
 
 pytestmark = pytest.mark.kernel
 
@@ -32,20 +32,6 @@ FINAL1 = re.compile(
     r"^(Sent|Received) (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
     r"in (\d+\.\d{2}) seconds\.$"
 )
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (namespaces, BPF, AF_XDP)"
-    try:
-        socket.socket(44, socket.SOCK_RAW, 0).close()  # AF_XDP
-    except OSError as exc:
-        return f"AF_XDP unavailable: {exc}"
-    return None
-
-
-if (_why := _why_not()) is not None:
-    pytestmark = [pytest.mark.kernel, pytest.mark.skip(reason=_why)]
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -63,87 +49,38 @@ class Pair:
 
     def mac(self, side: str) -> str:
         ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        out = run("ip", "-n", ns, "-o", "link", "show", dev).stdout
-        return out.split("link/ether ")[1].split()[0]
+        return link_state(ns, dev).lladdr
 
     def has_xdp(self, side: str) -> bool:
         ns, dev = (self.ns_a, self.a) if side == "a" else (self.ns_b, self.b)
-        return " xdp" in run("ip", "-n", ns, "-o", "link", "show", dev).stdout
+        return link_state(ns, dev).xdp
 
 
-def _link(ns1: str, d1: str, ns2: str, d2: str, queues: int = 2) -> None:
-    run(
-        "ip",
-        "link",
-        "add",
-        d1,
-        "numtxqueues",
-        str(queues),
-        "numrxqueues",
-        str(queues),
-        "netns",
-        ns1,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        d2,
-        "numtxqueues",
-        str(queues),
-        "numrxqueues",
-        str(queues),
-        "netns",
-        ns2,
-    )
-
-
-def _up(ns: str, dev: str, ip: str | None) -> None:
-    run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-    if ip:
-        run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-    run("ip", "-n", ns, "link", "set", dev, "up")
+def _pair(lab: NetLab) -> Pair:
+    ns_a, ns_b = lab.namespace("-a"), lab.namespace("-b")
+    p = Pair(ns_a, ns_b, f"vtpg{lab.tag}a", f"vtpg{lab.tag}b")
+    lab.veth(ns_a, p.a, ns_b, p.b, queues=2, ip_a=p.ip_a, ip_b=p.ip_b)
+    return p
 
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    tag = secrets.token_hex(3)
-    p = Pair(f"vtpg-{tag}-a", f"vtpg-{tag}-b", f"vtpg{tag}a", f"vtpg{tag}b")
-    try:
-        run("ip", "netns", "add", p.ns_a)
-        run("ip", "netns", "add", p.ns_b)
-        for ns in (p.ns_a, p.ns_b):
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        _link(p.ns_a, p.a, p.ns_b, p.b)
-        _up(p.ns_a, p.a, p.ip_a)
-        _up(p.ns_b, p.b, p.ip_b)
-        yield p
-    finally:
-        for ns in (p.ns_a, p.ns_b):
-            run("ip", "netns", "del", ns, check=False)
+    with NetLab("vtpg-") as lab:
+        yield _pair(lab)
 
 
 @pytest.fixture
 def chain() -> Iterator[tuple[Pair, str, str, str]]:
     """A --(a, m1)-- M --(m2, b)-- B: returns the A/B pair and M's namespace and ends."""
-    tag = secrets.token_hex(3)
-    p = Pair(f"vtpg-{tag}-a", f"vtpg-{tag}-b", f"vtpg{tag}a", f"vtpg{tag}b")
-    ns_m, m1, m2 = f"vtpg-{tag}-m", f"vtpg{tag}m1", f"vtpg{tag}m2"
-    try:
-        for ns in (p.ns_a, p.ns_b, ns_m):
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        _link(p.ns_a, p.a, ns_m, m1)
+    with NetLab("vtpg-") as lab:
+        ns_a, ns_b, ns_m = lab.namespace("-a"), lab.namespace("-b"), lab.namespace("-m")
+        p = Pair(ns_a, ns_b, f"vtpg{lab.tag}a", f"vtpg{lab.tag}b")
+        m1, m2 = f"vtpg{lab.tag}m1", f"vtpg{lab.tag}m2"
+        lab.veth(ns_a, p.a, ns_m, m1, queues=2, ip_a=p.ip_a)
         # one queue into B: a redirect from M lands on B's queue (cpu % queues), and
         # rxseq tracks sequences per ring, as pkt-gen does, so all must arrive on one
-        _link(ns_m, m2, p.ns_b, p.b, queues=1)
-        _up(p.ns_a, p.a, p.ip_a)
-        _up(p.ns_b, p.b, p.ip_b)
-        _up(ns_m, m1, None)
-        _up(ns_m, m2, None)
+        lab.veth(ns_m, m2, ns_b, p.b, queues=1, ip_b=p.ip_b)
         yield p, ns_m, m1, m2
-    finally:
-        for ns in (p.ns_a, p.ns_b, ns_m):
-            run("ip", "netns", "del", ns, check=False)
 
 
 def pktgen(p: Pair, side: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -46,11 +46,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from nettest import VethPair, kernel
+from nettest import VethPair
 
 from vtnet_py import NS_BUF_CHANGED, NS_MOREFRAG, RingError, open_port
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 RX_SLOTS = 8
 TX_SLOTS = 6

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from nettest import VethPair, kernel, start_port_holder
+from nettest import VethPair, start_port_holder
 
 from vtnet_py import BusyError, open_port
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 RSS_SLACK_KB = 4096
 RSS_SECOND_HALF_KB = 1024

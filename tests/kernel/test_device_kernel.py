@@ -4,10 +4,6 @@ The test process enters each namespace with setns (like the lead's code does) an
 NetlinkDeviceLayer there; results are compared with what iproute2/ethtool report.
 """
 
-# The fixtures are imported from the fixture module (tests/conftest.py is the lead's), and
-# pytest passes them by parameter name, which ruff sees as a redefinition.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -16,16 +12,7 @@ import threading
 from collections.abc import Mapping
 
 import pytest
-from netns_fixtures_device import (  # noqa: F401 - fixtures
-    VethNs,
-    ethtool_channels,
-    ethtool_features,
-    in_netns,
-    set_xdp,
-    vtdev_ns,
-    vtdev_ns_factory,
-    xdp_pass_fd,
-)
+from nettest import VethNs, ethtool_channels, ethtool_features, in_netns, set_xdp
 
 from vtnet_py.device import (
     NetlinkDeviceLayer,

@@ -33,7 +33,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nettest import VethPair, kernel, run
+from nettest import VethPair, run
 from vtnetmap_cli.main import main as cli_main
 
 from vtnet_py import (
@@ -46,7 +46,7 @@ from vtnet_py import (
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py.ebpf.steer import xdp_attachment
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"
 PACKET_OUTGOING = 4

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from nettest import PORT_HOLDER, VethPair, kernel, start_port_holder
+from nettest import PORT_HOLDER, VethPair, start_port_holder
 
 from vtnet_py import BusyError, DeviceError, RingError, open_port
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"  # IEEE local experimental: nobody else sends it
 

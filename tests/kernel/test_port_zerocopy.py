@@ -13,11 +13,12 @@ import socket
 import time
 
 import numpy as np
-from nettest import kernel, peer_frames
+import pytest
+from nettest import peer_frames
 
 from vtnet_py import NS_BUF_CHANGED, NS_REPORT, Memory, open_port
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"
 PACKET_OUTGOING = 4

@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel, run
+from nettest import VethPair, run
 from test_hostrings import helpers_in, recv_all, udp_frame, udp_socket, wire_like_peer
 
 from vtnet_py import NS_BUF_CHANGED
 from vtnet_py._sys.netns import netns
 from vtnet_py.apps.bridge import Bridge, open_pair, rings_move
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 CLI = [sys.executable, "-m", "vtnetmap_cli", "bridge"]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel, run, start_port_holder
+from nettest import VethPair, run, start_port_holder
 
 from vtnet_py import (
     NR_FORWARD,
@@ -27,7 +27,7 @@ from vtnet_py import (
 from vtnet_py._sys.netns import netns
 from vtnet_py.netmap.hostrings import TC_MODE_ENV, cleanup_stale, helper_names
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 UDP_SEGMENT = 103  # include/uapi/linux/udp.h: UDP GSO segment size (socket option)
 

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import pytest
-from nettest import VethPair, kernel, run
+from nettest import VethPair, run
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 

@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel
+from nettest import VethPair
 
 from vtnet_py import PortClosedError, open_port
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"
 PACKET_OUTGOING = 4

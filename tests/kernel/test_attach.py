@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from nettest import VethPair, kernel, make_veth_pair, remove_veth_pair
+from netlab_plugin import NS_PREFIX, make_veth_pair
+from nettest import VethPair, cli, errors, ethtool_k, ns_inode, sh, xdp_prog
 
 from vtnet_py import InterfaceChangedError, open_port
 from vtnet_py._sys import bpf as bpf
@@ -32,6 +33,7 @@ from vtnet_py.admin.attach import attach, detach
 from vtnet_py.admin.pins import PIN_ROOT, pin_dir
 from vtnet_py.admin.pins import remove_pins as _remove_pins
 from vtnet_py.admin.status import status
+from vtnet_py.apps.netlab import NetLab
 from vtnet_py.device import SavedState, prepare
 from vtnet_py.device.netlink import NetlinkDeviceLayer
 from vtnet_py.device.record import (
@@ -43,7 +45,7 @@ from vtnet_py.device.record import (
 )
 from vtnet_py.device.record import write_record as _write_record
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"
 
@@ -85,53 +87,8 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vtnetmap_cli", *args], capture_output=True, text=True, timeout=120
-    )
-
-
-def errors(r: subprocess.CompletedProcess[str]) -> list[str]:
-    """stderr lines without bpfbuild's notice about compiling against other headers."""
-    return [
-        line
-        for line in r.stderr.strip().splitlines()
-        if not line.startswith("vtnetmap: no headers for running kernel")
-    ]
-
-
-def sh(ns: str, cmd: str) -> str:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, "sh", "-c", cmd], check=True, capture_output=True, text=True
-    ).stdout
-
-
-def ethtool_k(ns: str, dev: str) -> dict[str, str]:
-    out = sh(ns, f"ethtool -k {dev}")
-    return {
-        k.strip(): v.strip()
-        for k, v in (line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)
-    }
-
-
 def ethtool_l(ns: str, dev: str) -> str:
     return sh(ns, f"ethtool -l {dev}").split("Current hardware settings:", 1)[1]
-
-
-def xdp_prog(ns: str, dev: str) -> int:
-    link = json.loads(
-        subprocess.run(
-            ["ip", "-j", "-n", ns, "link", "show", "dev", dev],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )[0]
-    return int(link.get("xdp", {}).get("prog", {}).get("id", 0))
-
-
-def ns_inode(ns: str) -> int:
-    return os.stat(f"/run/netns/{ns}").st_ino
 
 
 def frame(dst: bytes, src: bytes, seq: int) -> bytes:
@@ -526,7 +483,8 @@ def test_dead_attacher_and_stale_pins_are_repaired(env: AttachEnv) -> None:
 
 
 def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
-    gone = make_veth_pair()
+    lab = NetLab(NS_PREFIX)
+    gone = make_veth_pair(lab)
     try:
         nsino = ns_inode(gone.ns_a)
         attach(gone.a, netns=gone.ns_a)
@@ -549,7 +507,7 @@ def test_pins_left_by_a_deleted_namespace_are_swept(env: AttachEnv) -> None:
             )
         nsino_b = ns_inode(gone.ns_b)
     finally:
-        remove_veth_pair(gone)  # deleted while attached: the veth goes, the pins stay
+        lab.close()  # deleted while attached: the veth goes, the pins stay
     try:
         assert os.path.exists(pin_dir(nsino, gone.a))
         v = env.pair()

@@ -42,12 +42,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel, peer_frames, run
+from nettest import VethPair, peer_frames, run
 
 from vtnet_py import InterfaceChangedError, RingError, open_port
 from vtnet_py._sys.netns import netns as enter_netns
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"
 PACKET_OUTGOING = 4
@@ -504,7 +504,7 @@ def test_sigkill_of_the_bridge_at_random_points(veth: VethPair, flood: Flood) ->
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_pkt_gen_stops_cleanly_on_a_signal_with_final_statistics(veth: VethPair, sig: int) -> None:
     """A receiving and a sending pkt-gen (the long-running commands besides the bridge,
-    whose signals tests/test_bridge.py covers) stop on the signal, exit 0 and print their
+    whose signals tests/kernel/test_bridge.py covers) stop on the signal, exit 0 and print their
     final lines; the counts agree with each other and nothing stays attached."""
     from vtnetmap_cli.main import main as cli_main
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs Debian's python3")
@@ -26,6 +25,10 @@ def test_non_editable_install_finds_bpf_sources(tmp_path: Path) -> None:
             "*.egg-info",
             "build",
             ".mypy_cache",
+            # tool caches a root run leaves behind (root-only files): not part of a source tree
+            ".ruff_cache",
+            ".pytest_cache",
+            ".hypothesis",
             "out",
             ".vng-venv",
             "results",
@@ -80,16 +83,3 @@ def test_non_editable_install_finds_bpf_sources(tmp_path: Path) -> None:
     site = next((venv / "lib").glob("python3*/site-packages"))
     assert not (site / "cli").exists(), "the click front end must not squat `cli`"
     assert (site / "vtnetmap_cli").is_dir()
-
-
-def test_demo_command_runs_in_a_sandbox() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    r = subprocess.run(
-        [sys.executable, "-m", "vtnetmap_cli", "demo", "-t", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "packet 0:" in r.stdout and "Mpps" in r.stdout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,12 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nettest import VethPair, kernel, run, start_port_holder
-from test_attach import cli, errors, ethtool_k, ns_inode, xdp_prog
+from nettest import (
+    VethPair,
+    cli,
+    errors,
+    ethtool_k,
+    kernel,
+    ns_inode,
+    run,
+    start_port_holder,
+    xdp_prog,
+)
 
 from vtnet_py.admin import pins
 from vtnet_py.admin.attach import detach
 from vtnet_py.admin.pins import pin_dir, remove_pins
+from vtnet_py.apps.netlab import NetLab
 from vtnet_py.device import record
 from vtnet_py.device.record import state_path
 from vtnet_py.errors import DeviceError
@@ -40,6 +49,7 @@ class Env:
     pairs: list[VethPair] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     holders: list[subprocess.Popen[str]] = field(default_factory=list)
+    lab: NetLab = field(default_factory=lambda: NetLab("st"))
 
     def pair(self) -> VethPair:
         p = self.make_pair(queues=2)
@@ -47,8 +57,7 @@ class Env:
         return p
 
     def netns(self) -> str:
-        ns = f"st{secrets.token_hex(3)}c"
-        run("ip", "netns", "add", ns)
+        ns = self.lab.namespace("c")
         self.namespaces.append(ns)
         return ns
 
@@ -74,8 +83,7 @@ class Env:
             if os.path.isdir(root):
                 for dev in os.listdir(root):
                     remove_pins(os.path.join(root, dev))
-        for ns in self.namespaces:
-            run("ip", "netns", "del", ns, check=False)
+        self.lab.close()
 
 
 @pytest.fixture

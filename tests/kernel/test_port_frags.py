@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from nettest import VethPair, kernel, peer_frames
+from nettest import VethPair, peer_frames
 
 from vtnet_py import NS_MOREFRAG, UnsupportedError, open_port
 
-pytestmark = kernel
+pytestmark = pytest.mark.kernel
 
 ETHERTYPE = b"\x88\xb5"
 MTU = 9000

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import resource
-import secrets
 import select
 import signal
 import socket
@@ -34,6 +33,7 @@ from nettest import PKTGEN, PKTGEN_FINAL2, PKTGEN_PERIODIC
 from vtnetmap_cli.pktgen_cmd import pkt_gen
 
 from vtnet_py._sys.netns import netns
+from vtnet_py.apps.netlab import NetLab, link_state
 from vtnet_py.apps.pktgen.addresses import IPRange
 from vtnet_py.apps.pktgen.frames import FrameGen, FrameSpec
 
@@ -42,15 +42,6 @@ FINAL1 = re.compile(
     r"^Sent (\d+) packets (\d+) bytes (\d+) events (\d+) bytes each "
     r"in (\d+\.\d{2}) seconds\.$"
 )
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (namespaces, BPF)"
-    return None
-
-
-kernel = pytest.mark.skipif((_why := _why_not()) is not None, reason=_why or "")
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -67,8 +58,7 @@ class Pair:
     ip_b: str = "203.0.113.2"
 
     def mac_b(self) -> str:
-        out = run("ip", "-n", self.ns_b, "-o", "link", "show", self.b).stdout
-        return out.split("link/ether ")[1].split()[0]
+        return link_state(self.ns_b, self.b).lladdr
 
     def peer_gro(self, on: bool) -> None:
         run("ip", "netns", "exec", self.ns_b, "ethtool", "-K", self.b, "gro", "on" if on else "off")
@@ -90,44 +80,12 @@ class Pair:
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    tag = secrets.token_hex(3)
-    p = Pair(f"vtpg-{tag}-a", f"vtpg-{tag}-b", f"vtpg{tag}a", f"vtpg{tag}b")
-    try:
-        for ns in (p.ns_a, p.ns_b):
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run(
-            "ip",
-            "link",
-            "add",
-            p.a,
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "netns",
-            p.ns_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            p.b,
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "netns",
-            p.ns_b,
-        )
-        for ns, dev, ip in ((p.ns_a, p.a, p.ip_a), (p.ns_b, p.b, p.ip_b)):
-            run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            run("ip", "-n", ns, "link", "set", dev, "up")
+    with NetLab("vtpg-") as lab:
+        ns_a, ns_b = lab.namespace("-a"), lab.namespace("-b")
+        p = Pair(ns_a, ns_b, f"vtpg{lab.tag}a", f"vtpg{lab.tag}b")
+        lab.veth(ns_a, p.a, ns_b, p.b, queues=2, ip_a=p.ip_a, ip_b=p.ip_b)
         p.peer_gro(True)
         yield p
-    finally:
-        for ns in (p.ns_a, p.ns_b):
-            run("ip", "netns", "del", ns, check=False)
 
 
 def live(p: Pair, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -256,7 +214,7 @@ def test_live_refusals_are_one_line(args: list[str], needle: str) -> None:
 # -- in the kernel --------------------------------------------------------------------
 
 
-@kernel
+@pytest.mark.kernel
 @pytest.mark.parametrize(("count", "burst"), [(20000, None), (200001, 100)])
 def test_live_count_is_exact_and_checksums_valid(pair: Pair, count: int, burst: int | None) -> None:
     before = pair.counters()
@@ -291,7 +249,7 @@ def test_live_count_is_exact_and_checksums_valid(pair: Pair, count: int, burst: 
     assert "dropped" not in r.stderr, r.stderr
 
 
-@kernel
+@pytest.mark.kernel
 def test_live_walks_the_ranges_as_the_afxdp_path_does(pair: Pair) -> None:
     n = 2000
     rx = Receiver(pair.ns_b, pair.ip_b, range(9000, 9004))
@@ -326,7 +284,7 @@ def test_live_walks_the_ranges_as_the_afxdp_path_does(pair: Pair) -> None:
         assert {(src, size) for src, _, size in got[port]} == {(pair.ip_a, 101 - 42)}
 
 
-@kernel
+@pytest.mark.kernel
 def test_live_random_sources_carry_valid_checksums(pair: Pair) -> None:
     rx = Receiver(pair.ns_b, pair.ip_b, range(9000, 9001))
     before = pair.counters()
@@ -360,7 +318,7 @@ def _valid(frame: bytes) -> bool:
     return _csum(ip) == 0xFFFF and _csum(pseudo + udp) == 0xFFFF
 
 
-@kernel
+@pytest.mark.kernel
 def test_live_random_destinations_change_on_each_carry(pair: Pair) -> None:
     """-Z: a new random destination whenever the source walk (here 2 ports) wraps."""
     with netns(pair.ns_b):
@@ -412,7 +370,7 @@ def test_live_random_destinations_change_on_each_carry(pair: Pair) -> None:
     assert [int.from_bytes(f[34:36], "big") for f in frames[:4]] == [5000, 5001, 5000, 5001]
 
 
-@kernel
+@pytest.mark.kernel
 def test_live_rate_holds_without_burning_a_core(pair: Pair) -> None:
     before = pair.counters()
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -431,7 +389,7 @@ def test_live_rate_holds_without_burning_a_core(pair: Pair) -> None:
     assert cpu < 0.35 * wall, (cpu, wall)
 
 
-@kernel
+@pytest.mark.kernel
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_live_signal_stops_with_an_exact_count(pair: Pair, sig: signal.Signals) -> None:
     before = pair.counters()
@@ -477,7 +435,7 @@ def test_live_signal_stops_with_an_exact_count(pair: Pair, sig: signal.Signals) 
     assert len(periodic) >= 5 and all(PKTGEN_PERIODIC.match(x) for x in periodic), err
 
 
-@kernel
+@pytest.mark.kernel
 def test_live_one_process_per_cpu_shares_the_count(pair: Pair) -> None:
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two CPUs")
@@ -490,7 +448,7 @@ def test_live_one_process_per_cpu_shares_the_count(pair: Pair) -> None:
     assert delta(before, pair.counters()).get("Udp.NoPorts") == 30001
 
 
-@kernel
+@pytest.mark.kernel
 def test_live_into_a_peer_without_napi_is_an_error(pair: Pair) -> None:
     pair.peer_gro(False)  # no XDP program and no GRO: veth drops XDP frames silently
     r = live(pair, "-n", "5000", "-d", f"{pair.ip_b}:9")
