@@ -624,7 +624,7 @@ def sweep_deleted_namespaces(current: int) -> list[str]:
     record, pins are removed only where no process shows the namespace. Unreadable
     records are left for `detach --force`. Returns a message per interface cleaned."""
     msgs: list[str] = []
-    cookies: dict[int, int] | None = None
+    cookies: dict[int, int | None] | None = None
     recorded: set[tuple[int, str]] = set()
     for nsino, ifname, path in state_files():
         recorded.add((nsino, ifname))
@@ -635,8 +635,8 @@ def sweep_deleted_namespaces(current: int) -> list[str]:
         if rec is None:
             continue
         cookies = identity.live_cookies() if cookies is None else cookies
-        if cookies.get(rec.netns_inode) == rec.netns_cookie:
-            continue
+        if rec.netns_inode in cookies and cookies[rec.netns_inode] in (rec.netns_cookie, None):
+            continue  # alive (or cannot be told from here): never removed on a guess
         pdir = pin_dir(nsino, ifname)
         try:
             pin = read_pin(pdir, ifname)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from pyroute2 import IPRoute
 
 from vtnet_py._sys.netns import NETNS_RUN_DIR
 from vtnet_py._sys.netns import netns as enter_netns
-from vtnet_py._sys.proc import live_netns_paths, netns_cookie
+from vtnet_py._sys.proc import live_netns_paths, netns_cookie, netns_inode
 from vtnet_py.admin.pins import PinView, pin_dir, read_pin
 from vtnet_py.device.record import (
     AttachRecord,
@@ -199,13 +200,20 @@ def where_is_prog(prog_id: int) -> tuple[str, str] | None:
     return None
 
 
-def live_cookies() -> dict[int, int]:
-    """Cookie of every namespace this host can see, by inode."""
-    out: dict[int, int] = {}
+def live_cookies() -> dict[int, int | None]:
+    """Cookie of every namespace this host can see, by inode; None for one that exists
+    but whose cookie cannot be read here (entering it needs CAP_SYS_ADMIN), so that a
+    caller never takes a live namespace for a deleted one. The calling thread's own
+    namespace needs no setns."""
+    out: dict[int, int | None] = {}
+    with suppress(OSError, VtnetError):
+        out[netns_inode()] = netns_cookie()
     for ino, path in live_netns_paths().items():
+        if ino in out:
+            continue
         try:
             with enter_netns(path):
                 out[ino] = netns_cookie()
         except (OSError, VtnetError):
-            continue
+            out[ino] = None
     return out
