@@ -50,6 +50,13 @@ class OptionError(click.ClickException):
     exit_code = 2
 
 
+class EnvironmentProblem(click.ClickException):
+    """A well-formed value naming something this machine lacks (a network namespace):
+    one line, exit 1, as a missing interface is; still found before any device is touched."""
+
+    exit_code = 1
+
+
 def _refuse(flag: str) -> None:
     raise OptionError(f"{flag}: {REFUSED[flag]}")
 
@@ -302,7 +309,7 @@ def pkt_gen(
 
         path = netns if netns.startswith("/") else os.path.join(NETNS_RUN_DIR, netns)
         if "\0" in netns or not os.path.exists(path):
-            raise OptionError(f"--netns {netns}: no such network namespace ({path})")
+            raise EnvironmentProblem(f"--netns {netns}: no such network namespace ({path})")
 
     from vtnet_py.apps.pktgen.addresses import (
         DEFAULT_DST,

@@ -311,6 +311,8 @@ PKTGEN_OPTS: dict[str, st.SearchStrategy[str] | None] = {
     "--json": None,
     "-v": None,
 }
+# options every function takes, whatever else is given (no cross-option refusal)
+PKTGEN_ANY_FUNCTION = {"-n", "-w", "--seed", "-W", "--json", "-v"}
 BAD_TOKENS = [
     "--bogus",
     "-Q",
@@ -332,15 +334,24 @@ BAD_TOKENS = [
 
 
 @st.composite
-def pktgen_args(draw) -> tuple[list[str], bool]:
-    """(arguments, whether they are all well formed)."""
+def pktgen_args(draw) -> tuple[list[str], bool | None]:
+    """(arguments, whether they are well formed: True for a valid port name with options
+    that combine with any function, None where pkt-gen's up-front checks may refuse the
+    combination or the name, False for junk)."""
     args = ["pkt-gen"]
+    name = None
     if draw(st.integers(0, 9)):
-        args += ["-i", draw(missing_iface())]
-    for opt in draw(st.lists(st.sampled_from(sorted(PKTGEN_OPTS)), max_size=6)):
+        name = draw(missing_iface())
+        args += ["-i", name]
+    opts = draw(st.lists(st.sampled_from(sorted(PKTGEN_OPTS)), max_size=6))
+    for opt in opts:
         strat = PKTGEN_OPTS[opt]
         args += [opt] if strat is None else [opt, draw(strat)]
-    well_formed = "-i" in args
+    well_formed: bool | None = None
+    if name is None:
+        well_formed = False
+    elif name in MISSING and set(opts) <= PKTGEN_ANY_FUNCTION:
+        well_formed = True
     if draw(st.booleans()):
         bad = draw(
             st.lists(

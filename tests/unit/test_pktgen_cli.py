@@ -58,7 +58,6 @@ from vtnet_py.apps.pktgen.worker import Pacer
         (["-f", "tx", "-P", "/nonexistent.pcap"], "-P /nonexistent.pcap: No such file"),
         (["-f", "tx", "-P", "x.pcap", "-D", "0:1:2:3:4:5"], "-P: the frame is sent as read"),
         (["-f", "tx", "-P", "x.pcap", "-l", "100"], "from x.pcap; -l does not apply"),
-        (["-f", "rx", "--netns", "pgnosuchns"], "--netns pgnosuchns: no such network namespace"),
         (["-f", "tx", "--live", "-6"], "-6: --live rewrites IPv4/UDP frames only"),
         (["-f", "tx", "--live", "-F", "2"], "-F/-M: --live sends single-buffer frames"),
     ],
@@ -84,6 +83,14 @@ def test_a_missing_interface_is_a_runtime_error() -> None:
     assert r.exit_code == 1, r.output
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and "nonexistent0" in lines[0], r.output
+
+
+def test_a_missing_namespace_is_a_runtime_error_found_before_any_device() -> None:
+    # like a missing interface (exit 1), but found before the port is opened
+    r = CliRunner().invoke(pkt_gen, ["-i", "netmap:pg0", "-f", "rx", "--netns", "pgnosuchns"])
+    assert r.exit_code == 1, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert lines == ["Error: --netns pgnosuchns: no such network namespace (/run/netns/pgnosuchns)"]
 
 
 def test_every_refused_option_is_hidden_but_parsed() -> None:
