@@ -87,6 +87,8 @@ class Memory:
                 expect_rx[ring._kid] = n_rx
         all_held = np.concatenate(held) if held else np.zeros(0, np.uint32)
         if all_held.size:
+            if int(all_held.max()) >= self.nbufs:
+                raise InvariantError(f"buf_idx {int(all_held.max())} in a slot is out of range")
             uniq, counts = np.unique(all_held, return_counts=True)
             if (counts > 1).any():
                 raise InvariantError(f"buf_idx {int(uniq[counts > 1][0])} is in two slots")

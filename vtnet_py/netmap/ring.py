@@ -392,10 +392,9 @@ class Ring:
         n = self.num_slots
         hw, t, inflight, kernel_rx = self._hwcur, self._tail, self._inflight, self._kernel_rx
         if self.is_tx:
-            # user part [head, tail), the hole at tail, not-yet-submitted [hwcur, head)
-            user = self._pos[self.head : self.head + (t - self.head) % n]
-            pending = self._pos[hw : hw + (self.head - hw) % n]
-            idx = np.concatenate((user, [t], pending)).astype(np.intp)
+            # not yet submitted [hwcur, head), the user's [head, tail) and the hole at tail
+            # (by hwcur and tail only: head is the application's and may be out of bounds)
+            idx = self._pos[hw : hw + (t - hw) % n + 1]
             inflight_idx = self._pos[t + 1 : t + 1 + inflight]
             if (hw - t - 1) % n != inflight:
                 raise InvariantError(
