@@ -340,6 +340,10 @@ def tx_case(p: Pair, who: str, secs: float, queues: int = 1) -> dict[str, Any]:
                     "1024",
                     "-b",
                     "512",
+                    # the same copy-mode sendto() budget as vtnetmap's sockets (the
+                    # TX ring's size, XDP_MAX_TX_SKB_BUDGET, kernel >= 6.17)
+                    "-k",
+                    "1024",
                     "-t",
                     str(secs),
                 ],

@@ -183,6 +183,13 @@ def _refuse(flag: str) -> None:
 )
 @click.option("--seed", default=None, type=int, help="seed for -z/-Z and random lengths")
 @click.option(
+    "--busy-poll",
+    "busy_poll",
+    is_flag=True,
+    help="spin on the rings instead of sleeping in poll (lower latency, one busy CPU "
+    "per worker; the sockets also ask the kernel to busy-poll the queue)",
+)
+@click.option(
     "--live",
     is_flag=True,
     help="-f tx generated in the kernel (BPF_PROG_TEST_RUN live XDP frames "
@@ -225,6 +232,7 @@ def pkt_gen(
     as_json: bool,
     netns: str | None,
     seed: int | None,
+    busy_poll: bool,
     live: bool,
 ) -> None:
     for flag, used in (
@@ -287,6 +295,7 @@ def pkt_gen(
             src_mac_given=src_mac is not None,
             affinity=affinity,
             cpus=cpus,
+            busy_poll=busy_poll,
         )
         status = (live_mode.LiveRun(cfg) if live else Run(cfg)).run()
     except (FrameSpecError, PktgenError, VtnetError) as exc:

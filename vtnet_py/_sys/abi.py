@@ -35,6 +35,11 @@ XDP_UMEM_FILL_RING = 5
 XDP_UMEM_COMPLETION_RING = 6
 XDP_STATISTICS = 7
 XDP_OPTIONS = 8
+# Linux 6.17+: descriptors one copy-mode sendto() may send (default 32, TX_BATCH_SIZE).
+# net/xdp/xsk.c refuses with EACCES unless the socket already has a TX ring and the
+# value is in [32, TX ring entries]; no capability, and before or after bind alike.
+XDP_MAX_TX_SKB_BUDGET = 9
+XDP_TX_BATCH_SIZE = 32
 
 # sockaddr_xdp.sxdp_flags
 XDP_SHARED_UMEM = 1 << 0

@@ -80,7 +80,9 @@ class FakeXsk:
         self.wakeups += 1
 
     def raise_kick_error(self, err: int, tx: bool) -> None:
-        raise DeviceError(f"fake queue 0: {'transmit kick' if tx else 'wakeup'}: {os.strerror(err)}")
+        raise DeviceError(
+            f"fake queue 0: {'transmit kick' if tx else 'wakeup'}: {os.strerror(err)}"
+        )
 
     def statistics(self) -> dict[str, int]:
         return {"rx_dropped": self.dropped}
@@ -180,7 +182,7 @@ def fake_rings(
     mem = Memory(rx_slots + tx_slots)
     xsk = FakeXsk(ring_sizes(rx_slots, tx_slots), mem.umem.chunks, **fake)
     kid = mem.add_socket(xsk)  # type: ignore[arg-type]
-    common = dict(
+    common: dict[str, Any] = dict(
         port_name="fake",
         queue=0,
         host=False,

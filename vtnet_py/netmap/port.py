@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import select
 import socket
@@ -54,6 +55,7 @@ log = logging.getLogger("vtnet_py")
 
 NR_BUF_SIZE = CHUNK_SIZE - XDP_PACKET_HEADROOM  # a netmap buffer: a UMEM chunk after headroom
 HEALTH_SLICE_MS = 100  # longest sleep in poll() between checks that the sockets are bound
+PENDING_BACKOFF_S = 0.0002  # first wait for TX completions in poll(tx=True); doubles
 DEFAULT_RX_SLOTS = 1024
 DEFAULT_TX_SLOTS = 1024
 MAX_FRAGS = 18  # MAX_SKB_FRAGS + 1: the most a copy-mode AF_XDP TX frame may span
@@ -86,6 +88,8 @@ class Port:
         self._watch: DeviceWatch | None = None  # notices channel changes (issue 3)
         self._failed = ""
         self._host: Any = None  # hostrings.HostRings when the port has host rings
+        self._busy_poll = False  # poll() spins on the rings (open_port(busy_poll=True))
+        self._poll_mask = -1
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -131,24 +135,42 @@ class Port:
         """netmap's poll(): push every TX ring, sync the RX rings if ``rx``, and wait up to
         ``timeout`` seconds (None: forever) until an RX ring has frames (``rx``) or a TX
         ring has room (``tx``). Returns whether that happened. An interface that went away
-        or down raises InterfaceChangedError."""
+        or down raises InterfaceChangedError. A port opened with ``busy_poll=True`` spins
+        on its rings instead of sleeping."""
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
+        tx_rings, rx_rings = self.tx_rings, self.rx_rings
+        backoff = 0.0
         with self._sticky_failure():
             while True:
-                for r in self.tx_rings:
+                for r in tx_rings:
                     r.txsync()
                 if rx:
-                    for r in self.rx_rings:
+                    for r in rx_rings:
                         r.rxsync()
-                if (rx and any(r.cur != r.tail for r in self.rx_rings)) or (
-                    tx and any(r.cur != r.tail for r in self.tx_rings)
+                if (rx and any(r.cur != r.tail for r in rx_rings)) or (
+                    tx and any(r.cur != r.tail for r in tx_rings)
                 ):
                     return True
-                if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     return False
                 self._check_device()
-                self._wait(rx, tx, deadline)
+                if self._busy_poll:
+                    if rx:
+                        for s in self._sockets:
+                            s.wake_rx()  # recvfrom: the kernel busy-polls the queue here
+                    continue
+                if tx and any(r.tx_pending() for r in tx_rings):
+                    # completions need reaping, which no socket event announces: back off
+                    # from a bare re-check up to the health interval, not a fixed tick
+                    backoff = min(max(backoff * 2, PENDING_BACKOFF_S), HEALTH_SLICE_MS / 1000)
+                    wait_until = now + backoff
+                    if deadline is not None:
+                        wait_until = min(wait_until, deadline)
+                    self._wait(rx, tx, wait_until)
+                else:
+                    self._wait(rx, tx, deadline)
 
     @contextmanager
     def _sticky_failure(self) -> Iterator[None]:
@@ -169,19 +191,25 @@ class Port:
             self._watch.check(self._steering)
 
     def _wait(self, rx: bool, tx: bool, deadline: float | None) -> None:
+        """Sleep on the sockets until an event or ``deadline``. An AF_XDP socket whose
+        device is unregistered reports no poll event at all (it is simply unbound, with
+        sk_err = ENETDOWN), so a wait longer than the health interval wakes at it to look
+        at SO_ERROR and the device; a shorter wait is not cut."""
         if self._poller is None:
             self._poller = select.poll()
             for s in self._sockets:
                 self._poller.register(s.fileno(), select.POLLIN | select.POLLOUT)
-        ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-        if tx and any(r.tx_pending() for r in self.tx_rings):
-            ms = 1 if ms < 0 else min(ms, 1)  # completions need reaping, not a wakeup
-        want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0)
-        for s in self._sockets:
-            self._poller.modify(s.fileno(), want | select.POLLERR)
-        # An AF_XDP socket whose device is unregistered reports no poll event at all (it is
-        # simply unbound, with sk_err = ENETDOWN), so sleep in slices and look at SO_ERROR.
-        ms = HEALTH_SLICE_MS if ms < 0 else min(ms, HEALTH_SLICE_MS)
+            self._poll_mask = -1
+        want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0) | select.POLLERR
+        if want != self._poll_mask:
+            for s in self._sockets:
+                self._poller.modify(s.fileno(), want)
+            self._poll_mask = want
+        if deadline is None:
+            ms = HEALTH_SLICE_MS
+        else:
+            # ceil: poll() counts whole milliseconds, and waking early only spins
+            ms = min(HEALTH_SLICE_MS, max(0, math.ceil((deadline - time.monotonic()) * 1000)))
         events = self._poller.poll(ms)
         for fd, ev in events:
             if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
@@ -191,7 +219,7 @@ class Port:
                     f"{self.name}: {self.ifname} {where}: the socket "
                     f"reports an error (interface down or gone)"
                 )
-        if not events:
+        if not events and ms == HEALTH_SLICE_MS:
             self._check_sockets()
 
     def _check_sockets(self) -> None:
@@ -231,9 +259,8 @@ class Port:
             # buffers with the kernel (TX: submitted, not yet reaped; RX: on FILL/RX), and
             # of those what the kernel already handed back that no sync has taken yet
             # (TX: completions not reaped; RX: frames waiting on the socket's RX ring)
-            kring = r._xsk.comp if r.is_tx else r._xsk.rx
             d["with_kernel"] = r._inflight if r.is_tx else r._kernel_rx
-            d["waiting"] = kring.available() if kring is not None else 0
+            d["waiting"] = r.waiting()
             out["rings"].append(d)
         if self._host is not None:  # TC program and NS_FORWARD counters of the host rings
             out["host"] = self._host.counters()
@@ -339,6 +366,7 @@ def open_port(
     memory: Memory | None = None,
     force: bool = False,
     vnet_hdr: int = 0,
+    busy_poll: bool = False,
 ) -> Port:
     """Open a netmap port by name (netmap's grammar, see vtnet_py.netmap.portname).
 
@@ -350,7 +378,10 @@ def open_port(
     carries the default route. ``vnet_hdr`` (10 or 12) gives every slot a virtio-net
     header, as netmap's NETMAP_REQ_PORT_HDR_SET: zeroed on RX, stripped on TX, where a
     header asking for checksum or segmentation offload is refused per slot (counted in
-    the ring's ``hdr_refused``). On failure nothing is left behind.
+    the ring's ``hdr_refused``). ``busy_poll`` trades a CPU for latency: poll() spins
+    on the rings instead of sleeping, and the sockets ask the kernel to busy-poll the
+    queue (SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET; one log line where it
+    refuses). On failure nothing is left behind.
     """
     if vnet_hdr not in VNET_HDR_LENS:
         raise ValueError(f"{name}: vnet_hdr must be one of {VNET_HDR_LENS}, not {vnet_hdr!r}")
@@ -363,6 +394,8 @@ def open_port(
     try:
         with enter_netns(netns):
             _build(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr)
+        if busy_poll:
+            _set_busy_poll(port)
     except BaseException:
         port.close()
         raise
@@ -521,6 +554,38 @@ def _build(
     if not port.rx_rings:
         for s in port._sockets:
             port._epoll.register(s.fileno(), select.EPOLLOUT)
+
+
+# include/uapi/asm-generic/socket.h
+SO_BUSY_POLL = 46
+SO_PREFER_BUSY_POLL = 69
+SO_BUSY_POLL_BUDGET = 70
+BUSY_POLL_US = 20  # how long a recvfrom/sendto may busy-poll the queue
+BUSY_POLL_BUDGET = 64  # packets per busy-poll round (NAPI's usual weight)
+
+
+def _set_busy_poll(port: Port) -> None:
+    """Ask the kernel to busy-poll each socket's queue, and make poll() spin."""
+    port._busy_poll = True
+    for s in port._sockets:
+        if s.sock is None:
+            continue
+        for opt, val, what in (
+            (SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL"),
+            (SO_BUSY_POLL, BUSY_POLL_US, "SO_BUSY_POLL"),
+            (SO_BUSY_POLL_BUDGET, BUSY_POLL_BUDGET, "SO_BUSY_POLL_BUDGET"),
+        ):
+            try:
+                s.sock.setsockopt(socket.SOL_SOCKET, opt, val)
+            except OSError as exc:
+                log.warning(
+                    "vtnetmap: %s queue %d: %s refused (%s); poll() spins on the rings only",
+                    port.name,
+                    s.queue,
+                    what,
+                    exc.strerror,
+                )
+                return
 
 
 def _real_queues(info: DeviceInfo) -> tuple[int, int]:

@@ -97,9 +97,7 @@ class BufferPool:
         self._slot_bufs[gslot] = c
         return c
 
-    def first_bad(
-        self, bufs: np.ndarray, gslots: np.ndarray
-    ) -> tuple[int, str, int, int] | None:
+    def first_bad(self, bufs: np.ndarray, gslots: np.ndarray) -> tuple[int, str, int, int] | None:
         """The full check of user slots, in slot order: the first position whose buf_idx
         is out of range, not in a ring slot, in the batch twice, or still in another slot
         (copied, not swapped), as (position, reason, buf_idx, detail); detail is the
@@ -319,11 +317,12 @@ class Ring:
             why = f"slot {slot}: len {detail} outside {self._hdr + 1}..{self.nr_buf_size}"
         elif reason == "range":
             why = (
-                f"slot {slot}: buf_idx {b} out of range "
-                f"(the port has {self._pool.nchunks} buffers)"
+                f"slot {slot}: buf_idx {b} out of range (the port has {self._pool.nchunks} buffers)"
             )
         elif reason == "owner":
-            why = f"slot {slot}: buf_idx {b} is not in a ring slot but {BufferPool.describe(detail)}"
+            why = (
+                f"slot {slot}: buf_idx {b} is not in a ring slot but {BufferPool.describe(detail)}"
+            )
         elif reason == "twice":
             why = f"slot {slot}: buf_idx {b} appears twice in one batch"
         elif reason == "copied":
@@ -412,8 +411,7 @@ class Ring:
         idx = self._pos[hw : hw + held]
         if kernel_rx + held != n:
             raise InvariantError(
-                f"{self._what}: {kernel_rx} buffers with the kernel + "
-                f"{held} in slots != {n} slots"
+                f"{self._what}: {kernel_rx} buffers with the kernel + {held} in slots != {n} slots"
             )
         return self._bi[idx], kernel_rx, 0
 
@@ -714,7 +712,7 @@ class CRing(Ring):
         pool = self._pool
         chunks = self._chunks
         refs: list[object] = [pool.slots, pool.owner, pool.where, chunks]
-        krings = []
+        krings: list[tuple[int, ...] | None] = []
         for kr in (xsk.fill, xsk.comp, xsk.rx, xsk.tx):
             if kr is None:
                 krings.append(None)
@@ -766,32 +764,32 @@ class CRing(Ring):
         self._txsync = self._core.txsync
         self._rxsync = self._core.rxsync
 
-    @property  # type: ignore[override]
-    def _tail(self) -> int:
+    @property
+    def _tail(self) -> int:  # type: ignore[override]
         return int(self._core.tail)
 
-    @property  # type: ignore[override]
-    def _hwcur(self) -> int:
+    @property
+    def _hwcur(self) -> int:  # type: ignore[override]
         return int(self._core.hwcur)
 
-    @property  # type: ignore[override]
-    def _inflight(self) -> int:
+    @property
+    def _inflight(self) -> int:  # type: ignore[override]
         return int(self._core.inflight)
 
-    @property  # type: ignore[override]
-    def _kernel_rx(self) -> int:
+    @property
+    def _kernel_rx(self) -> int:  # type: ignore[override]
         return int(self._core.kernel_rx)
 
     @property
     def tail(self) -> int:
-        return self._core.tail  # type: ignore[no-any-return]
+        return self._core.tail
 
     @property
     def hwcur(self) -> int:
-        return self._core.hwcur  # type: ignore[no-any-return]
+        return self._core.hwcur
 
-    @property  # type: ignore[override]
-    def stats(self) -> dict[str, int]:
+    @property
+    def stats(self) -> dict[str, int]:  # type: ignore[override]
         return dict(zip(STATS, self._core.counters(), strict=True))
 
     def waiting(self) -> int:
@@ -803,9 +801,10 @@ class CRing(Ring):
         if self._xsk.tx is None:
             raise InterfaceChangedError(f"{self._what}: socket closed")
         try:
-            return self._txsync(self.head, self.cur)  # type: ignore[no-any-return]
+            return self._txsync(self.head, self.cur)
         except self._Refused as r:
-            raise self._refusal(*r.args, "sent") from None
+            reason, slot, buf_idx, detail = r.args
+            raise self._refusal(reason, slot, buf_idx, detail, "sent") from None
 
     def rxsync(self) -> int:
         """Release ``[hwcur, head)`` to the kernel, then take what arrived (see
@@ -819,6 +818,7 @@ class CRing(Ring):
                 released = (self.head - hw) % self.num_slots
                 if released:
                     self._forward(self, self._pos[hw : hw + released])
-            return self._rxsync(self.head, self.cur)  # type: ignore[no-any-return]
+            return self._rxsync(self.head, self.cur)
         except self._Refused as r:
-            raise self._refusal(*r.args, "released") from None
+            reason, slot, buf_idx, detail = r.args
+            raise self._refusal(reason, slot, buf_idx, detail, "released") from None

@@ -61,6 +61,8 @@ class KernelRing:
     the consumer for RX and COMPLETION. ``peer`` is the kernel's index as last read.
     """
 
+    _buf: bytearray | None = None  # the memory of an in_memory() ring
+
     def __init__(
         self,
         fd: int,
@@ -92,14 +94,19 @@ class KernelRing:
         return ring
 
     def _map(
-        self, buf: object, off: K.xdp_ring_offset, size: int, dtype: np.dtype, we_produce: bool
+        self,
+        buf: mmap.mmap | bytearray,
+        off: K.xdp_ring_offset,
+        size: int,
+        dtype: np.dtype,
+        we_produce: bool,
     ) -> None:
         self.size = size
         self.mask = size - 1
-        self.producer = np.ndarray((1,), np.uint32, buf, off.producer)  # type: ignore[call-overload]
-        self.consumer = np.ndarray((1,), np.uint32, buf, off.consumer)  # type: ignore[call-overload]
-        self.flags = np.ndarray((1,), np.uint32, buf, off.flags)  # type: ignore[call-overload]
-        self.desc = np.ndarray((size,), dtype, buf, off.desc)  # type: ignore[call-overload]
+        self.producer = np.ndarray((1,), np.uint32, buf, off.producer)
+        self.consumer = np.ndarray((1,), np.uint32, buf, off.consumer)
+        self.flags = np.ndarray((1,), np.uint32, buf, off.flags)
+        self.desc = np.ndarray((size,), dtype, buf, off.desc)
         # positions of `n` entries from index i are pos[i & mask : (i & mask) + n]
         self.pos = np.arange(2 * size, dtype=np.intp) & self.mask
         self.we_produce = we_produce
@@ -257,6 +264,15 @@ class XskSocket:
             self._setsockopt(K.XDP_RX_RING, sizes.rx, where, f"RX ring of {sizes.rx}")
         if sizes.tx:
             self._setsockopt(K.XDP_TX_RING, sizes.tx, where, f"TX ring of {sizes.tx}")
+            if sizes.tx >= K.XDP_TX_BATCH_SIZE:
+                # copy mode: one kick may send the whole TX ring, not 32 frames
+                try:
+                    self.sock.setsockopt(K.SOL_XDP, K.XDP_MAX_TX_SKB_BUDGET, sizes.tx)
+                except OSError as exc:
+                    if exc.errno != errno.ENOPROTOOPT:  # before 6.17: 32 per call
+                        raise DeviceError(
+                            f"{where}: TX budget of {sizes.tx}: {exc.strerror}"
+                        ) from exc
         self._setsockopt(K.XDP_UMEM_FILL_RING, sizes.fill, where, f"FILL ring of {sizes.fill}")
         self._setsockopt(
             K.XDP_UMEM_COMPLETION_RING, sizes.comp, where, f"COMPLETION ring of {sizes.comp}"

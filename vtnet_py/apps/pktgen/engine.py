@@ -99,6 +99,7 @@ class Config:
     src_mac_given: bool = False
     affinity: int = -1  # -a: first CPU; worker i runs on CPU (a + i) % cpus
     cpus: int = 0  # -c: CPUs to use (0: all)
+    busy_poll: bool = False  # --busy-poll: poll() spins on the rings (latency)
 
     def __post_init__(self) -> None:
         if self.function not in FUNCTIONS:
@@ -221,7 +222,10 @@ class Worker:
             # -H: the port gives every slot a virtio-net header (zeroed on RX,
             # stripped on TX), as netmap's NETMAP_REQ_PORT_HDR_SET
             return open_port(
-                self.port_name, netns=self.cfg.netns, vnet_hdr=self.cfg.spec.vnet_hdr_len
+                self.port_name,
+                netns=self.cfg.netns,
+                vnet_hdr=self.cfg.spec.vnet_hdr_len,
+                busy_poll=self.cfg.busy_poll,
             )
         except (VtnetError, OSError) as exc:
             self.out.diag(f"cannot open {self.port_name}: {exc}", func="worker")
