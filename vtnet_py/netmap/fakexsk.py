@@ -126,6 +126,42 @@ class FakeXsk:
         comp.producer[0] = (prod + k) & 0xFFFFFFFF
         return k
 
+    def echo_tx(self) -> int:
+        """Consume every TX descriptor and complete it in order, with numpy (for
+        benchmarks: the fake kernel's own cost stays out of the way)."""
+        tx, comp = self.tx, self.comp
+        assert tx is not None and comp is not None
+        cons = int(tx.consumer[0])
+        k = (int(tx.producer[0]) - cons) & 0xFFFFFFFF
+        if k:
+            addrs = tx.desc["addr"][tx.pos[cons & tx.mask : (cons & tx.mask) + k]]
+            prod = int(comp.producer[0])
+            comp.desc[comp.pos[prod & comp.mask : (prod & comp.mask) + k]] = addrs & ~np.uint64(
+                self.chunk_size - 1
+            )
+            tx.consumer[0] = (cons + k) & 0xFFFFFFFF
+            comp.producer[0] = (prod + k) & 0xFFFFFFFF
+        return k
+
+    def deliver_bulk(self, k: int, length: int) -> int:
+        """Turn up to ``k`` FILL entries into RX frames of ``length`` bytes, with numpy
+        (payload not written; for benchmarks)."""
+        fill, rx = self.fill, self.rx
+        assert fill is not None and rx is not None
+        fcons = int(fill.consumer[0])
+        rprod = int(rx.producer[0])
+        room = rx.size - ((rprod - int(rx.consumer[0])) & 0xFFFFFFFF)
+        k = min(k, (int(fill.producer[0]) - fcons) & 0xFFFFFFFF, room)
+        if k:
+            addrs = fill.desc[fill.pos[fcons & fill.mask : (fcons & fill.mask) + k]]
+            pos = rx.pos[rprod & rx.mask : (rprod & rx.mask) + k]
+            rx.desc["addr"][pos] = addrs + np.uint64(K.XDP_PACKET_HEADROOM)
+            rx.desc["len"][pos] = length
+            rx.desc["options"][pos] = 0
+            fill.consumer[0] = (fcons + k) & 0xFFFFFFFF
+            rx.producer[0] = (rprod + k) & 0xFFFFFFFF
+        return k
+
     def take_fill(self, k: int) -> int:
         fill = self.fill
         assert fill is not None
