@@ -89,6 +89,7 @@ class Port:
         self._failed = ""
         self._host: Any = None  # hostrings.HostRings when the port has host rings
         self._busy_poll = False  # poll() spins on the rings (open_port(busy_poll=True))
+        self._allocated: tuple[int, int] | None = None  # (first, count) of mem.allocate
         self._poll_mask = -1
 
     # --- public ---------------------------------------------------------------------------
@@ -295,6 +296,10 @@ class Port:
                 mem.pool.owner[held] = FREE
                 mem.pool.owner[mem.pool.owner == (ktx(r._kid) if r.is_tx else krx(r._kid))] = FREE
             mem.remove_rings(rings)
+            mem.remove_sockets(self._sockets)
+            if self._allocated is not None:  # the slots, for the next port on this memory
+                mem.release(*self._allocated)
+                self._allocated = None
             for r in rings:  # a Ring the application keeps must not keep the UMEM mapped
                 r._chunks = None
             mem.users -= 1
@@ -484,6 +489,7 @@ def _build(
     port.frags = frags
     port.vnet_hdr = vnet_hdr
     first_free = mem.allocate(need, name)
+    port._allocated = (first_free, need)
     port._epoll = select.epoll()
     next_buf = first_free
     for q, want_rx, want_tx in plan:

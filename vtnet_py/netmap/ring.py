@@ -83,6 +83,21 @@ class BufferPool:
         self._slot_bufs = self.slots["buf_idx"]
         self.rings: list[Ring] = []  # every ring on this memory (Memory keeps it)
 
+    def take_free(self, first: int, n: int, who: str) -> np.ndarray:
+        """``n`` free buffers for the slots ``first .. first+n-1``: the buffers of the same
+        numbers when they are free (a fresh memory), else any free ones (a memory whose
+        earlier ports swapped buffers around before closing). Records them as placed in
+        those slots; the caller sets their owner."""
+        own = np.arange(first, first + n, dtype=np.uint32)
+        if (self.owner[own] == FREE).all():
+            bufs = own
+        else:
+            bufs = np.flatnonzero(self.owner == FREE)[:n].astype(np.uint32)
+            if bufs.size < n:
+                raise InvariantError(f"{who}: {bufs.size} free buffers for {n} slots")
+        self.where[bufs] = own
+        return bufs
+
     def restore_slot(self, gslot: int) -> int | None:
         """Repair a slot the application overwrote with a copy of another slot's buf_idx:
         put back the buffer we last placed there, if no slot holds it now (so it is not
@@ -232,7 +247,7 @@ class Ring:
         self._frags = frags
         self._max_frags = max_frags
         self._what = f"{port_name} {'TX' if is_tx else 'RX'} ring {ring_id} (queue {queue})"
-        bufs = np.arange(first_buf, first_buf + num_slots, dtype=np.uint32)
+        bufs = pool.take_free(first_buf, num_slots, self._what)
         self._bi[:] = bufs
         self.head = self.cur = 0
         if is_tx:
