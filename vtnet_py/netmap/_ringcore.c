@@ -76,7 +76,7 @@ typedef struct {
     uint8_t *chunks;
     uint32_t gen, nchunks, n, first_buf, kid, shift, hdr, buf_off, nr_buf_size, max_frags,
         chunk_size, n_local;
-    int is_tx, frags, zerocopy, fd;
+    int is_tx, frags, zerocopy, fd, closed;
     kring fill, comp, rx, tx;
     unsigned int hwcur, tail, inflight, kernel_rx;
     unsigned long long st[8];
@@ -468,8 +468,18 @@ static int tx_reap(Core *c) {
     return 0;
 }
 
+static int check_open(Core *c) {
+    if (c->closed) {
+        PyErr_Format(PyExc_ValueError, "%U: the ring core was closed with its port", c->what);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *core_txsync(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t head;
+    if (check_open(c) < 0)
+        return NULL;
     if (nargs != 2 || !c->is_tx) {
         PyErr_SetString(PyExc_TypeError, "txsync(head, cur) on a TX ring");
         return NULL;
@@ -507,6 +517,8 @@ static PyObject *core_txsync(Core *c, PyObject *const *args, Py_ssize_t nargs) {
 /* --- rxsync ----------------------------------------------------------------------------- */
 static PyObject *core_rxsync(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t head;
+    if (check_open(c) < 0)
+        return NULL;
     if (nargs != 2 || c->is_tx) {
         PyErr_SetString(PyExc_TypeError, "rxsync(head, cur) on an RX ring");
         return NULL;
@@ -593,7 +605,23 @@ static PyObject *core_counters(Core *c, PyObject *unused) {
                          c->st[5], c->st[6], c->st[7]);
 }
 
+static PyObject *core_close(Core *c, PyObject *unused) {
+    /* the rings' and the UMEM's mappings must go with the port even when the
+     * application keeps its Ring objects: drop every reference into them */
+    c->closed = 1;
+    memset(&c->fill, 0, sizeof c->fill);
+    memset(&c->comp, 0, sizeof c->comp);
+    memset(&c->rx, 0, sizeof c->rx);
+    memset(&c->tx, 0, sizeof c->tx);
+    c->chunks = NULL;
+    Py_CLEAR(c->refs);
+    Py_CLEAR(c->xsk);
+    Py_RETURN_NONE;
+}
+
 static PyObject *core_waiting(Core *c, PyObject *unused) {
+    if (c->closed)
+        return PyLong_FromLong(0);
     kring *r = c->is_tx ? &c->comp : &c->rx;
     return PyLong_FromUnsignedLong(load_acquire(r->producer) - r->cached);
 }
@@ -663,6 +691,7 @@ static int core_init(Core *c, PyObject *args, PyObject *kw) {
     c->inflight = 0;
     c->n_local = 0;
     c->gen = 0;
+    c->closed = 0;
     memset(c->st, 0, sizeof c->st);
     PyMem_Free(c->shadow);
     PyMem_Free(c->tmp);
@@ -699,6 +728,8 @@ static PyMethodDef core_methods[] = {
      "rxsync(head, cur) -> new frames"},
     {"prologue", (PyCFunction)(void (*)(void))core_prologue, METH_FASTCALL,
      "prologue(head, cur): the head/cur check alone"},
+    {"close", (PyCFunction)core_close, METH_NOARGS,
+     "drop every reference into the socket's rings and the UMEM (idempotent)"},
     {"counters", (PyCFunction)core_counters, METH_NOARGS,
      "(frames, bytes, syncs, kicks, kick_retry, refused, hdr_refused, tx_dropped)"},
     {"waiting", (PyCFunction)core_waiting, METH_NOARGS,

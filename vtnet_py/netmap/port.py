@@ -313,7 +313,7 @@ class Port:
                 mem.release(*self._allocated)
                 self._allocated = None
             for r in rings:  # a Ring the application keeps must not keep the UMEM mapped
-                r._chunks = None
+                r.detach()
             mem.users -= 1
             if self._own_memory:
                 mem.close()

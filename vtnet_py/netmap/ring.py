@@ -379,9 +379,10 @@ class Ring:
         self.stats["refused"] += 1
         raise self._refusal(reason, slot, buf_idx, detail, nothing)
 
-    def sync(self) -> int:
-        """txsync or rxsync, by the ring's direction."""
-        return self.txsync() if self.is_tx else self.rxsync()
+    def detach(self) -> None:
+        """Forget the UMEM and the socket's rings (the port closed): a Ring the
+        application keeps must not keep them mapped."""
+        self._chunks = None
 
     def txsync(self) -> int:
         raise NotImplementedError
@@ -809,6 +810,10 @@ class CRing(Ring):
 
     def waiting(self) -> int:
         return int(self._core.waiting())
+
+    def detach(self) -> None:
+        super().detach()
+        self._core.close()
 
     def txsync(self) -> int:
         """Hand ``[hwcur, head)`` to the kernel, push it out, reclaim completions (see

@@ -138,8 +138,9 @@ class KernelRing:
         self.producer[0] = self.cached
 
     def pending(self) -> int:
-        """Entries produced but not yet consumed by the kernel (always read)."""
-        return (self.cached - int(self.consumer[0])) & U32_WRAP
+        """Entries produced but not yet consumed by the kernel (both words read: the
+        producer word is ours, but the compiled ring core may be the one writing it)."""
+        return (int(self.producer[0]) - int(self.consumer[0])) & U32_WRAP
 
     # consumer side (RX, COMPLETION)
     def available(self, want: int | None = None) -> int:
