@@ -337,7 +337,8 @@ class Worker:
                     r.slot["len"][idx] = b.slot_len
                     nbytes += int(b.slot_len.sum(dtype=np.int64))
                 else:
-                    r.slot["len"][idx] = fixed_len
+                    # every slot got fixed_len at the start and keeps it: no ring core
+                    # writes a TX slot's len, so the batch needs no per-slot work here
                     nbytes += k * fixed_len
                 r.head = r.cur = r.next(r.head, k)
                 sent += k
