@@ -294,6 +294,10 @@ def tx_case(p: Pair, who: str, secs: float, queues: int = 1) -> dict[str, Any]:
                     "1024",
                     "-b",
                     "512",
+                    # the same copy-mode sendto() budget as vtnetmap's sockets (the
+                    # TX ring's size, XDP_MAX_TX_SKB_BUDGET, kernel >= 6.17)
+                    "-k",
+                    "1024",
                     "-t",
                     str(secs),
                 ],
@@ -316,9 +320,12 @@ def tx_case(p: Pair, who: str, secs: float, queues: int = 1) -> dict[str, Any]:
     }
 
 
-def lat_case(p: Pair, who: str, count: int) -> dict[str, Any]:
+def lat_case(p: Pair, who: str, count: int, busy: bool = False) -> dict[str, Any]:
     if who == "pktgen":
-        pong = start(p.ns_b, PKTGEN + ["-i", f"netmap:{p.b}", "-f", "pong", "-w", "0"], cpu=1)
+        extra = ["--busy-poll"] if busy else []
+        pong = start(
+            p.ns_b, PKTGEN + ["-i", f"netmap:{p.b}", "-f", "pong", "-w", "0"] + extra, cpu=1
+        )
         try:
             wait_for(lambda: p.has_xdp("b") or pong.poll() is not None, 60, "pong")
             time.sleep(0.5)
@@ -341,7 +348,8 @@ def lat_case(p: Pair, who: str, count: int) -> dict[str, Any]:
                     IP_B,
                     "-D",
                     p.mac("b"),
-                ],
+                ]
+                + extra,
                 cpu=0,
             )
         finally:
@@ -387,6 +395,7 @@ CASES: dict[str, list[tuple[str, Callable[[Pair, argparse.Namespace], dict[str, 
     "lat": [
         ("lat pkt-gen ping/pong", lambda p, a: lat_case(p, "pktgen", a.count)),
         ("lat UDP sockets", lambda p, a: lat_case(p, "udp", a.count)),
+        ("lat pkt-gen --busy-poll", lambda p, a: lat_case(p, "pktgen", a.count, busy=True)),
     ],
 }
 

@@ -228,6 +228,13 @@ def _refuse(flag: str) -> None:
 )
 @click.option("--seed", default=None, type=int, help="seed for -z/-Z and random lengths")
 @click.option(
+    "--busy-poll",
+    "busy_poll",
+    is_flag=True,
+    help="spin on the rings instead of sleeping in poll (lower latency, one busy CPU "
+    "per worker; the sockets also ask the kernel to busy-poll the queue)",
+)
+@click.option(
     "--live",
     is_flag=True,
     help="-f tx generated in the kernel (BPF_PROG_TEST_RUN live XDP frames "
@@ -270,6 +277,7 @@ def pkt_gen(
     as_json: bool,
     netns: str | None,
     seed: int | None,
+    busy_poll: bool,
     live: bool,
 ) -> None:
     ctx = click.get_current_context()
@@ -373,6 +381,7 @@ def pkt_gen(
             frag_size=frag_size,
             dump=dump,
             verbose=verbose,
+            busy_poll=busy_poll,
         )
         why = live_mode.live_refusal(cfg) if live else None
     except (FrameSpecError, PktgenError) as exc:

@@ -14,7 +14,7 @@ fi
 # What the project needs from Debian. linux-headers-amd64 (6.1) serves bcc when
 # the running kernel ships no headers: XDP and TC programs use only stable UAPI.
 APT_PACKAGES=(
-    python3 python3-venv python3-pip python3-bpfcc bpfcc-tools libbpfcc
+    python3 python3-venv python3-pip python3-dev python3-bpfcc bpfcc-tools libbpfcc
     linux-headers-amd64 iproute2 ethtool tcpdump iputils-ping netcat-openbsd
     procps libcap2-bin util-linux gcc libc6-dev libbpf-dev libxdp-dev xdp-tools
     clang llvm

@@ -71,7 +71,26 @@ class ResourceError(VtnetError):
 
 class RingError(VtnetError):
     """The application broke a netmap ring rule; as netmap does, the ring is reset to
-    head = cur = hwcur, and nothing is sent or released."""
+    head = cur = hwcur, and nothing is sent or released.
+
+    ``slot`` is the ring's slot at fault (None when the rule is about head/cur or the
+    ring as a whole), ``buf_idx`` the buffer index found there (None when not about one
+    buffer), ``reason`` a short code: ``head_cur``, ``len``, ``range``, ``owner``,
+    ``twice``, ``copied``, ``morefrag``, ``frags``, ``never_ends``, ``count``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        slot: int | None = None,
+        buf_idx: int | None = None,
+        reason: str = "",
+    ):
+        super().__init__(message)
+        self.slot = slot
+        self.buf_idx = buf_idx
+        self.reason = reason
 
 
 class PortClosedError(VtnetError):

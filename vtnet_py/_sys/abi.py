@@ -25,6 +25,10 @@ CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
 # asm-generic/socket.h: a network namespace's 64-bit cookie (5.14+); unlike its inode
 # number, which the kernel hands to the next namespace made, a cookie is never reused
 SO_NETNS_COOKIE = 71
+# include/uapi/asm-generic/socket.h: busy polling of a socket's queue
+SO_BUSY_POLL = 46
+SO_PREFER_BUSY_POLL = 69
+SO_BUSY_POLL_BUDGET = 70
 
 # --- AF_XDP: include/uapi/linux/if_xdp.h, include/linux/socket.h ------------------------
 AF_XDP = 44
@@ -38,6 +42,11 @@ XDP_UMEM_FILL_RING = 5
 XDP_UMEM_COMPLETION_RING = 6
 XDP_STATISTICS = 7
 XDP_OPTIONS = 8
+# Linux 6.17+: descriptors one copy-mode sendto() may send (default 32, TX_BATCH_SIZE).
+# net/xdp/xsk.c refuses with EACCES unless the socket already has a TX ring and the
+# value is in [32, TX ring entries]; no capability, and before or after bind alike.
+XDP_MAX_TX_SKB_BUDGET = 9
+XDP_TX_BATCH_SIZE = 32
 
 # sockaddr_xdp.sxdp_flags
 XDP_SHARED_UMEM = 1 << 0

@@ -148,7 +148,7 @@ def release_rings(mem: Memory, rings: list[Ring]) -> None:
         mem.pool.owner[mem.pool.owner == (ktx(r._kid) if r.is_tx else krx(r._kid))] = FREE
     mem.remove_rings(rings)
     for r in rings:
-        r._chunks = None
+        r.detach()
 
 
 def bind_retrying(

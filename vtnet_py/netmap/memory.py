@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from vtnet_py._sys import abi as K
-from vtnet_py.errors import InvariantError, UnsupportedError
+from vtnet_py.errors import BusyError, InvariantError, UnsupportedError
 from vtnet_py.netmap.ring import APP, FREE, BufferPool, krx, ktx
 from vtnet_py.netmap.xsk import CHUNK_SIZE, Umem, XskSocket, _close_mmap
 
@@ -29,23 +29,42 @@ class Memory:
         self.nr_buf_size = CHUNK_SIZE - K.XDP_PACKET_HEADROOM
         # the netmap view: row i is buffer i, starting where frames start in chunk i
         self.bufs = self.umem.chunks[:, K.XDP_PACKET_HEADROOM :]
-        self._next_free = 0
+        self._free: list[tuple[int, int]] = [(0, nbufs)]  # slot ranges no port holds
         self._sockets: list[XskSocket] = []
         self._next_kid = 0
         self._rings: list = []
         self.users = 0
 
     def allocate(self, n: int, who: str) -> int:
-        """Reserve ``n`` consecutive buffers; returns the first index."""
-        if self._next_free + n > self.nbufs:
-            raise UnsupportedError(
-                f"{who}: needs {n} buffers but the shared memory region has only "
-                f"{self.nbufs - self._next_free} left of {self.nbufs}; open the first port "
-                f"with a larger Memory"
-            )
-        first = self._next_free
-        self._next_free += n
-        return first
+        """Reserve ``n`` consecutive slots (and as many free buffers) for a port's rings;
+        returns the first index. ``release`` gives them back when the port closes."""
+        for i, (start, length) in enumerate(self._free):
+            if length >= n:
+                if length == n:
+                    del self._free[i]
+                else:
+                    self._free[i] = (start + n, length - n)
+                return start
+        left = sum(length for _, length in self._free)
+        largest = max((length for _, length in self._free), default=0)
+        more = f" ({largest} in one piece)" if left >= n else ""
+        raise UnsupportedError(
+            f"{who}: needs {n} buffers but the shared memory region has only {left} left"
+            f"{more} of {self.nbufs}; open the first port with a larger Memory"
+        )
+
+    def release(self, first: int, n: int) -> None:
+        """Return slots ``first .. first+n-1`` reserved by ``allocate`` (a closed port's;
+        its buffers, wherever they ended up, are already marked free)."""
+        self._free.append((first, n))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for start, length in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            else:
+                merged.append((start, length))
+        self._free = merged
 
     def share_socket(self) -> XskSocket | None:
         """A bound socket of this UMEM for XDP_SHARED_UMEM, or None for the first one."""
@@ -87,6 +106,8 @@ class Memory:
                 expect_rx[ring._kid] = n_rx
         all_held = np.concatenate(held) if held else np.zeros(0, np.uint32)
         if all_held.size:
+            if int(all_held.max()) >= self.nbufs:
+                raise InvariantError(f"buf_idx {int(all_held.max())} in a slot is out of range")
             uniq, counts = np.unique(all_held, return_counts=True)
             if (counts > 1).any():
                 raise InvariantError(f"buf_idx {int(uniq[counts > 1][0])} is in two slots")
@@ -125,9 +146,19 @@ class Memory:
             )
         return totals
 
+    def remove_sockets(self, sockets: list[XskSocket]) -> None:
+        ids = {id(s) for s in sockets}
+        self._sockets = [s for s in self._sockets if id(s) not in ids]
+
     def close(self) -> None:
-        """Release the UMEM once no port uses it."""
+        """Release the UMEM. Refused with BusyError while a port still uses it (as
+        libxdp's xsk_umem__delete refuses with EBUSY); idempotent."""
         if self.users > 0:
+            raise BusyError(
+                f"memory region of {self.nbufs} buffers: {self.users} port(s) still use it; "
+                f"close them first"
+            )
+        if self.umem.mm is None:
             return
         self._sockets.clear()
         self.bufs = None  # type: ignore[assignment]

@@ -21,6 +21,7 @@ the last close of a shared fd releases the rings), so the parent keeps receiving
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import socket
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from vtnet_py._sys import abi as K
 from vtnet_py._sys.abi import VNET_HDR_LENS
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py._sys.proc import netns_inode
@@ -71,6 +73,7 @@ from vtnet_py.netmap.xsk import XskSocket, ring_sizes
 log = logging.getLogger("vtnet_py")
 
 HEALTH_SLICE_MS = 100  # longest sleep in poll() between checks that the sockets are bound
+PENDING_BACKOFF_S = 0.0002  # first wait for TX completions in poll(tx=True); doubles
 
 
 # --- the port -----------------------------------------------------------------------------
@@ -104,6 +107,9 @@ class Port:
         self._host: HostRings | None = None
         self._undo: list[tuple[str, Callable[[], None]]] = []
         self._pid = os.getpid()  # the process that opened it: the only one that releases
+        self._busy_poll = False  # poll() spins on the rings (open_port(busy_poll=True))
+        self._allocated: tuple[int, int] | None = None  # (first, count) of mem.allocate
+        self._poll_mask = -1
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -136,37 +142,67 @@ class Port:
     def rxsync(self) -> int:
         """rxsync every RX ring; returns the number of new frames."""
         self._check_open()
-        with self._sticky_failure():
-            return sum(r.rxsync() for r in self.rx_rings)
+        n = 0
+        try:  # _sticky_failure inline: a generator context costs a microsecond a sync
+            for r in self.rx_rings:
+                n += r.rxsync()
+        except InterfaceChangedError:
+            self._check_sockets()
+            raise
+        return n
 
     def txsync(self) -> int:
         """txsync every TX ring; returns the number of slots handed to the kernel."""
         self._check_open()
-        with self._sticky_failure():
-            return sum(r.txsync() for r in self.tx_rings)
+        n = 0
+        try:
+            for r in self.tx_rings:
+                n += r.txsync()
+        except InterfaceChangedError:
+            self._check_sockets()
+            raise
+        return n
 
     def poll(self, rx: bool = True, tx: bool = False, timeout: float | None = None) -> bool:
         """netmap's poll(): push every TX ring, sync the RX rings if ``rx``, and wait up to
         ``timeout`` seconds (None: forever) until an RX ring has frames (``rx``) or a TX
         ring has room (``tx``). Returns whether that happened. An interface that went away
-        or down raises InterfaceChangedError."""
+        or down raises InterfaceChangedError. A port opened with ``busy_poll=True`` spins
+        on its rings instead of sleeping."""
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
+        tx_rings, rx_rings = self.tx_rings, self.rx_rings
+        backoff = 0.0
         with self._sticky_failure():
             while True:
-                for r in self.tx_rings:
+                for r in tx_rings:
                     r.txsync()
                 if rx:
-                    for r in self.rx_rings:
+                    for r in rx_rings:
                         r.rxsync()
-                if (rx and any(r.cur != r.tail for r in self.rx_rings)) or (
-                    tx and any(r.cur != r.tail for r in self.tx_rings)
+                if (rx and any(r.cur != r.tail for r in rx_rings)) or (
+                    tx and any(r.cur != r.tail for r in tx_rings)
                 ):
                     return True
-                if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     return False
                 self._check_device()
-                self._wait(rx, tx, deadline)
+                if self._busy_poll:
+                    if rx:
+                        for s in self._sockets:
+                            s.wake_rx()  # recvfrom: the kernel busy-polls the queue here
+                    continue
+                if tx and any(r.tx_pending() for r in tx_rings):
+                    # completions need reaping, which no socket event announces: back off
+                    # from a bare re-check up to the health interval, not a fixed tick
+                    backoff = min(max(backoff * 2, PENDING_BACKOFF_S), HEALTH_SLICE_MS / 1000)
+                    wait_until = now + backoff
+                    if deadline is not None:
+                        wait_until = min(wait_until, deadline)
+                    self._wait(rx, tx, wait_until)
+                else:
+                    self._wait(rx, tx, deadline)
 
     @contextmanager
     def _sticky_failure(self) -> Iterator[None]:
@@ -187,19 +223,25 @@ class Port:
             self._watch.check(self._steering)
 
     def _wait(self, rx: bool, tx: bool, deadline: float | None) -> None:
+        """Sleep on the sockets until an event or ``deadline``. An AF_XDP socket whose
+        device is unregistered reports no poll event at all (it is simply unbound, with
+        sk_err = ENETDOWN), so a wait longer than the health interval wakes at it to look
+        at SO_ERROR and the device; a shorter wait is not cut."""
         if self._poller is None:
             self._poller = select.poll()
             for s in self._sockets:
                 self._poller.register(s.fileno(), select.POLLIN | select.POLLOUT)
-        ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-        if tx and any(r.tx_pending() for r in self.tx_rings):
-            ms = 1 if ms < 0 else min(ms, 1)  # completions need reaping, not a wakeup
-        want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0)
-        for s in self._sockets:
-            self._poller.modify(s.fileno(), want | select.POLLERR)
-        # An AF_XDP socket whose device is unregistered reports no poll event at all (it is
-        # simply unbound, with sk_err = ENETDOWN), so sleep in slices and look at SO_ERROR.
-        ms = HEALTH_SLICE_MS if ms < 0 else min(ms, HEALTH_SLICE_MS)
+            self._poll_mask = -1
+        want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0) | select.POLLERR
+        if want != self._poll_mask:
+            for s in self._sockets:
+                self._poller.modify(s.fileno(), want)
+            self._poll_mask = want
+        if deadline is None:
+            ms = HEALTH_SLICE_MS
+        else:
+            # ceil: poll() counts whole milliseconds, and waking early only spins
+            ms = min(HEALTH_SLICE_MS, max(0, math.ceil((deadline - time.monotonic()) * 1000)))
         events = self._poller.poll(ms)
         for fd, ev in events:
             if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
@@ -209,7 +251,7 @@ class Port:
                     f"{self.name}: {self.ifname} {where}: the socket "
                     f"reports an error (interface down or gone)"
                 )
-        if not events:
+        if not events and ms == HEALTH_SLICE_MS:
             self._check_sockets()
 
     def _check_sockets(self) -> None:
@@ -249,9 +291,8 @@ class Port:
             # buffers with the kernel (TX: submitted, not yet reaped; RX: on FILL/RX), and
             # of those what the kernel already handed back that no sync has taken yet
             # (TX: completions not reaped; RX: frames waiting on the socket's RX ring)
-            kring = r._xsk.comp if r.is_tx else r._xsk.rx
             d["with_kernel"] = r._inflight if r.is_tx else r._kernel_rx
-            d["waiting"] = kring.available() if kring is not None else 0
+            d["waiting"] = r.waiting()
             out["rings"].append(d)
         if self._host is not None:  # TC program and NS_FORWARD counters of the host rings
             out["host"] = self._host.counters()
@@ -375,6 +416,7 @@ def open_port(
     memory: Memory | None = None,
     force: bool = False,
     vnet_hdr: int = 0,
+    busy_poll: bool = False,
 ) -> Port:
     """Open a netmap port by name (netmap's grammar, see vtnet_py.netmap.portname).
 
@@ -388,7 +430,10 @@ def open_port(
     header asking for checksum or segmentation offload is refused per slot (counted in
     the ring's ``hdr_refused``). On failure nothing is left behind: every step done is
     undone in reverse; a limit hit (file descriptors, memory) raises ResourceError
-    naming the port and the limit.
+    naming the port and the limit. ``busy_poll`` trades a CPU for latency: poll() spins
+    on the rings instead of sleeping, and the sockets ask the kernel to busy-poll the
+    queue (SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET; one log line where it
+    refuses).
     """
     if vnet_hdr not in VNET_HDR_LENS:
         raise ValueError(f"{name}: vnet_hdr must be one of {VNET_HDR_LENS}, not {vnet_hdr!r}")
@@ -401,6 +446,8 @@ def open_port(
     try:
         with _step(port, "namespace"), enter_netns(netns):
             _open(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr)
+        if busy_poll:
+            _set_busy_poll(port)
     except BaseException:
         port.close()
         raise
@@ -448,6 +495,7 @@ def _open(
     with _step(port, "memory"):
         _acquire_memory(port, plan, memory)
         nxt = port._mem().allocate(plan.buffers, plan.name)
+        port._allocated = (nxt, plan.buffers)
     with _step(port, "epoll"):
         port._epoll = select.epoll()
         port.done("epoll", port._epoll.close)
@@ -463,6 +511,34 @@ def _open(
     if not port.rx_rings:  # TX only: fileno() is readable when a TX ring has room
         for s in port._sockets:
             port.watch_fd(s.fileno(), select.EPOLLOUT)
+
+
+BUSY_POLL_US = 20  # how long a recvfrom/sendto may busy-poll the queue
+BUSY_POLL_BUDGET = 64  # packets per busy-poll round (NAPI's usual weight)
+
+
+def _set_busy_poll(port: Port) -> None:
+    """Ask the kernel to busy-poll each socket's queue, and make poll() spin."""
+    port._busy_poll = True
+    for s in port._sockets:
+        if s.sock is None:
+            continue
+        for opt, val, what in (
+            (K.SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL"),
+            (K.SO_BUSY_POLL, BUSY_POLL_US, "SO_BUSY_POLL"),
+            (K.SO_BUSY_POLL_BUDGET, BUSY_POLL_BUDGET, "SO_BUSY_POLL_BUDGET"),
+        ):
+            try:
+                s.sock.setsockopt(socket.SOL_SOCKET, opt, val)
+            except OSError as exc:
+                log.warning(
+                    "vtnetmap: %s queue %d: %s refused (%s); poll() spins on the rings only",
+                    port.name,
+                    s.queue,
+                    what,
+                    exc.strerror,
+                )
+                return
 
 
 @contextmanager
@@ -504,6 +580,10 @@ def _acquire_memory(port: Port, plan: PortPlan, memory: Memory | None) -> None:
 
     def undo() -> None:
         release_rings(mem, port.rx_rings + port.tx_rings)
+        mem.remove_sockets(port._sockets)
+        if port._allocated is not None:  # the slots, for the next port on this memory
+            mem.release(*port._allocated)
+            port._allocated = None
         mem.users -= 1
         if port._own_memory:
             mem.close()
@@ -593,20 +673,14 @@ def _acquire_host_rings(
         [r for r in port.rx_rings if not r.is_host], [r for r in port.tx_rings if not r.is_host]
     )
     for ring, hook in hooks:
-        _set_forward(ring, hook)
+        ring.set_forward(hook)
 
     def unhook() -> None:
         for ring, _ in hooks:
-            _set_forward(ring, None)
+            ring.set_forward(None)
 
     port.done("NS_FORWARD hooks", unhook)
     host.start(plan.frags)
-
-
-def _set_forward(ring: Ring, hook: Callable[[Ring, np.ndarray], None] | None) -> None:
-    # Ring has no public setter for its NS_FORWARD hook yet: this is the one place that
-    # writes it
-    ring._forward = hook
 
 
 __all__ = [

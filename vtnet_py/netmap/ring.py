@@ -14,13 +14,17 @@ slot at ``tail`` is netmap's empty hole; slots ``(tail, hwcur)`` are in flight.
 Every UMEM chunk is in exactly one place. ``BufferPool.owner`` says where (free, held by
 a ring slot, or given to the kernel by a given socket as FILL/RX or TX/COMPLETION), every
 transition checks the state it expects, and ``check_invariant`` proves the whole picture.
-All work is done per batch with numpy; there is no per-frame Python loop.
+
+Two implementations keep these rules: ``CRing`` runs the sync in C (_ringcore.c, the
+default) and ``PyRing`` in numpy, per batch, with no per-frame Python loop; PyRing is the
+reference model the compiled one is tested against (``VTNETMAP_RINGCORE=py`` selects it).
 """
 
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -68,8 +72,6 @@ class BufferPool:
         self.chunk_size = chunk_size
         self.buf_offset = buf_offset  # where a netmap buffer starts inside its chunk
         self.owner = np.zeros(nchunks, dtype=np.int32)
-        self._stamp = np.full(nchunks, -1, dtype=np.int64)
-        self._arange = np.arange(max(nchunks, 1), dtype=np.int64)
         # Every ring's slots live in this one table: a ring made with buffers
         # first_buf .. first_buf+n-1 owns slots first_buf .. first_buf+n-1 of it, so a
         # slot has one global number. ``where[b]`` is the global slot we last put buffer
@@ -80,6 +82,21 @@ class BufferPool:
         self.where = np.arange(nchunks, dtype=np.int64)
         self._slot_bufs = self.slots["buf_idx"]
         self.rings: list[Ring] = []  # every ring on this memory (Memory keeps it)
+
+    def take_free(self, first: int, n: int, who: str) -> np.ndarray:
+        """``n`` free buffers for the slots ``first .. first+n-1``: the buffers of the same
+        numbers when they are free (a fresh memory), else any free ones (a memory whose
+        earlier ports swapped buffers around before closing). Records them as placed in
+        those slots; the caller sets their owner."""
+        own = np.arange(first, first + n, dtype=np.uint32)
+        if (self.owner[own] == FREE).all():
+            bufs = own
+        else:
+            bufs = np.flatnonzero(self.owner == FREE)[:n].astype(np.uint32)
+            if bufs.size < n:
+                raise InvariantError(f"{who}: {bufs.size} free buffers for {n} slots")
+        self.where[bufs] = own
+        return bufs
 
     def restore_slot(self, gslot: int) -> int | None:
         """Repair a slot the application overwrote with a copy of another slot's buf_idx:
@@ -95,54 +112,50 @@ class BufferPool:
         self._slot_bufs[gslot] = c
         return c
 
-    def move(
-        self,
-        bufs: np.ndarray,
-        expect: int,
-        new: int,
-        who: str,
-        user: bool,
-        gslots: np.ndarray | None = None,
-    ) -> None:
-        """Move ``bufs`` from owner ``expect`` to ``new`` after checking all of them.
+    def first_bad(self, bufs: np.ndarray, gslots: np.ndarray) -> tuple[int, str, int, int] | None:
+        """The full check of user slots, in slot order: the first position whose buf_idx
+        is out of range, not in a ring slot, in the batch twice, or still in another slot
+        (copied, not swapped), as (position, reason, buf_idx, detail); detail is the
+        owner code for "owner" and the other global slot for "copied". At one position
+        the reasons rank in that order. None when all are fine."""
+        b = bufs.astype(np.int64)
+        rng = b >= self.nchunks
+        safe = np.where(rng, 0, b)
+        state = self.owner[safe]
+        own = ~rng & (state != APP)
+        order = np.argsort(b, kind="stable")
+        same = b[order][1:] == b[order][:-1]
+        dup_sorted = np.zeros(b.size, dtype=bool)
+        dup_sorted[1:] |= same
+        dup_sorted[:-1] |= same
+        twice = np.empty(b.size, dtype=bool)
+        twice[order] = dup_sorted
+        twice &= ~rng
+        rec = self.where[safe]
+        copied = ~rng & (rec != gslots) & (self._slot_bufs[rec] == b)
+        fail = rng | own | twice | copied
+        if not fail.any():
+            return None
+        i = int(np.argmax(fail))
+        if rng[i]:
+            return i, "range", int(b[i]), 0
+        if own[i]:
+            return i, "owner", int(b[i]), int(state[i])
+        if twice[i]:
+            return i, "twice", int(b[i]), 0
+        return i, "copied", int(b[i]), int(rec[i])
 
-        ``user`` says the buf_idx values came from the application (a bad one is a
-        RingError) or from the kernel (a bad one breaks the invariant). ``gslots``, the
-        global slots the buffers are taken from, also refuses a buffer still in another
-        slot. Nothing changes when the check fails.
-        """
-        n = bufs.size
-        if n == 0:
-            return
-        err = RingError if user else InvariantError
-        if int(bufs.max()) >= self.nchunks:
-            bad = int(bufs[bufs >= self.nchunks][0])
-            raise err(f"{who}: buf_idx {bad} out of range (the port has {self.nchunks} buffers)")
-        state = self.owner[bufs]
-        wrong = state != expect
-        if wrong.any():
-            i = int(np.flatnonzero(wrong)[0])
-            raise err(
-                f"{who}: buf_idx {int(bufs[i])} is not {self.describe(expect)} "
-                f"but {self.describe(int(state[i]))}"
-            )
-        self._stamp[bufs] = self._arange[:n]
-        dup = self._stamp[bufs] != self._arange[:n]
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0])
-            raise err(f"{who}: buf_idx {int(bufs[i])} appears twice in one batch")
-        if gslots is not None:
-            rec = self.where[bufs]
-            copied = (rec != gslots) & (self._slot_bufs[rec] == bufs)
-            if copied.any():
-                i = int(np.flatnonzero(copied)[0])
-                exc = err(
-                    f"{who}: buf_idx {int(bufs[i])} is still in another slot (global "
-                    f"slot {int(rec[i])}): copied, not swapped"
-                )
-                setattr(exc, "copied_gslot", int(gslots[i]))  # noqa: B010 - for _repaired
-                raise exc
-        self.owner[bufs] = new
+    def check_one(self, b: int, gslot: int) -> tuple[str, int] | None:
+        """first_bad for one slot with Python scalars: (reason, detail) or None."""
+        if b >= self.nchunks:
+            return "range", 0
+        state = int(self.owner[b])
+        if state != APP:
+            return "owner", state
+        rec = int(self.where[b])
+        if rec != gslot and int(self._slot_bufs[rec]) == b:
+            return "copied", rec
+        return None
 
     def returned(self, bufs: np.ndarray, expect: int, new: int, who: str) -> None:
         """Buffers the kernel handed back (RX or COMPLETION ring): each must be one we gave
@@ -172,7 +185,17 @@ class BufferPool:
 
 
 class Ring:
-    """One netmap ring (RX or TX) of a port, backed by one AF_XDP socket's rings."""
+    """One netmap ring (RX or TX) of a port, backed by one AF_XDP socket's rings.
+
+    ``Ring(...)`` makes the compiled ring (:class:`CRing`) unless the environment sets
+    ``VTNETMAP_RINGCORE=py``, which selects :class:`PyRing`: the same rules in numpy,
+    the reference model the compiled core is tested against.
+    """
+
+    def __new__(cls, **kwargs: Any) -> Ring:
+        if cls is Ring:
+            cls = PyRing if os.environ.get("VTNETMAP_RINGCORE") == "py" else CRing
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -203,12 +226,12 @@ class Ring:
         self._hdr = vnet_hdr
         self._buf_off = K.XDP_PACKET_HEADROOM - vnet_hdr
         self._chunks = chunks
-        self._local_done: list[np.ndarray] = []
         self.nr_buf_size = pool.chunk_size - self._buf_off
         self.flags = 0  # netmap ring flags: NR_FORWARD, NR_TIMESTAMP
         # NS_FORWARD transparent mode (set by hostrings on ports with host rings): called
         # with the slots being released when NR_FORWARD is set
         self._forward: Callable[[Ring, np.ndarray], None] | None = None
+        self.first_buf = first_buf
         self.slot = pool.slots[first_buf : first_buf + num_slots]
         self.slot[:] = 0
         self._bi = self.slot["buf_idx"]
@@ -224,32 +247,28 @@ class Ring:
         self._frags = frags
         self._max_frags = max_frags
         self._what = f"{port_name} {'TX' if is_tx else 'RX'} ring {ring_id} (queue {queue})"
-        self.stats = {
-            "frames": 0,
-            "bytes": 0,
-            "syncs": 0,
-            "kicks": 0,
-            "kick_retry": 0,
-            "refused": 0,
-            "hdr_refused": 0,
-            "tx_dropped": 0,
-        }
-        bufs = np.arange(first_buf, first_buf + num_slots, dtype=np.uint32)
+        bufs = pool.take_free(first_buf, num_slots, self._what)
         self._bi[:] = bufs
-        self.head = self.cur = self._hwcur = 0
+        self.head = self.cur = 0
         if is_tx:
-            self._tail = num_slots - 1  # all slots but the hole are the user's
-            self._inflight = 0
             pool.owner[bufs] = APP
+            self._start(tail=num_slots - 1, kernel_rx=0)  # all but the hole: the user's
         else:
-            self._tail = 0
             # every buffer of an RX ring starts on the FILL ring, as a NIC's do
             pool.owner[bufs] = krx(kid)
             fill = xsk.fill
-            assert fill is not None and fill.free() >= num_slots
+            assert fill is not None and fill.free(num_slots) >= num_slots
             fill.desc[fill.slots(num_slots)] = bufs.astype(np.uint64) * pool.chunk_size
             fill.submit(num_slots)
-            self._kernel_rx = num_slots
+            self._start(tail=0, kernel_rx=num_slots)
+
+    def _start(self, tail: int, kernel_rx: int) -> None:
+        self._tail = tail
+        self._hwcur = 0
+        self._inflight = 0
+        self._kernel_rx = kernel_rx
+        self._local_done: list[np.ndarray] = []
+        self.stats = dict.fromkeys(STATS, 0)
 
     # --- what netmap users call ---------------------------------------------------------
     @property
@@ -274,7 +293,10 @@ class Ring:
     def slots_from_head(self, n: int) -> np.ndarray:
         """Slot indices head .. head+n-1 (mod num_slots), for batch work on ``slot``."""
         if not 0 <= n <= self.num_slots:
-            raise RingError(f"{self._what}: {n} slots asked for, the ring has {self.num_slots}")
+            raise RingError(
+                f"{self._what}: {n} slots asked for, the ring has {self.num_slots}",
+                reason="count",
+            )
         return self._pos[self.head : self.head + n]
 
     def slots_from(self, start: int, n: int) -> np.ndarray:
@@ -284,7 +306,153 @@ class Ring:
     def hwcur(self) -> int:
         return self._hwcur
 
-    # --- sync -----------------------------------------------------------------------------
+    def waiting(self) -> int:
+        """What the kernel handed back that no sync has taken yet (TX: completions, RX:
+        frames on the socket's RX ring)."""
+        kring = self._xsk.comp if self.is_tx else self._xsk.rx
+        return kring.available() if kring is not None else 0
+
+    # --- refusals (shared by both implementations) ----------------------------------------
+    def _refusal(
+        self, reason: str, slot: int | None, buf_idx: int | None, detail: int, nothing: str
+    ) -> RingError:
+        """The RingError of a refused sync, after netmap_ring_reinit's answer (head = cur
+        = hwcur); a copied buf_idx also gets the slot's own buffer back when it can."""
+        hw = self._hwcur
+        h, c = self.head, self.cur
+        self.head = self.cur = hw
+        if reason == "head_cur":
+            return RingError(
+                f"{self._what}: head {h} / cur {c} outside [hwcur {hw}, tail {self._tail}]; "
+                f"ring reset to head = cur = {hw}, nothing sent or released",
+                reason=reason,
+            )
+        b = buf_idx
+        if reason == "len":
+            why = f"slot {slot}: len {detail} outside {self._hdr + 1}..{self.nr_buf_size}"
+        elif reason == "range":
+            why = (
+                f"slot {slot}: buf_idx {b} out of range (the port has {self._pool.nchunks} buffers)"
+            )
+        elif reason == "owner":
+            why = (
+                f"slot {slot}: buf_idx {b} is not in a ring slot but {BufferPool.describe(detail)}"
+            )
+        elif reason == "twice":
+            why = f"slot {slot}: buf_idx {b} appears twice in one batch"
+        elif reason == "copied":
+            why = (
+                f"slot {slot}: buf_idx {b} is still in another slot (global slot {detail}): "
+                f"copied, not swapped"
+            )
+            assert slot is not None
+            own = self._pool.restore_slot(self.first_buf + slot)
+            if own is not None:
+                why += f"; the slot's own buffer {own} was put back"
+        elif reason == "morefrag":
+            why = (
+                f"slot {slot}+: NS_MOREFRAG on a port opened without multi-buffer support "
+                f"(open it with frags=True)"
+            )
+        elif reason == "never_ends":
+            why = (
+                f"slot {slot}: NS_MOREFRAG chain of {detail} slots never ends "
+                f"(at most {self._max_frags} fragments per frame)"
+            )
+        else:  # "frags"
+            why = f"slot {slot}: a frame of more than {self._max_frags} fragments"
+        return RingError(
+            f"{self._what}: {why}; ring reset to head = cur = {hw}, nothing {nothing}",
+            slot=slot,
+            buf_idx=b,
+            reason=reason,
+        )
+
+    def _refuse(
+        self,
+        reason: str,
+        slot: int | None = None,
+        buf_idx: int | None = None,
+        detail: int = 0,
+        nothing: str = "sent",
+    ) -> NoReturn:
+        self.stats["refused"] += 1
+        raise self._refusal(reason, slot, buf_idx, detail, nothing)
+
+    def set_forward(self, hook: Callable[[Ring, np.ndarray], None] | None) -> None:
+        """Install (or remove, with None) the NS_FORWARD hook: rxsync calls it with the
+        slots being released while the ring's NR_FORWARD flag is set."""
+        self._forward = hook
+
+    def detach(self) -> None:
+        """Forget the UMEM and the socket's rings (the port closed): a Ring the
+        application keeps must not keep them mapped."""
+        self._chunks = None
+
+    def txsync(self) -> int:
+        raise NotImplementedError
+
+    def rxsync(self) -> int:
+        raise NotImplementedError
+
+    # --- the invariant --------------------------------------------------------------------
+    def held_unchecked(self) -> tuple[np.ndarray, int, int]:
+        """Like held(), without checking anything (for teardown)."""
+        n = self.num_slots
+        hw, t = self._hwcur, self._tail
+        if self.is_tx:
+            # not yet submitted [hwcur, head), the user's [head, tail) and the hole at tail
+            span = (t - hw) % n + 1
+            return self._bi[self._pos[hw : hw + span]], 0, 0
+        held = (t - hw) % n
+        return self._bi[self._pos[hw : hw + held]], 0, 0
+
+    def held(self) -> tuple[np.ndarray, int, int]:
+        """(buf_idx held in slots, count expected with the kernel for RX, for TX)."""
+        n = self.num_slots
+        hw, t, inflight, kernel_rx = self._hwcur, self._tail, self._inflight, self._kernel_rx
+        if self.is_tx:
+            # not yet submitted [hwcur, head), the user's [head, tail) and the hole at tail
+            # (by hwcur and tail only: head is the application's and may be out of bounds)
+            idx = self._pos[hw : hw + (t - hw) % n + 1]
+            inflight_idx = self._pos[t + 1 : t + 1 + inflight]
+            if (hw - t - 1) % n != inflight:
+                raise InvariantError(
+                    f"{self._what}: {inflight} in flight but slots "
+                    f"({t}, {hw}) count {(hw - t - 1) % n}"
+                )
+            inflight_bufs = self._bi[inflight_idx]
+            if not (self._pool.owner[inflight_bufs] == ktx(self._kid)).all():
+                raise InvariantError(
+                    f"{self._what}: an in-flight slot's buffer is not with the kernel"
+                )
+            return self._bi[idx], 0, inflight
+        # [hwcur, head) was released by the user but not yet synced: still in the slots
+        held = (t - hw) % n
+        idx = self._pos[hw : hw + held]
+        if kernel_rx + held != n:
+            raise InvariantError(
+                f"{self._what}: {kernel_rx} buffers with the kernel + {held} in slots != {n} slots"
+            )
+        return self._bi[idx], kernel_rx, 0
+
+
+STATS = (
+    "frames",
+    "bytes",
+    "syncs",
+    "kicks",
+    "kick_retry",
+    "refused",
+    "hdr_refused",
+    "tx_dropped",
+)
+
+
+class PyRing(Ring):
+    """The reference model: every rule of a sync in numpy (batches) and Python scalars
+    (one slot), checking every released or submitted slot in full."""
+
     def _check_indices(self) -> None:
         """netmap's *_prologue: head and cur must lie in [hwcur, tail]. On violation netmap
         reinitialises the ring; we do the same (head = cur = hwcur, nothing moved)."""
@@ -299,12 +467,25 @@ class Ring:
             and (c - h) % n <= (t - h) % n
         )
         if not ok:
-            self.head = self.cur = hw
-            self.stats["refused"] += 1
-            raise RingError(
-                f"{self._what}: head {h} / cur {c} outside [hwcur {hw}, tail {t}]; "
-                f"ring reset to head = cur = {hw}, nothing sent or released"
-            )
+            self._refuse("head_cur")
+
+    def _first_bad(self, start: int, count: int) -> None:
+        """The full ownership check of ``count`` user slots from ``start``; refuses."""
+        if count == 1:
+            bad1 = self._pool.check_one(int(self._bi[start]), int(self._gpos[start]))
+            if bad1 is not None:
+                reason, detail = bad1
+                self._refuse(reason, start, int(self._bi[start]), detail, self._nothing)
+            return
+        span = self._span(start, count)
+        bad = self._pool.first_bad(self._bi[span], self._gpos[span])
+        if bad is not None:
+            i, reason, b, detail = bad
+            self._refuse(reason, (start + i) % self.num_slots, b, detail, self._nothing)
+
+    @property
+    def _nothing(self) -> str:
+        return "sent" if self.is_tx else "released"
 
     def rxsync(self) -> int:
         """Release ``[hwcur, head)`` to the kernel, then take what arrived. Returns the
@@ -317,35 +498,28 @@ class Ring:
             raise InterfaceChangedError(f"{self._what}: socket closed")
         self.stats["syncs"] += 1
         hw = self._hwcur
-        released = (self.head - hw) % n
+        head = int(self.head)
+        released = (head - hw) % n
         if released:
             if self._forward is not None and self.flags & NR_FORWARD:
                 # NS_FORWARD slots swap buffers with the other side's TX ring first
                 self._forward(self, self._pos[hw : hw + released])
+            self._first_bad(hw, released)
             if released == 1:
-                self._release_one(hw)
+                b = int(self._bi[hw])
+                self._pool.owner[b] = krx(self._kid)
+                fill.desc[fill.cached & fill.mask] = b << self._shift
             else:
-                span = self._span(hw, released)
-                bufs = self._bi[span]
-                try:
-                    self._pool.move(
-                        bufs,
-                        APP,
-                        krx(self._kid),
-                        f"{self._what} slot {hw}+",
-                        user=True,
-                        gslots=self._gpos[span],
-                    )
-                except RingError as exc:
-                    self._refuse(self._repaired(exc), "released")
+                bufs = self._bi[self._span(hw, released)]
+                self._pool.owner[bufs] = krx(self._kid)
                 fill.desc[fill.slots(released)] = bufs.astype(np.uint64) << self._shift
-                fill.submit(released)
+            fill.submit(released)
             self._kernel_rx += released
-            self._hwcur = self.head
+            self._hwcur = head
             if fill.needs_wakeup():
                 xsk.wake_rx()
-        busy = (self._tail - self.head) % n
-        got = min(rx.available(), n - 1 - busy)
+        busy = (self._tail - head) % n
+        got = rx.available(n - 1 - busy)
         if got:
             desc = rx.desc[rx.slots(got)]  # a view while the span does not wrap
             addr = desc["addr"]
@@ -370,41 +544,12 @@ class Ring:
                 self._fl[idx] = (desc["options"] & K.XDP_PKT_CONTD) * NS_MOREFRAG
             else:
                 self._fl[idx] = 0
-            self.stats["bytes"] += int(lens.sum())
+            self.stats["bytes"] += int(self._len[idx].astype(np.int64).sum())
             rx.release(got)  # only now: desc may be a view of the kernel's ring
             self._kernel_rx -= got
             self._tail = (t + got) % n
             self.stats["frames"] += got
         return got
-
-    def _release_one(self, i: int) -> None:
-        """Give one released RX slot's buffer to FILL with Python scalars (latency)."""
-        b = int(self._bi[i])
-        pool = self._pool
-        why = ""
-        if b >= pool.nchunks:
-            why = "out of range"
-        elif int(pool.owner[b]) != APP:
-            why = f"not in a ring slot but {pool.describe(int(pool.owner[b]))}"
-        else:
-            rec = int(pool.where[b])
-            if rec != self._gpos[i] and int(pool.slots["buf_idx"][rec]) == b:
-                why = f"still in another slot (global slot {rec}): copied, not swapped"
-                c = pool.restore_slot(int(self._gpos[i]))
-                if c is not None:
-                    why += f"; the slot's own buffer {c} was put back"
-        if why:
-            self.head = self.cur = i
-            self.stats["refused"] += 1
-            raise RingError(
-                f"{self._what} slot {i}: buf_idx {b} {why}; ring reset to "
-                f"head = cur = {i}, nothing released"
-            )
-        pool.owner[b] = krx(self._kid)
-        fill = self._xsk.fill
-        assert fill is not None
-        fill.desc[fill.cached & fill.mask] = b << self._shift
-        fill.submit(1)
 
     def _span(self, start: int, count: int) -> slice | np.ndarray:
         """Slots start .. start+count-1 (mod num_slots): a slice when they do not wrap
@@ -428,7 +573,7 @@ class Ring:
             raise InterfaceChangedError(f"{self._what}: socket closed")
         self.stats["syncs"] += 1
         hw = self._hwcur
-        new = (self.head - hw) % n
+        new = (int(self.head) - hw) % n
         sent = 0
         report = False
         if new == 1 and not self._hdr and not int(self._fl[hw]) & NS_MOREFRAG:
@@ -440,18 +585,12 @@ class Ring:
             count = new
             if more[-1]:
                 if not self._frags:  # no chain can ever go out here: refuse it now
-                    self._refuse(
-                        f"slot {hw}+: NS_MOREFRAG on a port opened without "
-                        f"multi-buffer support (open it with frags=True)"
-                    )
+                    self._refuse("morefrag", hw)
                 # an unfinished fragment chain waits for its last slot
                 ends = np.flatnonzero(~more)
                 count = int(ends[-1]) + 1 if ends.size else 0
                 if new - count >= self._max_frags:
-                    self._refuse(
-                        f"slot {hw}: NS_MOREFRAG chain of {new - count} slots never "
-                        f"ends (at most {self._max_frags} fragments per frame)"
-                    )
+                    self._refuse("never_ends", hw, None, new - count)
             if count:
                 report = bool((flags[:count] & NS_REPORT).any())
                 sent = self._submit(self._span(hw, count), count, more[:count], flags[:count])
@@ -459,45 +598,13 @@ class Ring:
         self._reap()
         return sent
 
-    def _repaired(self, exc: RingError) -> str:
-        """The refusal's reason; for a copied buf_idx, also repair the slot."""
-        why = str(exc).split(": ", 1)[1]
-        g = getattr(exc, "copied_gslot", None)
-        if g is not None:
-            c = self._pool.restore_slot(g)
-            if c is not None:
-                why += f"; the slot's own buffer {c} was put back"
-        return why
-
-    def _refuse(self, why: str, nothing: str = "sent") -> None:
-        """netmap_ring_reinit's answer to a bad sync: head = cur = hwcur, then the error."""
-        hw = self._hwcur
-        self.head = self.cur = hw
-        self.stats["refused"] += 1
-        raise RingError(f"{self._what}: {why}; ring reset to head = cur = {hw}, nothing {nothing}")
-
     def _submit_one(self, i: int) -> bool:
         """_submit for one slot with Python scalars (ping/pong latency): the same checks."""
         b, ln, fl = int(self._bi[i]), int(self._len[i]), int(self._fl[i])
         if not 0 < ln <= self.nr_buf_size:
-            self._refuse(f"slot {i}: len {ln} outside 1..{self.nr_buf_size}")
-        pool = self._pool
-        if b >= pool.nchunks:
-            self._refuse(
-                f"slot {i}: buf_idx {b} out of range (the port has {pool.nchunks} buffers)"
-            )
-        state = int(pool.owner[b])
-        if state != APP:
-            self._refuse(f"slot {i}: buf_idx {b} is not in a ring slot but {pool.describe(state)}")
-        rec = int(pool.where[b])
-        if rec != self._gpos[i] and int(pool.slots["buf_idx"][rec]) == b:
-            c = pool.restore_slot(int(self._gpos[i]))
-            fixed = f"; the slot's own buffer {c} was put back" if c is not None else ""
-            self._refuse(
-                f"slot {i}: buf_idx {b} is still in another slot (global slot "
-                f"{rec}): copied, not swapped{fixed}"
-            )
-        pool.owner[b] = ktx(self._kid)
+            self._refuse("len", i, None, ln)
+        self._first_bad(i, 1)
+        self._pool.owner[b] = ktx(self._kid)
         tx = self._xsk.tx
         assert tx is not None
         tx.desc[tx.cached & tx.mask] = ((b << self._shift) + K.XDP_PACKET_HEADROOM, ln, 0)
@@ -517,33 +624,20 @@ class Ring:
         lens = self._len[idx]
         if more.any():
             if not self._frags:
-                self._refuse(
-                    f"slot {hw}+: NS_MOREFRAG on a port opened without multi-buffer "
-                    f"support (open it with frags=True)"
-                )
-            # longest run of consecutive MOREFRAG slots (stop - start + 1) + its last slot
-            starts = np.flatnonzero(np.diff(np.concatenate(([0], more.astype(np.int8)))) == 1)
-            stops = np.flatnonzero(np.diff(np.concatenate((more.astype(np.int8), [0]))) == -1)
-            if starts.size and int((stops - starts).max()) + 2 > self._max_frags:
-                self._refuse(f"a frame of more than {self._max_frags} fragments")
+                self._refuse("morefrag", hw)
+            # runs of consecutive MOREFRAG slots: a frame is its run plus the slot after
+            m8 = more.astype(np.int8)
+            starts = np.flatnonzero(np.diff(np.concatenate(([0], m8))) == 1)
+            stops = np.flatnonzero(np.diff(np.concatenate((m8, [0]))) == -1)
+            long_runs = np.flatnonzero(stops - starts + 2 > self._max_frags)
+            if long_runs.size:
+                self._refuse("frags", (hw + int(starts[long_runs[0]])) % self.num_slots)
         bad_len = (lens <= self._hdr) | (lens > self.nr_buf_size)
         if bad_len.any():
-            i = int(np.flatnonzero(bad_len)[0])
-            self._refuse(
-                f"slot {(hw + i) % self.num_slots}: len {int(lens[i])} outside "
-                f"{self._hdr + 1}..{self.nr_buf_size}"
-            )
-        try:
-            self._pool.move(
-                bufs,
-                APP,
-                ktx(self._kid),
-                f"{self._what} slot {hw}+",
-                user=True,
-                gslots=self._gpos[idx],
-            )
-        except RingError as exc:
-            self._refuse(self._repaired(exc))
+            i = int(np.argmax(bad_len))
+            self._refuse("len", (hw + i) % self.num_slots, None, int(lens[i]))
+        self._first_bad(hw, count)
+        self._pool.owner[bufs] = ktx(self._kid)
         tx = self._xsk.tx
         assert tx is not None
         if self._hdr:
@@ -568,7 +662,7 @@ class Ring:
         self._hwcur = (hw + count) % self.num_slots
         self._inflight += count
         self.stats["frames"] += bufs.size
-        self.stats["bytes"] += int(lens.sum())
+        self.stats["bytes"] += int(lens.astype(np.int64).sum())
         return count
 
     def _push(self, report: bool) -> None:
@@ -594,11 +688,11 @@ class Ring:
     def _reap(self) -> None:
         comp = self._xsk.comp
         assert comp is not None
-        kgot = comp.available()
+        kgot = comp.available(self._inflight)
         if not kgot and not self._local_done:
             return
+        first = (self._tail + 1) % self.num_slots
         if kgot == 1 and not self._local_done:
-            first = (self._tail + 1) % self.num_slots
             b = int(comp.desc[comp.cached & comp.mask]) >> self._shift
             if int(self._bi[first]) == b and int(self._pool.owner[b]) == ktx(self._kid):
                 self._pool.owner[b] = APP  # in order, as expected: the scalar fast path
@@ -614,7 +708,6 @@ class Ring:
         got = bufs.size
         self._pool.returned(bufs, ktx(self._kid), APP, f"{self._what} COMPLETION ring")
         comp.release(kgot)
-        first = (self._tail + 1) % self.num_slots
         if not np.array_equal(self._bi[self._span(first, got)], bufs):
             inflight_idx = self._pos[first : first + self._inflight]
             # completions out of submission order: the completed buffers fill the first
@@ -627,44 +720,130 @@ class Ring:
         self._inflight -= got
         self._tail = (self._tail + got) % self.num_slots
 
-    # --- the invariant --------------------------------------------------------------------
-    def held_unchecked(self) -> tuple[np.ndarray, int, int]:
-        """Like held(), without checking anything (for teardown)."""
-        n = self.num_slots
-        if self.is_tx:
-            # not yet submitted [hwcur, head), the user's [head, tail) and the hole at tail
-            span = (self._tail - self._hwcur) % n + 1
-            return self._bi[self._pos[self._hwcur : self._hwcur + span]], 0, 0
-        held = (self._tail - self._hwcur) % n
-        return self._bi[self._pos[self._hwcur : self._hwcur + held]], 0, 0
 
-    def held(self) -> tuple[np.ndarray, int, int]:
-        """(buf_idx held in slots, count expected with the kernel for RX, for TX)."""
-        n = self.num_slots
-        if self.is_tx:
-            # user part [head, tail), the hole at tail, not-yet-submitted [hwcur, head)
-            t = self._tail
-            user = self._pos[self.head : self.head + (t - self.head) % n]
-            pending = self._pos[self._hwcur : self._hwcur + (self.head - self._hwcur) % n]
-            idx = np.concatenate((user, [t], pending)).astype(np.intp)
-            inflight = self._pos[t + 1 : t + 1 + self._inflight]
-            if (self._hwcur - t - 1) % n != self._inflight:
-                raise InvariantError(
-                    f"{self._what}: {self._inflight} in flight but slots "
-                    f"({t}, {self._hwcur}) count {(self._hwcur - t - 1) % n}"
+class CRing(Ring):
+    """The compiled ring: the same rules as PyRing, run by _ringcore.Core over the same
+    memory, checking in full only the slots whose buf_idx the application changed."""
+
+    def _start(self, tail: int, kernel_rx: int) -> None:
+        from vtnet_py.netmap import _ringcore
+
+        self._Refused = _ringcore.Refused
+        xsk = self._xsk
+        pool = self._pool
+        chunks = self._chunks
+        refs: list[object] = [pool.slots, pool.owner, pool.where, chunks]
+        krings: list[tuple[int, ...] | None] = []
+        for kr in (xsk.fill, xsk.comp, xsk.rx, xsk.tx):
+            if kr is None:
+                krings.append(None)
+                continue
+            refs.append(kr)
+            refs.extend((kr.producer, kr.consumer, kr.flags, kr.desc))
+            krings.append(
+                (
+                    kr.producer.ctypes.data,
+                    kr.consumer.ctypes.data,
+                    kr.flags.ctypes.data,
+                    kr.desc.ctypes.data,
+                    kr.size,
+                    kr.cached,
+                    kr.peer,
                 )
-            inflight_bufs = self._bi[inflight]
-            if not (self._pool.owner[inflight_bufs] == ktx(self._kid)).all():
-                raise InvariantError(
-                    f"{self._what}: an in-flight slot's buffer is not with the kernel"
-                )
-            return self._bi[idx], 0, self._inflight
-        # [hwcur, head) was released by the user but not yet synced: still in the slots
-        held = (self._tail - self._hwcur) % n
-        idx = self._pos[self._hwcur : self._hwcur + held]
-        if self._kernel_rx + held != n:
-            raise InvariantError(
-                f"{self._what}: {self._kernel_rx} buffers with the kernel + "
-                f"{held} in slots != {n} slots"
             )
-        return self._bi[idx], self._kernel_rx, 0
+        for arr in (pool.slots, pool.owner, pool.where):
+            assert arr.flags["C_CONTIGUOUS"]
+        self._core = _ringcore.Core(
+            refs=tuple(refs),
+            xsk=xsk,
+            what=self._what,
+            gslots=pool.slots.ctypes.data,
+            owner=pool.owner.ctypes.data,
+            where=pool.where.ctypes.data,
+            chunks=chunks.ctypes.data if chunks is not None else 0,
+            nchunks=pool.nchunks,
+            chunk_size=pool.chunk_size,
+            first_buf=self.first_buf,
+            num_slots=self.num_slots,
+            is_tx=self.is_tx,
+            kid=self._kid,
+            hdr=self._hdr,
+            nr_buf_size=self.nr_buf_size,
+            frags=self._frags,
+            max_frags=self._max_frags,
+            zerocopy=bool(getattr(xsk, "zerocopy", False)),
+            fd=xsk.fileno(),
+            fill=krings[0],
+            comp=krings[1],
+            rx=krings[2],
+            tx=krings[3],
+            tail=tail,
+            kernel_rx=kernel_rx,
+        )
+        if self._hdr and chunks is None:
+            raise ValueError(f"{self._what}: a virtio-net header needs the buffers")
+        self._txsync = self._core.txsync
+        self._rxsync = self._core.rxsync
+
+    @property
+    def _tail(self) -> int:  # type: ignore[override]
+        return int(self._core.tail)
+
+    @property
+    def _hwcur(self) -> int:  # type: ignore[override]
+        return int(self._core.hwcur)
+
+    @property
+    def _inflight(self) -> int:  # type: ignore[override]
+        return int(self._core.inflight)
+
+    @property
+    def _kernel_rx(self) -> int:  # type: ignore[override]
+        return int(self._core.kernel_rx)
+
+    @property
+    def tail(self) -> int:
+        return self._core.tail
+
+    @property
+    def hwcur(self) -> int:
+        return self._core.hwcur
+
+    @property
+    def stats(self) -> dict[str, int]:  # type: ignore[override]
+        return dict(zip(STATS, self._core.counters(), strict=True))
+
+    def waiting(self) -> int:
+        return int(self._core.waiting())
+
+    def detach(self) -> None:
+        super().detach()
+        self._core.close()
+
+    def txsync(self) -> int:
+        """Hand ``[hwcur, head)`` to the kernel, push it out, reclaim completions (see
+        PyRing.txsync for the rules)."""
+        if self._xsk.tx is None:
+            raise InterfaceChangedError(f"{self._what}: socket closed")
+        try:
+            return self._txsync(self.head, self.cur)
+        except self._Refused as r:
+            reason, slot, buf_idx, detail = r.args
+            raise self._refusal(reason, slot, buf_idx, detail, "sent") from None
+
+    def rxsync(self) -> int:
+        """Release ``[hwcur, head)`` to the kernel, then take what arrived (see
+        PyRing.rxsync for the rules)."""
+        if self._xsk.rx is None:
+            raise InterfaceChangedError(f"{self._what}: socket closed")
+        try:
+            if self._forward is not None and self.flags & NR_FORWARD:
+                self._core.prologue(self.head, self.cur)
+                hw = self._core.hwcur
+                released = (self.head - hw) % self.num_slots
+                if released:
+                    self._forward(self, self._pos[hw : hw + released])
+            return self._rxsync(self.head, self.cur)
+        except self._Refused as r:
+            reason, slot, buf_idx, detail = r.args
+            raise self._refusal(reason, slot, buf_idx, detail, "released") from None

@@ -1,11 +1,16 @@
 """AF_XDP building blocks: the UMEM, one socket per queue, and its four kernel rings.
 
 This is the control path (setup and teardown, syscalls, errno mapping) plus numpy views
-of the mmapped rings; the netmap semantics on top live in ring.py. A socket's rings are
-single-producer/single-consumer shared with the kernel: we write descriptors first and
-then the producer word, and read the producer word before the descriptors. On x86-64
-(total store order) separate numpy stores are not reordered, which is the ordering the
-kernel's acquire/release pairs need; a weakly ordered CPU would need explicit barriers.
+of the mmapped rings; the netmap semantics on top live in ring.py (and, compiled, in
+_ringcore.c). A socket's rings are single-producer/single-consumer shared with the
+kernel: we write descriptors first and then the producer word, and read the producer
+word before the descriptors. The compiled core does this with release/acquire atomics;
+the Python reference model relies on x86-64's total store order (separate numpy stores
+are not reordered), which a weakly ordered CPU would not give it.
+
+Both keep libxdp's cached views (``xsk_prod_nb_free``/``xsk_cons_nb_avail``): the
+kernel's side of a ring is read only when the view we cached from the last read runs
+short of what a sync asks for.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ DESC_DTYPE = np.dtype(K.XDP_DESC_FIELDS)
 ADDR_DTYPE = np.dtype("<u8")
 U32_WRAP = 0xFFFFFFFF
 
+# a kick the kernel refused for now: retried at the next sync
+TRANSIENT = (errno.EAGAIN, errno.ENOBUFS, errno.EBUSY)
+
 CHUNK_SIZE = 4096  # one page per frame: the aligned-mode chunk every driver accepts
 
 
@@ -47,11 +55,13 @@ def _close_mmap(mm: mmap.mmap | None) -> None:
 
 
 class KernelRing:
-    """One mmapped AF_XDP ring: producer/consumer/flags words and the descriptor array.
+    """One AF_XDP ring: producer/consumer/flags words and the descriptor array.
 
     ``cached`` is our side's running index (u32, wrapping): the producer for FILL and TX,
-    the consumer for RX and COMPLETION.
+    the consumer for RX and COMPLETION. ``peer`` is the kernel's index as last read.
     """
+
+    _buf: bytearray | None = None  # the memory of an in_memory() ring
 
     def __init__(
         self,
@@ -71,23 +81,50 @@ class KernelRing:
             offset=pgoff,
         )
         self.mm.madvise(mmap.MADV_DONTFORK)
+        self._map(self.mm, off, size, dtype, we_produce)
+
+    @classmethod
+    def in_memory(cls, size: int, dtype: np.dtype, we_produce: bool) -> KernelRing:
+        """A ring in plain process memory, laid out like the kernel's (for FakeXsk)."""
+        ring = cls.__new__(cls)
+        ring.mm = None
+        off = K.xdp_ring_offset(producer=0, consumer=64, flags=128, desc=192)
+        ring._buf = bytearray(off.desc + size * dtype.itemsize)
+        ring._map(ring._buf, off, size, dtype, we_produce)
+        return ring
+
+    def _map(
+        self,
+        buf: mmap.mmap | bytearray,
+        off: K.xdp_ring_offset,
+        size: int,
+        dtype: np.dtype,
+        we_produce: bool,
+    ) -> None:
         self.size = size
         self.mask = size - 1
-        self.producer = np.ndarray((1,), np.uint32, self.mm, off.producer)
-        self.consumer = np.ndarray((1,), np.uint32, self.mm, off.consumer)
-        self.flags = np.ndarray((1,), np.uint32, self.mm, off.flags)
-        self.desc = np.ndarray((size,), dtype, self.mm, off.desc)
+        self.producer = np.ndarray((1,), np.uint32, buf, off.producer)
+        self.consumer = np.ndarray((1,), np.uint32, buf, off.consumer)
+        self.flags = np.ndarray((1,), np.uint32, buf, off.flags)
+        self.desc = np.ndarray((size,), dtype, buf, off.desc)
         # positions of `n` entries from index i are pos[i & mask : (i & mask) + n]
         self.pos = np.arange(2 * size, dtype=np.intp) & self.mask
         self.we_produce = we_produce
         self.cached = int(self.producer[0] if we_produce else self.consumer[0])
+        self.peer = int(self.consumer[0] if we_produce else self.producer[0])
 
     def needs_wakeup(self) -> bool:
         return bool(int(self.flags[0]) & K.XDP_RING_NEED_WAKEUP)
 
     # producer side (FILL, TX)
-    def free(self) -> int:
-        return self.size - ((self.cached - int(self.consumer[0])) & U32_WRAP)
+    def free(self, want: int | None = None) -> int:
+        """Entries we may produce; the kernel's consumer word is read only when the
+        cached view shows fewer than ``want`` (None: always)."""
+        f = self.size - ((self.cached - self.peer) & U32_WRAP)
+        if want is None or f < want:
+            self.peer = int(self.consumer[0])
+            f = self.size - ((self.cached - self.peer) & U32_WRAP)
+        return f
 
     def slots(self, n: int) -> slice | np.ndarray:
         """Positions of the next ``n`` entries from our index: a slice unless they wrap."""
@@ -101,12 +138,19 @@ class KernelRing:
         self.producer[0] = self.cached
 
     def pending(self) -> int:
-        """Entries produced but not yet consumed by the kernel."""
-        return (self.cached - int(self.consumer[0])) & U32_WRAP
+        """Entries produced but not yet consumed by the kernel (both words read: the
+        producer word is ours, but the compiled ring core may be the one writing it)."""
+        return (int(self.producer[0]) - int(self.consumer[0])) & U32_WRAP
 
     # consumer side (RX, COMPLETION)
-    def available(self) -> int:
-        return (int(self.producer[0]) - self.cached) & U32_WRAP
+    def available(self, want: int | None = None) -> int:
+        """Entries to consume, at most ``want``; the kernel's producer word is read only
+        when the cached view shows fewer than ``want`` (None: always, and no limit)."""
+        a = (self.peer - self.cached) & U32_WRAP
+        if want is None or a < want:
+            self.peer = int(self.producer[0])
+            a = (self.peer - self.cached) & U32_WRAP
+        return a if want is None else min(a, want)
 
     def release(self, n: int) -> None:
         self.cached = (self.cached + n) & U32_WRAP
@@ -221,6 +265,15 @@ class XskSocket:
             self._setsockopt(K.XDP_RX_RING, sizes.rx, where, f"RX ring of {sizes.rx}")
         if sizes.tx:
             self._setsockopt(K.XDP_TX_RING, sizes.tx, where, f"TX ring of {sizes.tx}")
+            if sizes.tx >= K.XDP_TX_BATCH_SIZE:
+                # copy mode: one kick may send the whole TX ring, not 32 frames
+                try:
+                    self.sock.setsockopt(K.SOL_XDP, K.XDP_MAX_TX_SKB_BUDGET, sizes.tx)
+                except OSError as exc:
+                    if exc.errno != errno.ENOPROTOOPT:  # before 6.17: 32 per call
+                        raise DeviceError(
+                            f"{where}: TX budget of {sizes.tx}: {exc.strerror}"
+                        ) from exc
         self._setsockopt(K.XDP_UMEM_FILL_RING, sizes.fill, where, f"FILL ring of {sizes.fill}")
         self._setsockopt(
             K.XDP_UMEM_COMPLETION_RING, sizes.comp, where, f"COMPLETION ring of {sizes.comp}"
@@ -303,16 +356,9 @@ class XskSocket:
         try:
             self.sock.send(b"", socket.MSG_DONTWAIT)
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.ENOBUFS, errno.EBUSY):
+            if exc.errno in TRANSIENT:
                 return exc.errno
-            if exc.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
-                raise InterfaceChangedError(
-                    f"{self.ifname} queue {self.queue}: transmit refused, interface "
-                    f"{'down' if exc.errno == errno.ENETDOWN else 'gone'}"
-                ) from exc
-            raise DeviceError(
-                f"{self.ifname} queue {self.queue}: transmit kick failed: {exc.strerror}"
-            ) from exc
+            self.raise_kick_error(exc.errno or 0, True)
         return 0
 
     def wake_rx(self) -> None:
@@ -321,12 +367,23 @@ class XskSocket:
         try:
             self.sock.recv(0, socket.MSG_DONTWAIT)
         except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EBUSY):
-                if exc.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
-                    raise InterfaceChangedError(
-                        f"{self.ifname} queue {self.queue}: interface down or gone"
-                    ) from exc
-                raise
+            if exc.errno not in TRANSIENT:
+                self.raise_kick_error(exc.errno or 0, False)
+
+    def raise_kick_error(self, err: int, tx: bool) -> None:
+        """Raise what a failed TX kick (sendto) or RX wakeup (recvfrom) with ``err`` means;
+        the compiled ring core calls this after its own syscall failed."""
+        where = f"{self.ifname} queue {self.queue}"
+        if err in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
+            if tx:
+                raise InterfaceChangedError(
+                    f"{where}: transmit refused, interface "
+                    f"{'down' if err == errno.ENETDOWN else 'gone'}"
+                )
+            raise InterfaceChangedError(f"{where}: interface down or gone")
+        if tx:
+            raise DeviceError(f"{where}: transmit kick failed: {os.strerror(err)}")
+        raise OSError(err, os.strerror(err))
 
     def close(self) -> None:
         """Unmap the rings and close the socket (which also leaves any XSKMAP)."""

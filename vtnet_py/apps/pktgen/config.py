@@ -101,6 +101,7 @@ class Config:
     frag_size: int = 0  # -M: the most bytes a fragment (0: a buffer)
     dump: bool = False  # -X: print every slot sent or received
     verbose: int = 0  # -v: start-up details and the sockets' statistics
+    busy_poll: bool = False  # --busy-poll: poll() spins on the rings (latency)
 
     def __post_init__(self) -> None:
         if self.function not in FUNCTIONS:

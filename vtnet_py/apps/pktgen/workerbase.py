@@ -94,6 +94,7 @@ class WorkerBase:
                 netns=self.cfg.netns,
                 vnet_hdr=self.cfg.spec.vnet_hdr_len,
                 frags=True if self.cfg.frag_plan.count > 1 else None,
+                busy_poll=self.cfg.busy_poll,
             )
         except (VtnetError, OSError) as exc:
             self.out.diag(f"cannot open {self.port_name}: {exc}", func="worker")
