@@ -1,4 +1,4 @@
-"""`vtnetmap attach`, `detach` and `status`: the device side of the tool (issue 3).
+"""`vtnetmap attach`, `detach` and `status`: the device side of the tool.
 
 Registered by cli/main.py. Library errors (VtnetError) become one line on stderr and exit
 status 1 in main's group; click's usage errors exit 2; an OSError the library did not map

@@ -1,6 +1,6 @@
 """Kernel tests of the device layer on veth pairs inside throw-away namespaces.
 
-The test process enters each namespace with setns (like the lead's code does) and uses
+The test process enters each namespace with setns (as the library does) and uses
 NetlinkDeviceLayer there; results are compared with what iproute2/ethtool report.
 """
 

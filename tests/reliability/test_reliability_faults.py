@@ -1,4 +1,4 @@
-"""Faults (issue 7): process death, interface events and ring pressure on real veths.
+"""Faults: process death, interface events and ring pressure on real veths.
 
 Every case ends in a stated, checked state and nothing is left behind:
 

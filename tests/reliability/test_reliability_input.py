@@ -1,4 +1,4 @@
-"""Bad input (issue 7): fuzzed port names and API arguments against a real veth, fuzzed
+"""Bad input: fuzzed port names and API arguments against a real veth, fuzzed
 CLI options, and ring misuse by the application.
 
 * Every port name / argument combination ends in an open Port or a VtnetError/ValueError

@@ -1,4 +1,4 @@
-"""fd and memory leaks (issue 7): many opens, closes, failed opens, attaches and detaches;
+"""fd and memory leaks: many opens, closes, failed opens, attaches and detaches;
 this process's fd count, mappings and RSS return to where they started.
 
 Each loop warms up first (imports, the compiled program image), then measures 200 rounds

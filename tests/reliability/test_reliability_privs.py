@@ -1,4 +1,4 @@
-"""Privileges and ownership (issue 7).
+"""Privileges and ownership.
 
 * open_port as a non-root user, and as root without CAP_BPF / CAP_NET_ADMIN / CAP_NET_RAW
   (dropped from the bounding set with setpriv, so the exec'd Python never has them): a

@@ -1,4 +1,4 @@
-"""Soak (issue 7): full-speed netmap traffic next to kernel traffic, for a bounded time.
+"""Soak: full-speed netmap traffic next to kernel traffic, for a bounded time.
 
 On a 2-queue veth pair, queue 0 belongs to netmap on both ends and queue 1 to the kernel
 (XPS sends all of the stacks' traffic through queue 1):

@@ -51,6 +51,8 @@ def all_modules() -> dict[str, Path]:
                 out[info.name] = Path(spec.origin)
                 continue
             mod = importlib.import_module(info.name)
+            if not (mod.__file__ or "").endswith(".py"):
+                continue  # a compiled extension: importable (checked here), no Python imports
             out[info.name] = Path(mod.__file__ or "")
     return out
 
