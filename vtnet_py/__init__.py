@@ -24,6 +24,7 @@ from vtnet_py.errors import (
     VtnetError,
 )
 from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.pool import SLOT_DTYPE
 from vtnet_py.netmap.port import Port, open_port
 from vtnet_py.netmap.portname import PortSpec, RegMode, parse_port_name
 from vtnet_py.netmap.ring import (
@@ -35,7 +36,6 @@ from vtnet_py.netmap.ring import (
     NS_MOREFRAG,
     NS_NO_LEARN,
     NS_REPORT,
-    SLOT_DTYPE,
     Ring,
 )
 

@@ -13,7 +13,7 @@ from nettest import VethPair, kernel
 from vtnet_py import open_port
 from vtnet_py.errors import BusyError, UnsupportedError
 from vtnet_py.netmap.memory import Memory
-from vtnet_py.netmap.ring import FREE
+from vtnet_py.netmap.pool import FREE
 
 
 def test_allocate_and_release_merge_free_ranges() -> None:

@@ -18,7 +18,8 @@ from vtnet_py._sys.proc import pid_alive
 from vtnet_py.errors import BusyError, DeviceError, ResourceError, UnsupportedError
 from vtnet_py.netmap.memory import Memory
 from vtnet_py.netmap.plan import MAX_FRAGS, PortPlan
-from vtnet_py.netmap.ring import FREE, Ring, krx, ktx
+from vtnet_py.netmap.pool import FREE, krx, ktx
+from vtnet_py.netmap.ring import Ring
 from vtnet_py.netmap.xsk import RingSizes, XskSocket
 
 BUSY_RETRY_S = 1.0  # the kernel frees a closed socket's queue in deferred work

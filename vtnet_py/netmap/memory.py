@@ -13,7 +13,7 @@ import numpy as np
 
 from vtnet_py._sys import abi as K
 from vtnet_py.errors import BusyError, InvariantError, UnsupportedError
-from vtnet_py.netmap.ring import APP, FREE, BufferPool, krx, ktx
+from vtnet_py.netmap.pool import APP, FREE, BufferPool, krx, ktx
 from vtnet_py.netmap.xsk import CHUNK_SIZE, Umem, XskSocket, _close_mmap
 
 
