@@ -88,6 +88,7 @@ def bridge(
     netns: str | None,
     args: tuple[str, ...],
 ) -> None:
+    from vtnet_py.admin.status import describe_port_mode
     from vtnet_py.apps.bridge import (
         DEFAULT_BURST,
         DEFAULT_WAIT_LINK,
@@ -140,6 +141,8 @@ def bridge(
         a, b, mem = open_pair(ifa, ifb, copy=copy, loopback=loopback, netns=netns)
         br = Bridge(a, b, burst=burst, zerocopy=not copy, verbose=verbose, wake_fd=wake_r.fileno())
         dlog("main", f"------- zerocopy {'' if br.zerocopy else 'NOT '}supported")
+        for p in (a, b) if b is not a else (a,):
+            dlog("main", describe_port_mode(p, netns))
         dlog("main", f"Wait {wait_link} secs for link to come up...")
         deadline = time.monotonic() + wait_link
         while not stop and time.monotonic() < deadline:

@@ -16,9 +16,10 @@ from vtnet_py._sys.proc import netns_inode, pid_alive
 from vtnet_py.admin import pins
 from vtnet_py.admin.pins import describe_pids, inspect_prog, pin_dir, read_pin
 from vtnet_py.device import record
-from vtnet_py.device.netlink import NetlinkDeviceLayer
+from vtnet_py.device.netlink import NetlinkDeviceLayer, read_xdp_features
 from vtnet_py.device.policy import DeviceLayer, offloads_to_disable
-from vtnet_py.device.record import check_ifname, read_record, state_path
+from vtnet_py.device.record import attached_zerocopy, check_ifname, read_record, state_path
+from vtnet_py.device.types import XdpFeatures
 from vtnet_py.errors import DeviceError
 
 if TYPE_CHECKING:
@@ -51,9 +52,78 @@ def _recorded_names(nsino: int) -> list[str]:
     return sorted(names)
 
 
-def _ring_view(port: Port) -> dict[int, list[dict[str, Any]]]:
-    """Per queue: the rings of ``port`` with occupancy and the kernel's statistics."""
+NO_NETDEV_FAMILY = (
+    "the kernel has no netdev netlink family (Linux < 6.3): the driver's XDP features "
+    "cannot be read; zero copy shows only in a port's bind"
+)
+
+
+def zerocopy_reason(
+    zerocopy: bool,
+    xdp_mode: str | None,
+    features: XdpFeatures | None,
+    *,
+    host_rings: bool = False,
+    recorded: str = "auto",
+) -> str:
+    """Why a port's AF_XDP sockets run in zero-copy or in copy mode, in one line.
+
+    ``zerocopy``: what the bind got (XDP_OPTIONS); ``xdp_mode``: the steering program's
+    mode; ``features``: what the driver advertises (None: unknown, before Linux 6.3);
+    ``host_rings``: the port has host rings (their memory is bound in copy mode);
+    ``recorded``: `vtnetmap attach --zerocopy`'s choice for the interface.
+    """
+    if zerocopy:
+        return "the driver took the XDP_ZEROCOPY bind (it advertises xsk-zerocopy)"
+    if features is not None and not features.zerocopy:
+        have = ", ".join(features.xdp_names) or "none"
+        return (
+            "the driver does not advertise xsk-zerocopy (XDP_FEATURE_XSK_ZEROCOPY; "
+            f"xdp-features: {have}): XDP_ZEROCOPY binds fail with EOPNOTSUPP"
+        )
+    if xdp_mode == "generic":
+        return "generic (skb) XDP copies every frame; zero copy needs native XDP"
+    if host_rings:
+        return "host rings share the port's memory and work in copy mode only"
+    if recorded == "off":
+        return "`vtnetmap attach --zerocopy off` chose copy mode for this interface"
+    if features is None:
+        return "the zero-copy bind was refused or not asked (" + NO_NETDEV_FAMILY + ")"
+    return (
+        "the driver advertises xsk-zerocopy, but copy mode was asked (zerocopy='off') "
+        "or the shared memory was bound in copy mode first"
+    )
+
+
+def port_mode(port: Port, features: XdpFeatures | None) -> tuple[str, str]:
+    """("zerocopy" or "copy", why) for the AF_XDP sockets of ``port``: the sockets of one
+    memory all have the mode of the socket that registered it."""
+    why = zerocopy_reason(
+        port.zerocopy,
+        port.xdp_mode,
+        features,
+        host_rings=any(r.is_host for r in port.rx_rings + port.tx_rings),
+        recorded=attached_zerocopy(port.ifname, "auto"),
+    )
+    return ("zerocopy" if port.zerocopy else "copy"), why
+
+
+def describe_port_mode(port: Port, netns: str | None = None) -> str:
+    """One line for start-up banners: ``<port>: AF_XDP <mode> (<why>)``."""
+    try:
+        with enter_netns(netns):
+            features = read_xdp_features(port.ifname, port.ifindex)
+    except DeviceError:
+        features = None
+    mode, why = port_mode(port, features)
+    return f"{port.name}: AF_XDP {'zero-copy' if mode == 'zerocopy' else 'copy'} mode ({why})"
+
+
+def _ring_view(port: Port, features: XdpFeatures | None) -> dict[int, list[dict[str, Any]]]:
+    """Per queue: the rings of ``port`` with occupancy, AF_XDP mode and the kernel's
+    statistics."""
     out: dict[int, list[dict[str, Any]]] = {}
+    mode, why = port_mode(port, features)
     rings = port.rx_rings + port.tx_rings
     for r, d in zip(rings, port.stats()["rings"], strict=True):
         user = (r.tail - r.head) % r.num_slots  # slots in [head, tail): the user's
@@ -69,6 +139,8 @@ def _ring_view(port: Port) -> dict[int, list[dict[str, Any]]]:
                 "user_slots": user,
                 "kernel_slots": r.num_slots - 1 - user,
                 "zerocopy": port.zerocopy,
+                "mode": mode,
+                "mode_reason": why,
                 "afxdp": d["kernel"],
             }
         )
@@ -118,6 +190,7 @@ def interface_status(
                 f"{ifname} no longer exists: stale state; `vtnetmap detach {ifname}` removes it"
             ],
         }
+    features = layer.read_xdp_features(ifname, info.ifindex)
     view = inspect_prog(info.xdp_prog_id, ifname) if info.xdp_prog_id else None
     pinned = bool(pin and pin.ifindex and view and pin.prog_id == view.prog_id)
     notes: list[str] = []
@@ -136,7 +209,7 @@ def interface_status(
     mine = [p for p in ports if p.ifname == ifname and p.ifindex == info.ifindex]
     rings: dict[int, list[dict[str, Any]]] = {}
     for p in mine:
-        for q, lst in _ring_view(p).items():
+        for q, lst in _ring_view(p, features).items():
             rings.setdefault(q, []).extend(lst)
     queues = []
     for q in sorted(set(range(nq)) | set(owners) | set(rings)):
@@ -156,6 +229,8 @@ def interface_status(
         afxdp = "per socket: visible only inside the process that owns the socket" + (
             f" (pid {describe_pids(owners.values())})" if owners else ""
         )
+    if features is None:
+        notes.append(NO_NETDEV_FAMILY)
     offloads = {
         n: {"active": info.features[n].active, "fixed": info.features[n].fixed}
         for n in offloads_to_disable(info)
@@ -179,6 +254,8 @@ def interface_status(
             "vtnetmap": bool(view and view.ours),
             "frags": bool(view and view.frags),
         },
+        # what the driver advertises (netdev netlink family); None before Linux 6.3
+        "driver_features": features.to_dict() if features is not None else None,
         "pinned": pinned,
         "pin_dir": pdir if pin else None,
         "attach": attach_d,

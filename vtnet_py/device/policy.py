@@ -34,6 +34,7 @@ from vtnet_py.device.types import (
     VIRTIO_NET_F_MRG_RXBUF,
     Channels,
     DeviceInfo,
+    XdpFeatures,
 )
 from vtnet_py.errors import DeviceError, InterfaceChangedError, RefusedError
 
@@ -42,9 +43,12 @@ NATIVE_DRIVERS = frozenset({"virtio_net", "veth"})
 
 
 class DeviceLayer(Protocol):
-    """What prepare/restore need from the kernel side (real: NetlinkDeviceLayer)."""
+    """What prepare/restore (and status) need from the kernel side (real:
+    NetlinkDeviceLayer)."""
 
     def read(self, ifname: str) -> DeviceInfo: ...
+
+    def read_xdp_features(self, ifname: str, ifindex: int) -> XdpFeatures | None: ...
 
     def read_channels(self, ifname: str) -> Channels: ...
 

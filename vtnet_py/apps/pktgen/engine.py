@@ -216,11 +216,12 @@ class Worker:
         program on first use, which must happen in a main thread); None on failure,
         after one line on stderr."""
         from vtnet_py import open_port  # late: the CLI's --help must not need the core
+        from vtnet_py.admin.status import describe_port_mode
 
         try:
             # -H: the port gives every slot a virtio-net header (zeroed on RX,
             # stripped on TX), as netmap's NETMAP_REQ_PORT_HDR_SET
-            return open_port(
+            port = open_port(
                 self.port_name, netns=self.cfg.netns, vnet_hdr=self.cfg.spec.vnet_hdr_len
             )
         except (VtnetError, OSError) as exc:
@@ -229,6 +230,9 @@ class Worker:
             self.row[F_DONE] = 1
             self.row[F_RUNNING] = 0
             return None
+        # copy or zero copy, and why: what a user of a driver without zero copy asks first
+        self.out.diag(describe_port_mode(port, self.cfg.netns), func="open_port")
+        return port
 
     def run(self, port: Any = None) -> None:
         """Run the function on ``port`` (opened here when None); closes the port."""
