@@ -9,6 +9,20 @@ import pytest
 from nettest import VethPair, _why, make_veth_pair, remove_veth_pair
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Declared here, not in tests/vm/conftest.py: pytest reads options before it loads
+    # the conftests of subdirectories, so `pytest --vm-kernel ...` from the repository
+    # root would be an unknown option there.
+    parser.addoption(
+        "--vm-kernel",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="VM suite: boot this guest vmlinuz-<release> (repeatable; 'defaults' = "
+        "Debian's 6.1 and 6.12) instead of $VTNETMAP_VM_KERNEL or the two defaults",
+    )
+
+
 @pytest.fixture
 def veth() -> Iterator[VethPair]:
     """A 2-queue veth pair between two fresh namespaces."""
