@@ -92,8 +92,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "boot_s": r.boot_seconds,
             "rc": r.rc,
         }
+    per_kernel: dict[str, float] = {}
+    for t in timings.values():
+        per_kernel[str(t["kernel"])] = per_kernel.get(str(t["kernel"]), 0.0) + float(t["wall_s"])
+    for kernel, wall in per_kernel.items():
+        tr.line(f"{kernel}: {wall:.0f}s of VM boots")
     with open(harness.OUT_DIR / "timings.json", "w") as f:
-        json.dump({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "boots": timings}, f, indent=1)
+        json.dump(
+            {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "boots": timings,
+                "per_kernel_wall_s": {k: round(v, 1) for k, v in per_kernel.items()},
+            },
+            f,
+            indent=1,
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -791,9 +791,12 @@ def boot(
 # One boot per profile per pytest session. Guest scenarios pick theirs with
 # @pytest.mark.vm_profile(NAME) (unmarked: "main"); add a profile here when a scenario
 # needs a VM built differently.
+# Timeouts bound a hung boot; they are ~2.5x a boot's wall time on a loaded 2-core
+# machine (main: 5 min measured with other test suites running beside it), since every
+# scenario also has its own limit in the guest ($VTVM_TEST_TIMEOUT).
 PROFILES: dict[str, VmConfig] = {
     # -smp 2 with 4 queue pairs: XDP gets one TX queue per CPU beside the 2 in use.
-    "main": VmConfig(cpus=2, queues=4, timeout=360),
+    "main": VmConfig(cpus=2, queues=4, timeout=720),
     # The refusal cases that need other QEMU options: -smp 4 with 4 queue pairs (too few
     # for XDP's per-CPU TX queues), a NIC without VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, a
     # NIC whose device MTU (VIRTIO_NET_F_MTU) is 9000, and a legacy (virtio 0.9.5) NIC
@@ -801,7 +804,7 @@ PROFILES: dict[str, VmConfig] = {
     "refusals": VmConfig(
         cpus=4,
         queues=4,
-        timeout=240,
+        timeout=480,
         extra_nics=(
             Nic({"ctrl_guest_offloads": "off"}),
             Nic({"host_mtu": 9000}),
