@@ -87,7 +87,11 @@ def test_zerocopy_on_refused_naming_errno_and_feature_or_used(iface: str) -> Non
 def test_zerocopy_port_answers_pings(iface: str, host_link: guestlib.HostLink) -> None:
     feats = driver_features(iface)
     if feats is None or not feats.zerocopy:
-        have = "no netdev netlink family" if feats is None else ", ".join(feats.xdp_names)
+        have = (
+            "nothing: no netdev netlink family before Linux 6.3"
+            if feats is None
+            else ", ".join(feats.xdp_names)
+        )
         pytest.skip(
             f"not applicable: {guestlib.driver_of(iface)} on {iface} does not advertise "
             f"xsk-zerocopy (XDP_FEATURE_XSK_ZEROCOPY; advertised: {have})"
