@@ -97,6 +97,7 @@ def bridge(
         dlog,
         open_pair,
     )
+    from vtnet_py.netmap.mode import describe_port_mode
 
     ifa = ifaces[0] if ifaces else None
     ifb = ifaces[1] if len(ifaces) > 1 else None
@@ -140,6 +141,8 @@ def bridge(
         a, b, mem = open_pair(ifa, ifb, copy=copy, loopback=loopback, netns=netns)
         br = Bridge(a, b, burst=burst, zerocopy=not copy, verbose=verbose, wake_fd=wake_r.fileno())
         dlog("main", f"------- zerocopy {'' if br.zerocopy else 'NOT '}supported")
+        for p in (a, b) if b is not a else (a,):
+            dlog("main", describe_port_mode(p, netns))
         dlog("main", f"Wait {wait_link} secs for link to come up...")
         deadline = time.monotonic() + wait_link
         while not stop and time.monotonic() < deadline:

@@ -219,6 +219,15 @@ def format_status(st: dict[str, Any]) -> str:
                 + ", ".join(n + (" [fixed]" if i["offloads"][n]["fixed"] else "") for n in on)
             )
         )
+        df = i["driver_features"]
+        if df is not None:
+            lines.append(
+                "  driver advertises: xdp "
+                + (", ".join(df["xdp_features"]) or "nothing")
+                + "; xsk "
+                + (", ".join(df["xsk_features"]) or "nothing")
+                + f"; AF_XDP zero copy {'yes' if df['xsk_zerocopy'] else 'no'}"
+            )
         vh = i["vnet_hdr_len"]
         lines.append(
             f"  vnet header: {vh} bytes"
@@ -237,6 +246,8 @@ def format_status(st: dict[str, Any]) -> str:
                     f"{r['kernel_slots']} kernel slots, "
                     f"{'zero-copy' if r['zerocopy'] else 'copy'}) {stats}"
                 )
+            why = {r["mode_reason"] for r in q["rings"]}
+            lines += [f"    mode: {w}" for w in sorted(why)]
         lines.append(f"  AF_XDP statistics: {i['afxdp_statistics']}")
         lines += [f"  note: {n}" for n in i["notes"]]
     return "\n".join(lines)

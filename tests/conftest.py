@@ -16,6 +16,20 @@ from nettest import _why
 pytest_plugins = ["netlab_plugin"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Declared here, not in tests/vm/conftest.py: pytest reads options before it loads
+    # the conftests of subdirectories, so `pytest --vm-kernel ...` from the repository
+    # root would be an unknown option there.
+    parser.addoption(
+        "--vm-kernel",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="VM suite: boot this guest vmlinuz-<release> (repeatable; 'defaults' = "
+        "Debian's 6.1 and 6.12) instead of $VTNETMAP_VM_KERNEL or the two defaults",
+    )
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if _why and item.get_closest_marker("kernel") is not None:
         pytest.skip(_why)

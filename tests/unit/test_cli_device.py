@@ -29,6 +29,7 @@ from vtnet_py.device.types import (
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
     VIRTIO_NET_F_MRG_RXBUF,
+    XdpFeatures,
 )
 from vtnet_py.errors import DeviceError, InterfaceChangedError
 from vtnet_py.netmap.watch import DeviceWatch
@@ -318,6 +319,8 @@ def test_format_status_marks_dead_owners_and_rings() -> None:
         "user_slots": 3,
         "kernel_slots": 4,
         "zerocopy": False,
+        "mode": "copy",
+        "mode_reason": "the driver does not advertise xsk-zerocopy",
         "afxdp": {"rx_dropped": 2},
     }
     st = {
@@ -343,6 +346,7 @@ def test_format_status_marks_dead_owners_and_rings() -> None:
                     "vtnetmap": True,
                     "frags": False,
                 },
+                "driver_features": XdpFeatures(xdp=0b100011).to_dict(),
                 "pinned": True,
                 "pin_dir": "/p",
                 "attach": None,
@@ -376,6 +380,10 @@ def test_format_status_marks_dead_owners_and_rings() -> None:
         "    netmap:vtf0 rx ring 0: head 1 cur 1 tail 4 (3 user / 4 kernel slots, copy) "
         "rx_dropped=2"
     ) in text
+    assert "  driver advertises: xdp basic, redirect, rx-sg; xsk nothing; AF_XDP zero copy no" in (
+        text
+    )
+    assert "    mode: the driver does not advertise xsk-zerocopy" in text
     assert "  channels: rx 2/2, tx 2/2 (rx queues 2, tx queues 2)" in text
     assert "  vnet header: n/a (not virtio_net)" in text
 

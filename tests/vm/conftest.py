@@ -1,11 +1,18 @@
 """Host side of the VM suite: one guest boot per profile per pytest session.
 
 The guest scenarios (tests/vm/guest/test_*.py) are listed on the host with
-``pytest --vtvm-list`` and become one host test each (tests/vm/test_vm.py). The first
-test of a profile boots its VM (harness.PROFILES) and runs all its scenarios in one
-python process inside the guest (vagrant/provision.sh scenarios -> guest/run.sh); every
-later test of that profile reads its own result from what the guest streamed to the
-shared directory (tests/vm/out/<profile>-<pid>/results.jsonl, junit.xml, console.txt).
+``pytest --vtvm-list`` and become one host test per guest kernel each
+(tests/vm/test_vm.py, ids ``<kernel release>:<profile>:<file>::<test>``). The first test
+of a (kernel, profile) boots its VM (harness.PROFILES) and runs all the profile's
+scenarios in one python process inside the guest (vagrant/provision.sh scenarios ->
+guest/run.sh); every later test of that pair reads its own result from what the guest
+streamed to the shared directory (tests/vm/out/<kernel>-<profile>-<pid>/results.jsonl,
+junit.xml, console.txt).
+
+Guest kernels (harness.selected_kernels): ``--vm-kernel PATH`` (repeatable; the option is
+declared in tests/conftest.py so that it works from the repository root), else
+``$VTNETMAP_VM_KERNEL`` (paths separated by ":"), else Debian's 6.1 and 6.12; the word
+``defaults`` stands for those two.
 
 This file is also loaded inside the guest (pytest loads conftests on the way to
 tests/vm/guest), so it only defines fixtures and hooks that are inert there.
@@ -55,6 +62,14 @@ def _prune_old_results() -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _kernels(config: pytest.Config) -> tuple[list[harness.Kernel], str]:
+    """The selected guest kernels, or the reason there are none."""
+    try:
+        return harness.selected_kernels(config.getoption("--vm-kernel", default=None) or ()), ""
+    except harness.HarnessError as e:
+        return [], str(e)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _session_runs or not _session_runs.runs:
         return
@@ -70,26 +85,50 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{name}: rc={r.rc} wall={r.seconds:.1f}s guest-boot={r.boot_seconds}s "
             f"scenarios={len(run.records)} results={r.results_dir}"
         )
-        timings[name] = {"wall_s": round(r.seconds, 1), "boot_s": r.boot_seconds, "rc": r.rc}
+        timings[name] = {
+            "kernel": run.kernel.release,
+            "profile": run.profile,
+            "wall_s": round(r.seconds, 1),
+            "boot_s": r.boot_seconds,
+            "rc": r.rc,
+        }
+    per_kernel: dict[str, float] = {}
+    for t in timings.values():
+        per_kernel[str(t["kernel"])] = per_kernel.get(str(t["kernel"]), 0.0) + float(t["wall_s"])
+    for kernel, wall in per_kernel.items():
+        tr.line(f"{kernel}: {wall:.0f}s of VM boots")
     with open(harness.OUT_DIR / "timings.json", "w") as f:
-        json.dump({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "boots": timings}, f, indent=1)
+        json.dump(
+            {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "boots": timings,
+                "per_kernel_wall_s": {k: round(v, 1) for k, v in per_kernel.items()},
+            },
+            f,
+            indent=1,
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``guest_scenario``: one (profile, nodeid) per guest scenario; ``vm_profile_name``:
-    each profile that has scenarios. A listing failure becomes one failing parameter."""
+    """``guest_scenario``: one (kernel, profile, nodeid) per guest kernel and scenario;
+    ``vm_profile_name``: (kernel, profile) for each profile that has scenarios. A listing
+    or kernel-selection failure becomes one failing parameter."""
     names = {"guest_scenario", "vm_profile_name"} & set(metafunc.fixturenames)
     if not names:
         return
     lst = list_scenarios()
+    kernels, kernel_error = _kernels(metafunc.config)
+    errors = [("listing-error", lst.error), ("kernel-error", kernel_error)]
     if "guest_scenario" in names:
         params = [
-            pytest.param(s, id=f"{s[0]}:{s[1].rsplit('/', 1)[-1]}")
-            for s in sorted(lst.scenarios, key=lambda s: s[0] != "main")
+            pytest.param((k, p, n), id=f"{k.label}:{p}:{n.rsplit('/', 1)[-1]}")
+            for k in kernels
+            for p, n in sorted(lst.scenarios, key=lambda s: s[0] != "main")
         ]
-        if lst.error:
-            params.append(pytest.param(("", lst.error), id="listing-error"))
+        params += [pytest.param((None, "", e), id=i) for i, e in errors if e]
         metafunc.parametrize("guest_scenario", params)
     if "vm_profile_name" in names:
-        profiles = sorted({p for p, _ in lst.scenarios if p in harness.PROFILES})
-        metafunc.parametrize("vm_profile_name", profiles or ["main"])
+        profiles = sorted({p for p, _ in lst.scenarios if p in harness.PROFILES}) or ["main"]
+        pairs = [pytest.param((k, p), id=f"{k.label}:{p}") for k in kernels for p in profiles]
+        pairs += [pytest.param((None, e), id=i) for i, e in errors[1:] if e]
+        metafunc.parametrize("vm_profile_name", pairs)

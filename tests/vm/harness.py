@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import re
@@ -59,6 +60,11 @@ from vtnet_py.apps.netlab import NetLab, in_namespace
 VM_DIR = Path(__file__).resolve().parent
 REPO = VM_DIR.parents[1]
 VNG = VM_DIR / ".vng-venv" / "bin" / "vng"
+# Guest kernels unpacked (not installed) by setup_vm.sh: kernels/<abi>/boot/vmlinuz-<abi>.
+KERNELS_DIR = VM_DIR / "kernels"
+# Kernels to boot instead of the defaults: paths separated by os.pathsep; the word
+# "defaults" stands for Debian's 6.1 and 6.12 (see selected_kernels).
+KERNEL_ENV = "VTNETMAP_VM_KERNEL"
 GUEST_PYTHON = REPO / ".venv" / "bin" / "python"
 OUT_DIR = VM_DIR / "out"
 
@@ -107,6 +113,7 @@ class VmConfig:
     mounted with cache=loose (vng's root has no cache: Python imports and bcc's header
     reads cost ~50-100 ms a file under TCG; measured: a boot running pytest and a bcc
     compile took 80 s instead of 138 s). The host must not change those files meanwhile.
+    ``kernel``: the guest kernel (default: Debian's 6.1, ``find_kernel()``).
     """
 
     cpus: int = 2
@@ -118,6 +125,7 @@ class VmConfig:
     timeout: float = 300.0
     host_link: bool = True
     cached_root: bool = True
+    kernel: Kernel | None = None
 
 
 @dataclass
@@ -150,6 +158,74 @@ class GuestResult:
         )
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """A guest kernel image and where its modules are on the host.
+
+    ``release`` is ``uname -r`` in the guest (from the image's file name, as virtme-ng
+    reads it); ``moddir`` is ``lib/modules/<release>`` found walking up from the image
+    (``/lib/modules/<release>`` for ``/boot/vmlinuz-<release>``), None when there is none.
+    """
+
+    image: Path
+    release: str
+    moddir: Path | None
+
+    @classmethod
+    def from_image(cls, image: Path) -> Kernel:
+        image = Path(image).resolve()
+        if not image.is_file():
+            raise HarnessError(f"guest kernel {image}: no such file")
+        release = image.name.removeprefix("vmlinuz-").removeprefix("bzImage-")
+        if release in ("vmlinuz", "bzImage"):
+            raise HarnessError(f"guest kernel {image}: name it vmlinuz-<release> (uname -r)")
+        moddir = None
+        for d in image.parents:
+            if (d / "lib" / "modules" / release).is_dir():
+                moddir = d / "lib" / "modules" / release
+                break
+        return cls(image, release, moddir)
+
+    @property
+    def label(self) -> str:
+        """The release, as test ids and result directories name this kernel."""
+        return self.release
+
+
+def find_kernel_612() -> Path:
+    """The newest Debian 6.12 image setup_vm.sh unpacked into tests/vm/kernels."""
+    found = sorted(
+        KERNELS_DIR.glob("6.12.*/boot/vmlinuz-6.12.*"),
+        key=lambda p: [
+            int(x) if x.isdigit() else -1 for x in re.split(r"[.+-]", p.parent.parent.name)
+        ],
+    )
+    if not found:
+        raise HarnessError(
+            f"no Debian 6.12 kernel in {KERNELS_DIR}: run tests/vm/setup_vm.sh as root"
+        )
+    return found[-1]
+
+
+def selected_kernels(given: Sequence[str] = ()) -> list[Kernel]:
+    """The guest kernels a run boots, in order, without repeats: ``given`` (the
+    ``--vm-kernel`` options) if any, else ``$VTNETMAP_VM_KERNEL`` (split on
+    os.pathsep), else Debian's 6.1 (the headers' ABI) and 6.12. Each entry is the path
+    of a vmlinuz-<release> or the word "defaults" (both Debian kernels)."""
+    entries = [e for e in given if e] or [
+        e for e in os.environ.get(KERNEL_ENV, "").split(os.pathsep) if e
+    ]
+    images: list[Path] = []
+    for e in entries or ["defaults"]:
+        images += [find_kernel(), find_kernel_612()] if e == "defaults" else [Path(e)]
+    kernels: list[Kernel] = []
+    for img in images:
+        k = Kernel.from_image(img)
+        if k not in kernels:
+            kernels.append(k)
+    return kernels
+
+
 def find_kernel() -> Path:
     """The vmlinuz of the ABI that linux-headers-amd64 points at (what setup_vm.sh
     installs and bcc compiles against); else the newest one with headers in
@@ -175,8 +251,9 @@ def find_kernel() -> Path:
     return Path("/boot") / f"vmlinuz-{newest}"
 
 
-def check_prerequisites() -> list[str]:
-    """What is missing for a boot, as messages (empty when ready)."""
+def check_prerequisites(default_kernel: bool = True) -> list[str]:
+    """What is missing for a boot, as messages (empty when ready); ``default_kernel``:
+    the boot needs Debian's 6.1 image (no other kernel was given)."""
     problems = []
     if not VNG.is_file():
         problems.append(f"{VNG} missing (run tests/vm/setup_vm.sh)")
@@ -185,7 +262,8 @@ def check_prerequisites() -> list[str]:
     if not GUEST_PYTHON.is_file():
         problems.append(f"{GUEST_PYTHON} missing (run scripts/setup.sh)")
     try:
-        find_kernel()
+        if default_kernel:
+            find_kernel()
     except HarnessError as e:
         problems.append(str(e))
     return problems
@@ -460,7 +538,21 @@ vtvm_cached_root || echo "vtvm: cached root unavailable, running from vng's 9p r
 """
 
 
-def _guest_script(cfg: VmConfig, results: Path, extra_macs: Sequence[str], command: str) -> str:
+def _modules_sh(kernel: Kernel) -> str:
+    """Make the kernel's modules reachable before udev loads virtio_net & co.
+
+    virtme-ng links /lib/modules/<release> to a kernel's own module tree when it is not
+    the host's; the cached /usr overlay (/lib is /usr/lib on Debian) hides that link, so
+    it is made again in the overlay's writable layer."""
+    if kernel.moddir is None:
+        return ""
+    m = shlex.quote(str(kernel.moddir))
+    return f"[ -e /lib/modules/$(uname -r) ] || ln -sfn {m} /lib/modules/$(uname -r)\n"
+
+
+def _guest_script(
+    cfg: VmConfig, kernel: Kernel, results: Path, extra_macs: Sequence[str], command: str
+) -> str:
     """The shell script the guest runs: NIC naming, addresses, environment, the command."""
     env = {
         "VTVM_IN_GUEST": "1",
@@ -474,6 +566,7 @@ def _guest_script(cfg: VmConfig, results: Path, extra_macs: Sequence[str], comma
         "VTVM_HOST_LINK": HOST_LINK_PORT if cfg.host_link else "",
         "VTVM_REQUIRE_HOST_LINK": "1" if cfg.host_link else "0",
         "VTVM_EXTRA_IFACES": " ".join(f"eth{i + 1}" for i in range(len(extra_macs))),
+        "VTVM_KERNEL": kernel.release,
         "PATH": f"{REPO / '.venv' / 'bin'}:{_GUEST_PATH}",
         "PYTHONDONTWRITEBYTECODE": "1",  # the repository is read-only in the guest
         # A per-scenario time limit set on the host applies in the guest too.
@@ -484,6 +577,7 @@ def _guest_script(cfg: VmConfig, results: Path, extra_macs: Sequence[str], comma
         ),
         **cfg.env,
     }
+    mounts = (_CACHED_ROOT_SH if cfg.cached_root else "") + _modules_sh(kernel)
     exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
     renames = [(GUEST_MAC, "eth0")] + [(m, f"eth{i + 1}") for i, m in enumerate(extra_macs)]
     rename_lines = "\n".join(f"vtvm_rename {m} {n}" for m, n in renames)
@@ -494,8 +588,7 @@ R={shlex.quote(str(results))}
 exec 2>"$R/guest-stderr.txt"
 cut -d' ' -f1 /proc/uptime >"$R/boot-seconds"
 {exports}
-{_CACHED_ROOT_SH if cfg.cached_root else ""}
-command -v udevadm >/dev/null && udevadm settle -t 15
+{mounts}command -v udevadm >/dev/null && udevadm settle -t 15
 vtvm_rename() {{
     # udev gave the NIC a predictable name (enp0sN, N depends on the device list):
     # find it by MAC and name it as the tests expect.
@@ -550,7 +643,7 @@ def boot(
     and the temporary directory are removed on every path.
     """
     cfg = config or VmConfig()
-    problems = check_prerequisites()
+    problems = check_prerequisites(default_kernel=config is None or config.kernel is None)
     if problems:
         raise HarnessError("; ".join(problems))
     if os.geteuid() != 0:
@@ -560,7 +653,7 @@ def boot(
     if results.exists():
         shutil.rmtree(results)
     results.mkdir(parents=True)
-    kernel = find_kernel()
+    kernel = cfg.kernel or Kernel.from_image(find_kernel())
     _become_subreaper()
     extra_macs = [GUEST_MAC[:-2] + f"{0x10 + i:02x}" for i in range(len(cfg.extra_nics))]
 
@@ -568,7 +661,7 @@ def boot(
     tmp = Path(tempfile.mkdtemp(prefix="vtvm-"))
     try:
         script = results / "guest-run.sh"
-        script.write_text(_guest_script(cfg, results, extra_macs, command))
+        script.write_text(_guest_script(cfg, kernel, results, extra_macs, command))
         with TestNetwork(suffix, extra_taps=len(cfg.extra_nics), queues=cfg.queues) as net:
             qemu = _nic_args("n0", net.tap, cfg.queues, GUEST_MAC, cfg.dev_opts)
             for i, nic in enumerate(cfg.extra_nics):
@@ -594,7 +687,7 @@ def boot(
                 *net.exec_prefix(),
                 str(VNG),
                 "--run",
-                str(kernel),
+                str(kernel.image),
                 "--disable-kvm",
                 "--force-9p",
                 "--verbose",
@@ -677,9 +770,12 @@ def boot(
 # One boot per profile per pytest session. Guest scenarios pick theirs with
 # @pytest.mark.vm_profile(NAME) (unmarked: "main"); add a profile here when a scenario
 # needs a VM built differently.
+# Timeouts bound a hung boot; they are ~2.5x a boot's wall time on a loaded 2-core
+# machine (main: 5 min measured with other test suites running beside it), since every
+# scenario also has its own limit in the guest ($VTVM_TEST_TIMEOUT).
 PROFILES: dict[str, VmConfig] = {
     # -smp 2 with 4 queue pairs: XDP gets one TX queue per CPU beside the 2 in use.
-    "main": VmConfig(cpus=2, queues=4, timeout=360),
+    "main": VmConfig(cpus=2, queues=4, timeout=720),
     # The refusal cases that need other QEMU options: -smp 4 with 4 queue pairs (too few
     # for XDP's per-CPU TX queues), a NIC without VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, a
     # NIC whose device MTU (VIRTIO_NET_F_MTU) is 9000, and a legacy (virtio 0.9.5) NIC
@@ -687,7 +783,7 @@ PROFILES: dict[str, VmConfig] = {
     "refusals": VmConfig(
         cpus=4,
         queues=4,
-        timeout=240,
+        timeout=480,
         extra_nics=(
             Nic({"ctrl_guest_offloads": "off"}),
             Nic({"host_mtu": 9000}),
@@ -734,6 +830,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="add a NIC with these k=v[,k=v] properties ('' for none)",
     )
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument(
+        "--kernel",
+        default=None,
+        help="guest vmlinuz-<release> to boot (default: Debian's 6.1); '6.12' for the "
+        "Debian 6.12 image setup_vm.sh unpacked",
+    )
     ap.add_argument("--suffix", default=None)
     ap.add_argument("--console", action="store_true", help="print the kernel console too")
     ap.add_argument(
@@ -744,8 +846,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("command", nargs="?")
     a = ap.parse_args(argv)
+    kernel = None
+    if a.kernel:
+        kernel = Kernel.from_image(find_kernel_612() if a.kernel == "6.12" else Path(a.kernel))
     if a.profile:
-        cfg = PROFILES[a.profile]
+        cfg = dataclasses.replace(PROFILES[a.profile], kernel=kernel)
         command = a.command or guest_suite_command(a.profile)
     else:
         if not a.command:
@@ -757,6 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dev_opts=_parse_opts(a.dev_opt),
             extra_nics=[Nic(_parse_opts([x]) if x else {}) for x in a.extra_nic],
             timeout=a.timeout,
+            kernel=kernel,
         )
         command = a.command
     r = boot(command, cfg, suffix=a.suffix)

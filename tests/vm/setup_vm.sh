@@ -74,6 +74,45 @@ if [ ! -r "/boot/vmlinuz-$ABI" ]; then
     exit 1
 fi
 
+# A second guest kernel: the newest Debian 12 6.12 image in the apt lists
+# (linux-image-6.12.N+deb12-amd64-unsigned), downloaded and unpacked into
+# tests/vm/kernels/<abi>/ with `dpkg -x`: never installed, so the machine's boot path,
+# /boot and /lib/modules stay as they are. virtme-ng finds lib/modules/<abi> beside the
+# unpacked boot/vmlinuz-<abi>; bcc in that guest compiles against the 6.1 headers above.
+newest_612() {
+    apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' \
+        | awk '{print $1}' | sort -V | tail -n1
+}
+PKG612=$(newest_612)
+if [ -z "$PKG612" ]; then
+    apt_update_once
+    PKG612=$(newest_612)
+fi
+if [ -z "$PKG612" ]; then
+    echo "setup_vm.sh: no linux-image-6.12.*+deb12-amd64-unsigned in the apt lists" >&2
+    exit 1
+fi
+ABI612=${PKG612#linux-image-}
+ABI612=${ABI612%-unsigned}
+K612=kernels/$ABI612
+if [ ! -r "$K612/boot/vmlinuz-$ABI612" ] || [ ! -d "$K612/lib/modules/$ABI612" ]; then
+    echo "setup_vm.sh: unpacking $PKG612 into tests/vm/$K612"
+    mkdir -p kernels
+    rm -rf kernels/.unpack
+    mkdir kernels/.unpack
+    # apt-get download runs as the _apt user where it can; the directory must let it write.
+    chmod 0777 kernels/.unpack
+    (cd kernels/.unpack && apt-get download -q "$PKG612")
+    dpkg -x kernels/.unpack/"$PKG612"_*.deb kernels/.unpack/root
+    rm -rf "$K612"
+    mv kernels/.unpack/root "$K612"
+    rm -rf kernels/.unpack
+fi
+# Older unpacked 6.12 images are replaced by the newest.
+for d in kernels/6.12.*; do
+    [ "$d" = "$K612" ] || [ ! -d "$d" ] || rm -rf "$d"
+done
+
 # virtme-ng in its own venv, from Debian's python (not whatever python3 is first on PATH).
 if [ ! -x .vng-venv/bin/vng ] \
    || [ "$(.vng-venv/bin/python -c 'import importlib.metadata as m; print(m.version("virtme-ng"))' 2>/dev/null)" != "$VNG_VERSION" ]; then
@@ -83,4 +122,4 @@ if [ ! -x .vng-venv/bin/vng ] \
 fi
 .vng-venv/bin/vng --version >/dev/null \
     || { echo "setup_vm.sh: $HERE/.vng-venv/bin/vng does not run" >&2; exit 1; }
-echo "setup_vm.sh: ready (kernel /boot/vmlinuz-$ABI, vng $VNG_VERSION in tests/vm/.vng-venv)"
+echo "setup_vm.sh: ready (kernels /boot/vmlinuz-$ABI and tests/vm/$K612/boot/vmlinuz-$ABI612, vng $VNG_VERSION in tests/vm/.vng-venv)"

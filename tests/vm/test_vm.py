@@ -10,10 +10,12 @@ from pathlib import Path
 
 import harness
 import pytest
-from vmsuite import VmRuns, list_scenarios
+from vmsuite import VmRuns, list_scenarios, run_suffix
 
 pytestmark = pytest.mark.vm
 
+# How a guest scenario says it does not apply to this kernel's driver (pytest.skip reason).
+NOT_APPLICABLE = "not applicable: "
 # Kernel console lines that make a boot fail even if every scenario passed.
 _CONSOLE_ALARMS = ("Kernel panic", "BUG:", "Oops:", "Call Trace:", "general protection fault")
 
@@ -29,17 +31,26 @@ def _console_tail(result: harness.GuestResult, tail: int = 4000) -> str:
     )
 
 
-def test_guest_scenario(vm_runs: VmRuns, guest_scenario: tuple[str, str]) -> None:
-    profile, nodeid = guest_scenario
-    if not profile:  # the listing itself failed; nodeid holds its output
+def test_guest_scenario(
+    vm_runs: VmRuns, guest_scenario: tuple[harness.Kernel | None, str, str]
+) -> None:
+    kernel, profile, nodeid = guest_scenario
+    if kernel is None:  # listing or kernel selection failed; nodeid holds why
         pytest.fail(nodeid, pytrace=False)
-    run = vm_runs.get(profile)
+    run = vm_runs.get(kernel, profile)
     if run.result is None:
-        pytest.fail(f"VM profile {profile!r} could not start: {run.error}", pytrace=False)
+        pytest.fail(
+            f"VM profile {profile!r} on {kernel.image} could not start: {run.error}",
+            pytrace=False,
+        )
     outcome, text = run.outcome(nodeid)
     if outcome == "passed":
         return
-    head = f"guest scenario {nodeid} [{profile}]: {outcome}\n"
+    head = f"guest scenario {nodeid} [{kernel.release} {profile}]: {outcome}\n"
+    if outcome == "skipped" and NOT_APPLICABLE in text:
+        # The one skip the guest may report: a scenario needing a driver feature this
+        # kernel lacks (the reason names it), e.g. AF_XDP zero copy on virtio_net < 6.13.
+        pytest.skip(f"[{kernel.release}] " + text[text.index(NOT_APPLICABLE) :].split("')")[0])
     if outcome == "missing":
         # Hang, panic, timeout or a collection error in the guest: show everything.
         _fail_with(head + "the guest reported no result for this scenario", run.result)
@@ -47,13 +58,23 @@ def test_guest_scenario(vm_runs: VmRuns, guest_scenario: tuple[str, str]) -> Non
     pytest.fail(head + text + _console_tail(run.result), pytrace=False)
 
 
-def test_guest_suite_completed(vm_runs: VmRuns, vm_profile_name: str) -> None:
+def test_guest_suite_completed(
+    vm_runs: VmRuns, vm_profile_name: tuple[harness.Kernel | None, str]
+) -> None:
     """The boot ran the whole guest suite to its end, cleanly, and cleaned up after."""
-    run = vm_runs.get(vm_profile_name)
+    kernel, profile = vm_profile_name
+    if kernel is None:  # kernel selection failed; profile holds why
+        pytest.fail(profile, pytrace=False)
+    run = vm_runs.get(kernel, profile)
     r = run.result
     if r is None:
-        pytest.fail(f"VM profile {vm_profile_name!r} could not start: {run.error}", pytrace=False)
-    ns = harness.NS_PREFIX + f"{vm_profile_name}-{os.getpid()}"
+        pytest.fail(
+            f"VM profile {profile!r} on {kernel.image} could not start: {run.error}",
+            pytrace=False,
+        )
+    # The guest really ran the kernel it was given.
+    assert f"Linux version {kernel.release} " in r.console, "guest console names another kernel"
+    ns = harness.NS_PREFIX + run_suffix(kernel, profile)
     assert (
         ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     ), f"namespace {ns} left behind"
@@ -68,7 +89,7 @@ def test_guest_suite_completed(vm_runs: VmRuns, vm_profile_name: str) -> None:
     if not junit.exists():
         _fail_with("no junit.xml from the guest", r)
     cases = ET.parse(junit).getroot().iter("testcase")
-    want = {nodeid for prof, nodeid in list_scenarios().scenarios if prof == vm_profile_name}
+    want = {nodeid for prof, nodeid in list_scenarios().scenarios if prof == profile}
     assert len(list(cases)) == len(want), "junit.xml does not list every scenario"
     assert set(run.records) == want, "results.jsonl does not cover every scenario"
     alarms = [ln for ln in r.console.splitlines() if any(a in ln for a in _CONSOLE_ALARMS)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -72,9 +73,10 @@ def list_scenarios() -> Listing:
 
 @dataclass
 class ProfileRun:
-    """One boot of one profile and what its guest pytest reported."""
+    """One boot of one profile on one kernel and what its guest pytest reported."""
 
     profile: str
+    kernel: harness.Kernel
     result: harness.GuestResult | None = None
     error: str = ""  # the VM could not be started at all
     records: dict[str, list[dict[str, object]]] = field(default_factory=dict)
@@ -114,33 +116,47 @@ class ProfileRun:
 
 
 class VmRuns:
-    """Boots each profile at most once per session, on first use."""
+    """Boots each (kernel, profile) at most once per session, on first use."""
 
     def __init__(self) -> None:
         self.runs: dict[str, ProfileRun] = {}
 
-    def get(self, profile: str) -> ProfileRun:
-        if profile not in self.runs:
-            self.runs[profile] = self._boot(profile)
-        return self.runs[profile]
+    @staticmethod
+    def key(kernel: harness.Kernel, profile: str) -> str:
+        """The run's name in test ids, the summary and its results directory."""
+        return f"{kernel.label}:{profile}"
 
-    def _boot(self, profile: str) -> ProfileRun:
-        run = ProfileRun(profile)
+    def get(self, kernel: harness.Kernel, profile: str) -> ProfileRun:
+        key = self.key(kernel, profile)
+        if key not in self.runs:
+            self.runs[key] = self._boot(kernel, profile)
+        return self.runs[key]
+
+    def _boot(self, kernel: harness.Kernel, profile: str) -> ProfileRun:
+        run = ProfileRun(profile, kernel)
         cfg = harness.PROFILES[profile]
         env = dict(cfg.env)
         obj = _prebuild_xdp_pass()
         if obj:
             env["VTVM_XDP_PASS_OBJ"] = str(obj)
-        cfg = dataclasses.replace(cfg, env=env)
+        cfg = dataclasses.replace(cfg, env=env, kernel=kernel)
         try:
             run.result = harness.boot(
-                harness.guest_suite_command(profile), cfg, suffix=f"{profile}-{os.getpid()}"
+                harness.guest_suite_command(profile),
+                cfg,
+                suffix=run_suffix(kernel, profile),
             )
         except harness.HarnessError as e:
             run.error = str(e)
             return run
         run.load_records()
         return run
+
+
+def run_suffix(kernel: harness.Kernel, profile: str) -> str:
+    """Names the run's namespace (vtvm-<suffix>) and results directory; ends with our pid
+    so that a later session can tell a dead session's results (conftest prunes them)."""
+    return f"{re.sub(r'[^A-Za-z0-9.]', '_', kernel.label)}-{profile}-{os.getpid()}"
 
 
 def _prebuild_xdp_pass() -> Path | None:

@@ -347,6 +347,69 @@ IFNAMSIZ = 16
 SIOCGIFHWADDR = 0x8927
 ETHTOOL_GDRVINFO = 0x00000003
 
+# --- generic netlink: include/uapi/linux/netlink.h, genetlink.h -------------------------
+NETLINK_GENERIC = 16
+NLM_F_REQUEST = 0x01
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLMSG_ERROR = 0x02
+NLMSG_DONE = 0x03
+NLA_ALIGNTO = 4
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+GENL_ID_CTRL = 0x10  # the "nlctrl" family, which resolves family names to ids
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+
+
+class nlmsghdr(ctypes.Structure):
+    _fields_ = [
+        ("nlmsg_len", ctypes.c_uint32),
+        ("nlmsg_type", ctypes.c_uint16),
+        ("nlmsg_flags", ctypes.c_uint16),
+        ("nlmsg_seq", ctypes.c_uint32),
+        ("nlmsg_pid", ctypes.c_uint32),
+    ]
+
+
+class genlmsghdr(ctypes.Structure):
+    _fields_ = [("cmd", ctypes.c_uint8), ("version", ctypes.c_uint8), ("reserved", ctypes.c_uint16)]
+
+
+class nlattr(ctypes.Structure):
+    _fields_ = [("nla_len", ctypes.c_uint16), ("nla_type", ctypes.c_uint16)]
+
+
+class nlmsgerr_head(ctypes.Structure):  # struct nlmsgerr without the echoed request
+    _fields_ = [("error", ctypes.c_int32)]
+
+
+# --- the "netdev" generic netlink family (Linux 6.3+): include/uapi/linux/netdev.h ---------
+NETDEV_FAMILY_NAME = b"netdev"
+NETDEV_CMD_DEV_GET = 1
+NETDEV_A_DEV_IFINDEX = 1
+NETDEV_A_DEV_XDP_FEATURES = 3  # u64, enum netdev_xdp_act
+NETDEV_A_DEV_XDP_ZC_MAX_SEGS = 4  # u32: fragments one zero-copy AF_XDP TX frame may span
+NETDEV_A_DEV_XSK_FEATURES = 6  # u64, enum netdev_xsk_flags (6.8+)
+
+# enum netdev_xdp_act, as the kernel's YAML spec (Documentation/netlink/specs/netdev.yaml)
+# and `ynl` name them
+NETDEV_XDP_ACT_XSK_ZEROCOPY = 1 << 3
+NETDEV_XDP_ACT_NAMES = {
+    1 << 0: "basic",
+    1 << 1: "redirect",
+    1 << 2: "ndo-xmit",
+    NETDEV_XDP_ACT_XSK_ZEROCOPY: "xsk-zerocopy",
+    1 << 4: "hw-offload",
+    1 << 5: "rx-sg",
+    1 << 6: "ndo-xmit-sg",
+}
+# enum netdev_xsk_flags
+NETDEV_XSK_FLAGS_NAMES = {
+    1 << 0: "tx-timestamp",
+    1 << 1: "tx-checksum",
+    1 << 2: "tx-launch-time-fifo",
+}
+
 # --- errno values the kernel uses internally but that reach user space -----------------
 # include/linux/errno.h: ENOTSUPP (524) is not in errno.h; some drivers and the BPF test
 # runner return it for "operation not supported".

@@ -19,8 +19,9 @@ from vtnet_py.device import record
 from vtnet_py.device.netlink import NetlinkDeviceLayer
 from vtnet_py.device.policy import DeviceLayer, offloads_to_disable
 from vtnet_py.device.record import check_ifname
-from vtnet_py.device.types import DeviceInfo
+from vtnet_py.device.types import DeviceInfo, XdpFeatures
 from vtnet_py.errors import DeviceError
+from vtnet_py.netmap.mode import NO_NETDEV_FAMILY, port_mode
 
 if TYPE_CHECKING:
     from vtnet_py.netmap.port import Port
@@ -60,9 +61,11 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def _ring_view(port: Port) -> dict[int, list[dict[str, Any]]]:
-    """Per queue: the rings of ``port`` with occupancy and the kernel's statistics."""
+def _ring_view(port: Port, features: XdpFeatures | None) -> dict[int, list[dict[str, Any]]]:
+    """Per queue: the rings of ``port`` with occupancy, AF_XDP mode and the kernel's
+    statistics."""
     out: dict[int, list[dict[str, Any]]] = {}
+    mode, why = port_mode(port, features)
     rings = port.rx_rings + port.tx_rings
     for r, d in zip(rings, port.stats()["rings"], strict=True):
         user = (r.tail - r.head) % r.num_slots  # slots in [head, tail): the user's
@@ -78,6 +81,8 @@ def _ring_view(port: Port) -> dict[int, list[dict[str, Any]]]:
                 "user_slots": user,
                 "kernel_slots": r.num_slots - 1 - user,
                 "zerocopy": port.zerocopy,
+                "mode": mode,
+                "mode_reason": why,
                 "afxdp": d["kernel"],
             }
         )
@@ -129,6 +134,7 @@ def interface_status(
             or [f"{ifname} no longer exists: stale state; `vtnetmap detach {ifname}` removes it"],
         }
     info = now
+    features = layer.read_xdp_features(ifname, info.ifindex)
     view = inspect_prog(info.xdp_prog_id, ifname) if info.xdp_prog_id else None
     pinned = bool(pin and pin.ifindex and view and pin.prog_id == view.prog_id)
     notes: list[str] = list(state_notes)
@@ -149,7 +155,7 @@ def interface_status(
     mine = [p for p in ports if p.ifname == ifname and p.ifindex == info.ifindex]
     rings: dict[int, list[dict[str, Any]]] = {}
     for p in mine:
-        for q, lst in _ring_view(p).items():
+        for q, lst in _ring_view(p, features).items():
             rings.setdefault(q, []).extend(lst)
     queues = []
     for q in sorted(set(range(nq)) | set(owners) | set(rings)):
@@ -169,6 +175,8 @@ def interface_status(
         afxdp = "per socket: visible only inside the process that owns the socket" + (
             f" (pid {describe_pids(owners.values())})" if owners else ""
         )
+    if features is None:
+        notes.append(NO_NETDEV_FAMILY)
     offloads = {
         n: {"active": info.features[n].active, "fixed": info.features[n].fixed}
         for n in offloads_to_disable(info)
@@ -192,6 +200,8 @@ def interface_status(
             "vtnetmap": bool(view and view.ours),
             "frags": bool(view and view.frags),
         },
+        # what the driver advertises (netdev netlink family); None before Linux 6.3
+        "driver_features": features.to_dict() if features is not None else None,
         "pinned": pinned,
         "pin_dir": pdir if pin else None,
         "attach": attach_d,

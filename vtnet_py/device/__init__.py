@@ -15,7 +15,12 @@ One import point for the ports, the admin commands and the CLI::
 from __future__ import annotations
 
 from vtnet_py.device.fake import FakeDeviceLayer, make_info
-from vtnet_py.device.netlink import NetlinkDeviceLayer, read_channels, read_device
+from vtnet_py.device.netlink import (
+    NetlinkDeviceLayer,
+    read_channels,
+    read_device,
+    read_xdp_features,
+)
 from vtnet_py.device.policy import (
     DeviceLayer,
     DeviceWarning,
@@ -38,6 +43,7 @@ from vtnet_py.device.types import (
     Channels,
     DeviceInfo,
     Feature,
+    XdpFeatures,
     XdpMode,
     features_from_netlink,
     parse_virtio_features,
@@ -54,6 +60,7 @@ __all__ = [
     "Mode",
     "NetlinkDeviceLayer",
     "SavedState",
+    "XdpFeatures",
     "XdpMode",
     "check_xdp_preconditions",
     "features_from_netlink",
@@ -67,6 +74,7 @@ __all__ = [
     "prepare",
     "read_channels",
     "read_device",
+    "read_xdp_features",
     "refuse_default_route",
     "restore",
     "running_kernel",

@@ -33,6 +33,7 @@ from vtnet_py.device.types import (
     VIRTIO_NET_F_MRG_RXBUF,
     Channels,
     DeviceInfo,
+    XdpFeatures,
 )
 from vtnet_py.errors import RefusedError
 
@@ -44,6 +45,8 @@ class DeviceLayer(Protocol):
     """What prepare/restore need from the kernel side (real: NetlinkDeviceLayer)."""
 
     def read(self, ifname: str) -> DeviceInfo: ...
+
+    def read_xdp_features(self, ifname: str, ifindex: int) -> XdpFeatures | None: ...
 
     def read_channels(self, ifname: str) -> Channels: ...
 

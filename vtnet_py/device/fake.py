@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vtnet_py.device.netlink import fixed_features_message, no_such_interface
-from vtnet_py.device.types import Channels, DeviceInfo, Feature
+from vtnet_py.device.types import Channels, DeviceInfo, Feature, XdpFeatures
 from vtnet_py.errors import BusyError, RefusedError
 
 
@@ -37,6 +37,8 @@ class FakeDeviceLayer:
         self.requires_any: dict[str, tuple[str, ...]] = {
             k: tuple(v) for k, v in (requires_any or {}).items()
         }
+        # what read_xdp_features reports per interface (absent: None, as before 6.3)
+        self.xdp_features: dict[str, XdpFeatures] = {}
         self._refuse_channels: dict[str, str] = {}
         self._refuse_features: dict[str, dict[str, str]] = {}
 
@@ -67,6 +69,12 @@ class FakeDeviceLayer:
             return self.devices[ifname]
         except KeyError:
             raise no_such_interface(ifname) from None
+
+    def read_xdp_features(self, ifname: str, ifindex: int) -> XdpFeatures | None:
+        self.calls.append(("read_xdp_features", ifname, ifindex))
+        if ifname not in self.devices:
+            raise no_such_interface(ifname)
+        return self.xdp_features.get(ifname)
 
     def read_channels(self, ifname: str) -> Channels:
         self.calls.append(("read_channels", ifname, None))

@@ -1,5 +1,7 @@
 """The real device layer: rtnetlink (pyroute2 IPRoute) plus ethtool (pyroute2's ioctl
-ethtool, and ETHTOOL_GDRVINFO from :mod:`vtnet_py._sys.ethtool`).
+ethtool, and ETHTOOL_GDRVINFO from :mod:`vtnet_py._sys.ethtool`), and the XDP features a
+driver advertises (the "netdev" generic netlink family, which pyroute2 does not know: one
+small request by hand, :func:`read_xdp_features`).
 
 Namespace rule: every socket is opened inside the call that uses it and closed before it
 returns, so it lives in the network namespace of the calling *thread* at that moment. A
@@ -14,6 +16,7 @@ that mounted it, not the caller's.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import socket
@@ -25,12 +28,14 @@ from pyroute2 import IPRoute
 from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vtnet_py._sys import abi as K
 from vtnet_py._sys import ethtool as _ethtool
 from vtnet_py._sys.abi import RTN_UNICAST
 from vtnet_py.device.types import (
     Channels,
     DeviceInfo,
     Feature,
+    XdpFeatures,
     features_from_netlink,
     parse_virtio_features,
 )
@@ -298,6 +303,10 @@ class NetlinkDeviceLayer:
                 routes.extend(ipr.route("dump", family=family))
         return link_record(msgs[0]), default_route_oifs(routes)
 
+    def read_xdp_features(self, ifname: str, ifindex: int) -> XdpFeatures | None:
+        """What the driver advertises for XDP/AF_XDP; see :func:`read_xdp_features`."""
+        return read_xdp_features(ifname, ifindex)
+
     def read_channels(self, ifname: str) -> Channels:
         """Only the channel counts (one ioctl): cheap enough to poll for a change."""
         eth = IoctlEthtool(ifname)
@@ -446,3 +455,112 @@ def read_device(ifname: str) -> DeviceInfo:
 def read_channels(ifname: str) -> Channels:
     """``NetlinkDeviceLayer().read_channels(ifname)``: one ioctl, for change detection."""
     return NetlinkDeviceLayer().read_channels(ifname)
+
+
+# --- generic netlink, by hand -----------------------------------------------------------
+
+
+def nla(attr: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to NLA_ALIGNTO."""
+    head = K.nlattr(nla_len=ctypes.sizeof(K.nlattr) + len(payload), nla_type=attr)
+    raw = bytes(head) + payload
+    return raw + b"\0" * (-len(raw) % K.NLA_ALIGNTO)
+
+
+def parse_nlattrs(data: bytes) -> dict[int, bytes]:
+    """Attribute type -> payload of a flat attribute stream (the last one of a type wins)."""
+    out: dict[int, bytes] = {}
+    hdr = ctypes.sizeof(K.nlattr)
+    pos = 0
+    while pos + hdr <= len(data):
+        a = K.nlattr.from_buffer_copy(data, pos)
+        if a.nla_len < hdr or pos + a.nla_len > len(data):
+            break  # truncated: keep what was whole
+        out[a.nla_type & K.NLA_TYPE_MASK] = data[pos + hdr : pos + a.nla_len]
+        pos += a.nla_len + (-a.nla_len % K.NLA_ALIGNTO)
+    return out
+
+
+def genl_request(
+    sock: socket.socket, family: int, cmd: int, attrs: bytes, seq: int, dump: bool = False
+) -> list[bytes]:
+    """Send one generic netlink request on ``sock`` (AF_NETLINK, NETLINK_GENERIC) and
+    return the attribute streams of its replies: one for a request, every part of a dump.
+
+    Raises OSError with the kernel's errno when it answers with an error."""
+    genl = bytes(K.genlmsghdr(cmd=cmd, version=1))
+    hdr = K.nlmsghdr(
+        nlmsg_len=ctypes.sizeof(K.nlmsghdr) + len(genl) + len(attrs),
+        nlmsg_type=family,
+        nlmsg_flags=K.NLM_F_REQUEST | (K.NLM_F_DUMP if dump else 0),
+        nlmsg_seq=seq,
+    )
+    sock.send(bytes(hdr) + genl + attrs)
+    nlh = ctypes.sizeof(K.nlmsghdr)
+    out: list[bytes] = []
+    while True:
+        data = sock.recv(1 << 16)
+        pos = 0
+        while pos + nlh <= len(data):
+            m = K.nlmsghdr.from_buffer_copy(data, pos)
+            if m.nlmsg_len < nlh:
+                break
+            body = data[pos + nlh : pos + m.nlmsg_len]
+            pos += m.nlmsg_len + (-m.nlmsg_len % K.NLA_ALIGNTO)
+            if m.nlmsg_seq != seq:
+                continue  # not our answer (nothing else is sent on this socket)
+            if m.nlmsg_type == K.NLMSG_DONE:
+                return out
+            if m.nlmsg_type == K.NLMSG_ERROR:
+                err = -K.nlmsgerr_head.from_buffer_copy(body).error
+                if err:
+                    raise OSError(err, os.strerror(err))
+                continue  # an ACK; the reply proper comes separately
+            if m.nlmsg_type == family:
+                out.append(body[ctypes.sizeof(K.genlmsghdr) :])
+                if not dump:
+                    return out
+
+
+def genl_family_id(sock: socket.socket, name: bytes) -> int | None:
+    """The id of generic netlink family ``name`` (nlctrl), None when the kernel has none."""
+    try:
+        (ctrl,) = genl_request(
+            sock,
+            K.GENL_ID_CTRL,
+            K.CTRL_CMD_GETFAMILY,
+            nla(K.CTRL_ATTR_FAMILY_NAME, name + b"\0"),
+            seq=1,
+        )
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    raw_id = parse_nlattrs(ctrl).get(K.CTRL_ATTR_FAMILY_ID, b"")
+    return int.from_bytes(raw_id[:2], "little") if len(raw_id) >= 2 else None
+
+
+def read_xdp_features(ifname: str, ifindex: int) -> XdpFeatures | None:
+    """What the driver of ``ifindex`` advertises for XDP and AF_XDP (calling thread's
+    network namespace), from the kernel's "netdev" generic netlink family.
+
+    None when the kernel has no such family (before Linux 6.3): nothing is advertised
+    there, and zero copy is found out only by binding. Raises DeviceError naming
+    ``ifname`` when the interface is gone. Leaves nothing behind (one socket, closed).
+    """
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, K.NETLINK_GENERIC) as sock:
+        sock.settimeout(5.0)
+        try:
+            family = genl_family_id(sock, K.NETDEV_FAMILY_NAME)
+            if family is None:
+                return None
+            (reply,) = genl_request(
+                sock,
+                family,
+                K.NETDEV_CMD_DEV_GET,
+                nla(K.NETDEV_A_DEV_IFINDEX, ifindex.to_bytes(4, "little")),
+                seq=2,
+            )
+        except OSError as exc:
+            raise _map_oserror(ifname, "read its XDP features", exc) from exc
+    return XdpFeatures.from_netlink(parse_nlattrs(reply))

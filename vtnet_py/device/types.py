@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vtnet_py._sys import abi as K
 from vtnet_py._sys.abi import IFF_RUNNING, IFF_UP, XDP_ATTACHED_MODES
 
 XdpMode = Literal["native", "generic", "offload"]
@@ -293,3 +294,58 @@ def _xdp_state(xdp: Mapping[str, Any]) -> tuple[int | None, XdpMode | None]:
 
 def _id(value: object) -> int | None:
     return int(value) if value else None  # type: ignore[call-overload]
+
+
+def _bit_names(bits: int, names: Mapping[int, str]) -> list[str]:
+    """Names of the set bits, lowest first; a bit this version does not know is "bit-N"."""
+    return [names.get(1 << i, f"bit-{i}") for i in range(64) if bits >> i & 1]
+
+
+@dataclass(frozen=True)
+class XdpFeatures:
+    """What a driver advertises for XDP and AF_XDP, as the kernel's "netdev" generic
+    netlink family reports it (`ynl --family netdev --do dev-get`; Linux 6.3+).
+
+    ``xdp``: enum netdev_xdp_act bits (``xsk-zerocopy`` is what an XDP_ZEROCOPY bind
+    needs); ``xsk``: enum netdev_xsk_flags bits (0 before 6.8); ``zc_max_segs``: how many
+    buffers one zero-copy TX frame may span (1: no multi-buffer in zero-copy mode).
+    """
+
+    xdp: int
+    xsk: int = 0
+    zc_max_segs: int = 0
+
+    @classmethod
+    def from_netlink(cls, attrs: Mapping[int, bytes]) -> XdpFeatures:
+        """From the attributes of a NETDEV_CMD_DEV_GET reply (type -> raw payload)."""
+
+        def num(attr: int) -> int:
+            raw = attrs.get(attr, b"")
+            return int.from_bytes(raw[:8], "little") if raw else 0
+
+        return cls(
+            xdp=num(K.NETDEV_A_DEV_XDP_FEATURES),
+            xsk=num(K.NETDEV_A_DEV_XSK_FEATURES),
+            zc_max_segs=num(K.NETDEV_A_DEV_XDP_ZC_MAX_SEGS),
+        )
+
+    @property
+    def zerocopy(self) -> bool:
+        """The driver supports AF_XDP zero copy (XDP_FEATURE_XSK_ZEROCOPY)."""
+        return bool(self.xdp & K.NETDEV_XDP_ACT_XSK_ZEROCOPY)
+
+    @property
+    def xdp_names(self) -> list[str]:
+        return _bit_names(self.xdp, K.NETDEV_XDP_ACT_NAMES)
+
+    @property
+    def xsk_names(self) -> list[str]:
+        return _bit_names(self.xsk, K.NETDEV_XSK_FLAGS_NAMES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "xdp_features": self.xdp_names,
+            "xsk_features": self.xsk_names,
+            "xdp_zc_max_segs": self.zc_max_segs,
+            "xsk_zerocopy": self.zerocopy,
+        }

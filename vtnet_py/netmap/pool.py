@@ -9,14 +9,18 @@ number and a buf_idx copied (not swapped) into another slot can be told from a s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from vtnet_py.errors import InvariantError
 
-if TYPE_CHECKING:
-    from vtnet_py.netmap.ring import Ring
+
+class HoldsBuffers(Protocol):
+    """What the pool asks of a ring (netmap/ring.py's Ring): the buffers in its slots."""
+
+    def held_unchecked(self) -> tuple[np.ndarray, int, int]: ...
+
 
 SLOT_DTYPE = np.dtype([("buf_idx", "<u4"), ("len", "<u2"), ("flags", "<u2"), ("ptr", "<u8")])
 
@@ -52,7 +56,7 @@ class BufferPool:
         self.slots = np.zeros(nchunks, dtype=SLOT_DTYPE)
         self.where = np.arange(nchunks, dtype=np.int64)
         self._slot_bufs = self.slots["buf_idx"]
-        self.rings: list[Ring] = []  # every ring on this memory (Memory keeps it)
+        self.rings: list[HoldsBuffers] = []  # every ring on this memory (Memory keeps it)
 
     def take_free(self, first: int, n: int, who: str) -> np.ndarray:
         """``n`` free buffers for the slots ``first .. first+n-1``: the buffers of the same

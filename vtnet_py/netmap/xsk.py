@@ -322,7 +322,19 @@ class XskSocket:
         if err == errno.EPERM:
             raise PrivilegeError(f"{where}: binding an AF_XDP socket needs CAP_NET_ADMIN")
         if err in (errno.EOPNOTSUPP, K.ENOTSUPP, errno.EINVAL) and zerocopy:
-            raise UnsupportedError(f"{where}: zero-copy AF_XDP is not supported by the driver")
+            # EOPNOTSUPP: the driver lacks XDP_FEATURE_XSK_ZEROCOPY (6.3+ checks that
+            # flag; before, the ndo_xsk_wakeup behind it); EINVAL says less
+            why = (
+                "the driver does not advertise xsk-zerocopy (XDP_FEATURE_XSK_ZEROCOPY)"
+                if err != errno.EINVAL
+                else "no zero-copy support on this queue"
+            )
+            # errno.errorcode names 95 ENOTSUP; the kernel's sources say EOPNOTSUPP
+            name = {errno.EOPNOTSUPP: "EOPNOTSUPP", K.ENOTSUPP: "ENOTSUPP"}.get(err, "EINVAL")
+            raise UnsupportedError(
+                f"{where}: zero-copy AF_XDP is not supported by the driver "
+                f"(XDP_ZEROCOPY bind: {name}, {msg}): {why}"
+            )
         if err in (errno.EOPNOTSUPP, K.ENOTSUPP, errno.EINVAL) and frags:
             raise UnsupportedError(f"{where}: multi-buffer AF_XDP (XDP_USE_SG) refused: {msg}")
         if err == errno.ENODEV or err == errno.ENXIO:

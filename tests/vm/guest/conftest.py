@@ -170,6 +170,14 @@ def xdp_pass_obj(workdir: Path) -> Path:
     return guestlib.build_xdp_pass(workdir)
 
 
+@pytest.fixture(scope="session")
+def frags_at_9000(iface: str, xdp_pass_obj: Path) -> bool:
+    """The driver of ``iface`` takes a multi-buffer program natively at MTU 9000 (probed
+    once: virtio_net 6.3+ does, 6.1 does not). Scenarios that differ between kernels
+    branch on this, not on the version."""
+    return guestlib.frags_xdp_attaches(iface, xdp_pass_obj, 9000)
+
+
 @pytest.fixture
 def restore_iface(iface: str) -> Iterator[str]:
     """Leaves ``iface`` as found: no XDP program, same MTU and combined channels."""

@@ -89,10 +89,44 @@ def xdp_mode(iface: str) -> int:
     return int(xdp.get("mode", 0)) if isinstance(xdp, dict) else 0
 
 
-def xdp_attach(iface: str, obj: Path, mode: str = "xdpdrv") -> subprocess.CompletedProcess[str]:
-    """Attach section "xdp" of ``obj`` with iproute2; the kernel's refusal words (extack)
+# Sections of xdp_pass.c: a single-buffer program and the same one multi-buffer aware.
+SEC_XDP = "xdp"
+SEC_XDP_FRAGS = "xdp.frags"
+
+
+def xdp_attach(
+    iface: str, obj: Path, mode: str = "xdpdrv", sec: str = SEC_XDP
+) -> subprocess.CompletedProcess[str]:
+    """Attach section ``sec`` of ``obj`` with iproute2; the kernel's refusal words (extack)
     come back on stderr as "Error: virtio_net: ..."."""
-    return run(["ip", "link", "set", "dev", iface, mode, "obj", str(obj), "sec", "xdp"])
+    return run(["ip", "link", "set", "dev", iface, mode, "obj", str(obj), "sec", sec])
+
+
+def extack(r: subprocess.CompletedProcess[str]) -> list[str]:
+    """virtio_net's refusal words in an iproute2 result ("virtio_net: ...", no final
+    period), as the kernel's extack gave them."""
+    return [
+        ln.removeprefix("Error: ").rstrip(".")
+        for ln in r.stderr.splitlines()
+        if ln.startswith("Error: virtio_net: ")
+    ]
+
+
+def frags_xdp_attaches(iface: str, obj: Path, mtu: int = 9000) -> bool:
+    """Feature probe: does the driver take a multi-buffer aware program natively at
+    ``mtu``, too large for one buffer? (virtio_net: yes from Linux 6.3, which added XDP
+    multi-buffer; 6.1 refuses any program there.) Leaves MTU and XDP as found."""
+    before = mtu_of(iface)
+    assert xdp_mode(iface) == 0, f"{iface}: an XDP program is attached already"
+    if set_mtu(iface, mtu).returncode != 0:
+        return False
+    try:
+        ok = xdp_attach(iface, obj, sec=SEC_XDP_FRAGS).returncode == 0
+        if ok:
+            assert xdp_detach(iface).returncode == 0
+        return ok
+    finally:
+        set_mtu(iface, before)
 
 
 def xdp_detach(iface: str, mode: str = "xdpdrv") -> subprocess.CompletedProcess[str]:
@@ -105,6 +139,92 @@ def set_mtu(iface: str, mtu: int) -> subprocess.CompletedProcess[str]:
 
 def mtu_of(iface: str) -> int:
     return int(Path(f"/sys/class/net/{iface}/mtu").read_text())
+
+
+def ethtool_stats(iface: str) -> dict[str, int]:
+    """`ethtool -S` as {name: value}."""
+    out = run(["ethtool", "-S", iface], check=True).stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s*(\S+):\s*(\d+)$", out, re.M)}
+
+
+def rx_xdp_redirects(stats: dict[str, int], q: int) -> int:
+    """virtio_net's per-queue XDP_REDIRECT counter, by whichever name the kernel uses:
+    ``rx_queue_N_xdp_redirects`` (6.1) or ``rxN_xdp_redirects`` (6.10+)."""
+    for name in (f"rx_queue_{q}_xdp_redirects", f"rx{q}_xdp_redirects"):
+        if name in stats:
+            return stats[name]
+    raise AssertionError(f"no XDP redirect counter for RX queue {q} in ethtool -S: {sorted(stats)}")
+
+
+# The netdev generic netlink family's queue statistics (Linux 6.10+, qstats-get; see
+# Documentation/netlink/specs/netdev.yaml): where virtio_net's per-queue packet counts went
+# when they left `ethtool -S`.
+NETDEV_CMD_QSTATS_GET = 12
+NETDEV_A_QSTATS_IFINDEX = 1
+NETDEV_A_QSTATS_QUEUE_TYPE = 2
+NETDEV_A_QSTATS_QUEUE_ID = 3
+NETDEV_A_QSTATS_SCOPE = 4
+NETDEV_A_QSTATS_TX_PACKETS = 10
+NETDEV_QUEUE_TYPE_TX = 1
+NETDEV_QSTATS_SCOPE_QUEUE = 1
+
+
+def tx_queue_packets(iface: str) -> dict[int, int]:
+    """Packets sent per TX queue: ``tx_queue_N_packets`` of `ethtool -S` (6.1), else the
+    kernel's per-queue statistics over netlink (qstats-get, scope queue; 6.10+)."""
+    import socket as _socket
+
+    from vtnet_py._sys import abi as K
+    from vtnet_py.device.netlink import genl_family_id, genl_request, nla, parse_nlattrs
+
+    stats = ethtool_stats(iface)
+    found = {
+        int(m.group(1)): v
+        for k, v in stats.items()
+        if (m := re.fullmatch(r"tx_queue_(\d+)_packets", k))
+    }
+    if found:
+        return found
+    ifindex = int(Path(f"/sys/class/net/{iface}/ifindex").read_text())
+    with _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, K.NETLINK_GENERIC) as sock:
+        sock.settimeout(5)
+        family = genl_family_id(sock, K.NETDEV_FAMILY_NAME)
+        assert family is not None, "no per-queue TX counters: no ethtool ones, no netdev family"
+        attrs = nla(NETDEV_A_QSTATS_IFINDEX, ifindex.to_bytes(4, "little")) + nla(
+            NETDEV_A_QSTATS_SCOPE, NETDEV_QSTATS_SCOPE_QUEUE.to_bytes(4, "little")
+        )
+        parts = genl_request(sock, family, NETDEV_CMD_QSTATS_GET, attrs, seq=7, dump=True)
+    for part in parts:
+        a = parse_nlattrs(part)
+        if int.from_bytes(a.get(NETDEV_A_QSTATS_IFINDEX, b"\0"), "little") != ifindex:
+            continue
+        if (
+            int.from_bytes(a.get(NETDEV_A_QSTATS_QUEUE_TYPE, b"\xff"), "little")
+            != NETDEV_QUEUE_TYPE_TX
+        ):
+            continue
+        q = int.from_bytes(a[NETDEV_A_QSTATS_QUEUE_ID], "little")
+        found[q] = int.from_bytes(a.get(NETDEV_A_QSTATS_TX_PACKETS, b"\0"), "little")
+    assert found, f"qstats-get gave no TX queue of {iface}: {parts!r}"
+    return found
+
+
+def queue_warnings() -> list[tuple[str, str]]:
+    """virtio_net's "XDP request N queues but max is M. ..." lines of this boot, as
+    (interface, message). The driver prints it with netdev_warn_once: once per boot, for
+    the first device that needed it, whichever that was."""
+    out = []
+    for ln in Kmsg.all_lines():
+        m = re.search(r" (\S+): (XDP request \d+ queues but max is \d+\..*)$", ln)
+        if m:
+            out.append((m.group(1), m.group(2)))
+    return out
+
+
+def shape(message: str) -> str:
+    """A regular expression for ``message`` with its numbers left open: the kernel's
+    words for another device's counts."""
+    return re.sub(r"\\d\+|\d+", r"\\d+", re.escape(message))
 
 
 class Kmsg:

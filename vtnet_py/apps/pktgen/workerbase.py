@@ -102,6 +102,10 @@ class WorkerBase:
             self.row[F_DONE] = 1
             self.row[F_RUNNING] = 0
             return None
+        from vtnet_py.netmap.mode import describe_port_mode
+
+        # copy or zero copy, and why: what a user of a driver without zero copy asks first
+        self.out.diag(describe_port_mode(port, self.cfg.netns), func="open_port")
         if self.cfg.verbose:
             st = port.stats()
             self.out.diag(
