@@ -1,3 +1,5 @@
+# Over 500 lines: attach and detach share the record, pin and undo steps; detach repairs
+# what a failed attach left, so the two read together.
 """`vtnetmap attach / detach`: a prepared device with a pinned steering program.
 
 ``attach`` checks an interface, prepares it (channels, then offloads off, recording what

@@ -1,3 +1,4 @@
+# Over 500 lines: the live-frames run keeps its BPF program setup, ranges and workers together.
 """pkt-gen ``--live``: frames generated inside the kernel with BPF_PROG_TEST_RUN.
 
 With ``BPF_F_TEST_XDP_LIVE_FRAMES`` the kernel runs an XDP program ``repeat`` times
