@@ -206,9 +206,12 @@ def one_case(t: Topology, kind: str, secs: float) -> dict[str, Any]:
         suite.wait_for(
             lambda: t.has_xdp(t.ns["drop"], t.b2) or drop.poll() is not None, 30, "the drop counter"
         )
-        fwd = suite.start(
-            t.ns["mid"], [PY, __file__, "--worker", kind, t.a1, t.a2, str(secs)], cpu=1
-        )
+        if kind == "cfwd":  # the C reference: xsk_bench fwd, same rings, batch and budget
+            cmd = [suite.XSK, "fwd", "-i", t.a1, "-O", t.a2, "-o", suite.BPF_OBJ]
+            cmd += ["-t", str(secs), "-s", "2048", "-b", str(BURST), "-k", "1024"]
+        else:
+            cmd = [PY, __file__, "--worker", kind, t.a1, t.a2, str(secs)]
+        fwd = suite.start(t.ns["mid"], cmd, cpu=1)
         assert fwd.stdout is not None
         line = fwd.stdout.readline()
         if not line.startswith("READY"):
@@ -235,6 +238,7 @@ CASES = {
     "bridge": "bridge (zero copy)",
     "bridge-c": "bridge -c (copy)",
     "plain": "plain AF_XDP loop",
+    "cfwd": "C AF_XDP forwarder",
 }
 
 
@@ -280,6 +284,11 @@ def main() -> int:
             r["pps"] for r in results["plain"]
         )
         print(f"bridge / plain AF_XDP loop: {ratio:.2f}")
+    if "bridge" in results and "cfwd" in results:
+        ratio = statistics.median(r["pps"] for r in results["bridge"]) / statistics.median(
+            r["pps"] for r in results["cfwd"]
+        )
+        print(f"bridge / C AF_XDP forwarder: {ratio:.2f}")
     out = HERE / "results" / f"bridge-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

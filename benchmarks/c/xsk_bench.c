@@ -17,6 +17,13 @@
  *       attach drop_count (native) and count: the in-kernel ceiling.  The
  *       rate is over the span in which frames arrived; the run ends half a
  *       second after they stop, or after SECS.
+ *   xsk_bench fwd  -i IN -O OUT [-t SECS] [-b BATCH] [-s SLOTS] [-k BUDGET]
+ *       a plain AF_XDP forwarder: frames received on IN (queue 0, native
+ *       xsk_redirect) go out of OUT (queue 0) in the same UMEM buffer (the
+ *       OUT socket shares the UMEM with its own FILL/COMPLETION rings), and
+ *       completed buffers go back to IN's fill ring.  Prints READY once both
+ *       sockets are bound; the clock runs from the first frame forwarded to
+ *       the last, ending after SECS of traffic or half a second of silence.
  *   xsk_bench gen  -i IF [-t SECS] [-l LEN] [-r PPS]
  *       kernel generator: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES
  *       on redirect_out, which sends every frame out of IF.
@@ -60,9 +67,10 @@ static volatile sig_atomic_t stop_flag;
  * it only decides when idle queues give up. */
 static volatile double rx_last_any;
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
+static void usage(void);
 
 struct cfg {
-	const char *mode, *ifname, *obj;
+	const char *mode, *ifname, *obj, *out_ifname;
 	int ifindex, nq, batch, len, busy;
 	uint32_t ring;		/* slots per ring; the UMEM has twice as many frames */
 	int tx_budget;		/* XDP_MAX_TX_SKB_BUDGET (kernel >= 6.17), 0: kernel default */
@@ -465,6 +473,135 @@ static int run_xsk(struct cfg *c, int rx)
 	return 0;
 }
 
+static int run_fwd(struct cfg *c)
+{
+	struct xsk_umem_config uc = {
+		.fill_size = c->ring, .comp_size = c->ring,
+		.frame_size = FRAME_SIZE, .frame_headroom = 0,
+	};
+	struct xsk_socket_config sc = {
+		.rx_size = c->ring, .tx_size = c->ring,
+		.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+		.xdp_flags = XDP_FLAGS_DRV_MODE,
+		.bind_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
+	};
+	struct xsk_ring_prod fq, fq2, tx;
+	struct xsk_ring_cons cq, cq2, rx;
+	struct xsk_socket *in, *out;
+	struct xsk_umem *umem;
+	size_t sz = (size_t)2 * c->ring * FRAME_SIZE;
+	uint64_t pkts = 0, kicks = 0, outstanding = 0;
+	double t_first = 0, t_last = 0, start;
+	uint32_t i, idx, n, k = 0;
+	void *area;
+	int err, fd, xmap;
+
+	if (!c->out_ifname)
+		usage();
+	/* The previous forwarder's sockets on these queues are released by
+	 * deferred work in the kernel, and libxdp does not recover cleanly from a
+	 * bind refused with EBUSY on a fresh UMEM: give the release time first. */
+	usleep(500000);
+	area = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (area == MAP_FAILED)
+		die("mmap UMEM", errno);
+	err = xsk_umem__create(&umem, area, sz, &fq, &cq, &uc);
+	if (err)
+		die("xsk_umem__create", err);
+	err = xsk_socket__create_shared(&in, c->ifname, 0, umem, &rx, NULL, &fq, &cq, &sc);
+	if (err)
+		die("xsk_socket__create_shared (in)", err);
+	err = xsk_socket__create_shared(&out, c->out_ifname, 0, umem, NULL, &tx, &fq2, &cq2, &sc);
+	if (err)
+		die("xsk_socket__create_shared (out)", err);
+	fd = xsk_socket__fd(out);
+	if (c->tx_budget && setsockopt(fd, SOL_XDP, 9 /* XDP_MAX_TX_SKB_BUDGET */, &c->tx_budget,
+				       sizeof(c->tx_budget)) && errno != ENOPROTOOPT)
+		die("setsockopt XDP_MAX_TX_SKB_BUDGET", errno);
+	load_prog(c, "xsk_redirect", 1);
+	xmap = map_fd("xsks_map");
+	i = xsk_socket__fd(in);
+	if (bpf_map_update_elem(xmap, &k, &i, 0))
+		die("xsks_map update", errno);
+	/* every frame of IN's fill ring: the UMEM's first half */
+	n = xsk_ring_prod__reserve(&fq, c->ring, &idx);
+	if (n != c->ring)
+		die("filling the fill ring", ENOSPC);
+	for (i = 0; i < n; i++)
+		*xsk_ring_prod__fill_addr(&fq, idx + i) = (uint64_t)i * FRAME_SIZE;
+	xsk_ring_prod__submit(&fq, n);
+	printf("READY\n");
+	fflush(stdout);
+
+	struct pollfd pfd = { .fd = xsk_socket__fd(in), .events = POLLIN };
+	start = now_s();
+	while (!stop_flag) {
+		uint32_t ridx, tidx, cidx, fidx, m;
+		double t;
+
+		/* completions first: their buffers refill IN */
+		m = xsk_ring_cons__peek(&cq2, c->ring, &cidx);
+		if (m && xsk_ring_prod__reserve(&fq, m, &fidx) != m) {
+			xsk_ring_cons__cancel(&cq2, m); /* IN's fill ring is full: later */
+			m = 0;
+		}
+		if (m) {
+			for (i = 0; i < m; i++)
+				*xsk_ring_prod__fill_addr(&fq, fidx + i) =
+					*xsk_ring_cons__comp_addr(&cq2, cidx + i);
+			xsk_ring_prod__submit(&fq, m);
+			xsk_ring_cons__release(&cq2, m);
+			outstanding -= m;
+		}
+		n = xsk_ring_cons__peek(&rx, c->batch, &ridx);
+		if (n && xsk_ring_prod__reserve(&tx, n, &tidx) != n) {
+			xsk_ring_cons__cancel(&rx, n); /* OUT's TX ring is full: kick and retry */
+			n = 0;
+		}
+		if (n == 0) {
+			if (outstanding) { /* copy mode: completions come from sendto() */
+				sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+				kicks++;
+			}
+			t = now_s();
+			if (pkts ? t - t_last >= IDLE_END || t - t_first >= c->secs
+				 : t - start >= c->secs + 30)
+				break;
+			if (!outstanding)
+				poll(&pfd, 1, 1);
+			continue;
+		}
+		for (i = 0; i < n; i++) {
+			const struct xdp_desc *d = xsk_ring_cons__rx_desc(&rx, ridx + i);
+			struct xdp_desc *o = xsk_ring_prod__tx_desc(&tx, tidx + i);
+
+			o->addr = d->addr;
+			o->len = d->len;
+			o->options = 0;
+		}
+		xsk_ring_prod__submit(&tx, n);
+		xsk_ring_cons__release(&rx, n);
+		outstanding += n;
+		sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+		kicks++;
+		t_last = now_s();
+		if (pkts == 0)
+			t_first = t_last;
+		pkts += n;
+		if (t_last - t_first >= c->secs)
+			break;
+	}
+	printf("{\"pkts\": %llu, \"seconds\": %.6f, \"pps\": %.1f, \"kicks\": %llu}\n",
+	       (unsigned long long)pkts, t_last - t_first,
+	       t_last > t_first ? pkts / (t_last - t_first) : 0.0, (unsigned long long)kicks);
+	detach();
+	xsk_socket__delete(out);
+	xsk_socket__delete(in);
+	xsk_umem__delete(umem);
+	munmap(area, sz);
+	return 0;
+}
+
 static int run_drop(struct cfg *c)
 {
 	struct worker w;
@@ -548,7 +685,7 @@ static int run_gen(struct cfg *c)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: xsk_bench rx|tx|drop|gen -i IF -o OBJ [-q NQ] [-t SECS] "
+	fprintf(stderr, "usage: xsk_bench rx|tx|fwd|drop|gen -i IF [-O OUT_IF] -o OBJ [-q NQ] [-t SECS] "
 			"[-b BATCH] [-l LEN] [-r PPS] [-s RING_SLOTS] [--busy]\n");
 	exit(2);
 }
@@ -565,10 +702,11 @@ int main(int argc, char **argv)
 		usage();
 	c.mode = argv[1];
 	optind = 2;
-	while ((ch = getopt_long(argc, argv, "i:o:q:t:b:l:r:s:k:", lo, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "i:o:O:q:t:b:l:r:s:k:", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'i': c.ifname = optarg; break;
 		case 'o': c.obj = optarg; break;
+		case 'O': c.out_ifname = optarg; break;
 		case 'q': c.nq = atoi(optarg); break;
 		case 't': c.secs = atof(optarg); break;
 		case 'b': c.batch = atoi(optarg); break;
@@ -595,6 +733,8 @@ int main(int argc, char **argv)
 		return run_xsk(&c, 1);
 	if (!strcmp(c.mode, "tx"))
 		return run_xsk(&c, 0);
+	if (!strcmp(c.mode, "fwd"))
+		return run_fwd(&c);
 	if (!strcmp(c.mode, "drop"))
 		return run_drop(&c);
 	if (!strcmp(c.mode, "gen"))
