@@ -1,3 +1,5 @@
+# Over 500 lines: the device layer's one kernel boundary (rtnetlink, ethtool, sysfs and the
+# netdev generic-netlink family), each read into the same value types.
 """The real device layer: rtnetlink (pyroute2 IPRoute) plus ethtool (pyroute2's ioctl
 ethtool, and ETHTOOL_GDRVINFO from :mod:`vtnet_py._sys.ethtool`), and the XDP features a
 driver advertises (the "netdev" generic netlink family, which pyroute2 does not know: one

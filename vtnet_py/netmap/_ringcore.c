@@ -1,8 +1,10 @@
+/* Over 500 lines: txsync and rxsync with every check netmap makes, kept in one file so
+ * that it reads side by side with its reference model, ring.py's PyRing. */
 /* The netmap sync of one ring over one AF_XDP socket, compiled: what netmap does in the
  * kernel for txsync/rxsync, over the memory the Python Ring already owns (its slot table,
  * BufferPool's owner/where arrays, the socket's four rings).
  *
- * ring.py's Ring is the reference model of every rule here; tests/test_ringcore_diff.py
+ * ring.py's Ring is the reference model of every rule here; tests/unit/test_ringcore_diff.py
  * runs both on the same operations and requires the same state after each. A refusal is
  * raised as Refused(reason, slot, buf_idx, detail): Python turns it into the RingError
  * with its message (and repairs a copied slot, which needs every ring of the memory).
