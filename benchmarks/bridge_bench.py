@@ -211,12 +211,19 @@ def one_case(t: Topology, kind: str, secs: float) -> dict[str, Any]:
             cmd += ["-t", str(secs), "-s", "2048", "-b", str(BURST), "-k", "1024"]
         else:
             cmd = [PY, __file__, "--worker", kind, t.a1, t.a2, str(secs)]
-        fwd = suite.start(t.ns["mid"], cmd, cpu=1)
-        assert fwd.stdout is not None
-        line = fwd.stdout.readline()
-        if not line.startswith("READY"):
+        for attempt in range(3):
+            fwd = suite.start(t.ns["mid"], cmd, cpu=1)
+            assert fwd.stdout is not None
+            line = fwd.stdout.readline()
+            if line.startswith("READY"):
+                break
             err = fwd.stderr.read() if fwd.stderr else ""
-            raise RuntimeError(f"{kind} forwarder failed: {line}{err}")
+            fwd.wait()
+            # xsk_bench's libxdp set-up sometimes finds a fresh FILL ring off by one right
+            # after the previous case's sockets (it retries inside); a new process clears it
+            if attempt == 2 or "filling the fill ring" not in err:
+                raise RuntimeError(f"{kind} forwarder failed: {line}{err}")
+            print(f"  ({kind}: set-up failed, {err.strip()}; starting it again)", file=sys.stderr)
         time.sleep(0.3)
         gen = suite.run_json(
             t.ns["gen"], [suite.XSK, "gen", "-i", t.b1, "-o", suite.BPF_OBJ, "-t", str(secs)], cpu=0

@@ -492,28 +492,43 @@ static int run_fwd(struct cfg *c)
 	size_t sz = (size_t)2 * c->ring * FRAME_SIZE;
 	uint64_t pkts = 0, kicks = 0, outstanding = 0;
 	double t_first = 0, t_last = 0, start;
-	uint32_t i, idx, n, k = 0;
+	uint32_t i, idx = 0, n, k = 0;
 	void *area;
 	int err, fd, xmap;
 
 	if (!c->out_ifname)
 		usage();
-	/* The previous forwarder's sockets on these queues are released by
-	 * deferred work in the kernel, and libxdp does not recover cleanly from a
-	 * bind refused with EBUSY on a fresh UMEM: give the release time first. */
-	usleep(500000);
-	area = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (area == MAP_FAILED)
-		die("mmap UMEM", errno);
-	err = xsk_umem__create(&umem, area, sz, &fq, &cq, &uc);
-	if (err)
-		die("xsk_umem__create", err);
-	err = xsk_socket__create_shared(&in, c->ifname, 0, umem, &rx, NULL, &fq, &cq, &sc);
-	if (err)
-		die("xsk_socket__create_shared (in)", err);
-	err = xsk_socket__create_shared(&out, c->out_ifname, 0, umem, NULL, &tx, &fq2, &cq2, &sc);
-	if (err)
-		die("xsk_socket__create_shared (out)", err);
+	/* The previous forwarder's sockets on these queues are released by deferred
+	 * work in the kernel, and libxdp does not recover cleanly from a bind that
+	 * races with it (seen: a refused bind, or a fresh fill ring whose cached
+	 * producer is off by one): set everything up again until it comes up clean. */
+	for (int attempt = 0;; attempt++) {
+		usleep(attempt ? 200000 : 500000);
+		area = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (area == MAP_FAILED)
+			die("mmap UMEM", errno);
+		in = out = NULL;
+		err = xsk_umem__create(&umem, area, sz, &fq, &cq, &uc);
+		if (err)
+			die("xsk_umem__create", err);
+		err = xsk_socket__create_shared(&in, c->ifname, 0, umem, &rx, NULL, &fq, &cq, &sc);
+		if (!err)
+			err = xsk_socket__create_shared(&out, c->out_ifname, 0, umem, NULL, &tx,
+							&fq2, &cq2, &sc);
+		/* every frame of IN's fill ring: the UMEM's first half */
+		n = err ? 0 : xsk_ring_prod__reserve(&fq, c->ring, &idx);
+		if (!err && n == c->ring)
+			break;
+		if (attempt == 25)
+			die(err ? "xsk_socket__create_shared" : "filling the fill ring",
+			    err ? err : ENOSPC);
+		if (out)
+			xsk_socket__delete(out);
+		if (in)
+			xsk_socket__delete(in);
+		xsk_umem__delete(umem);
+		munmap(area, sz);
+	}
 	fd = xsk_socket__fd(out);
 	if (c->tx_budget && setsockopt(fd, SOL_XDP, 9 /* XDP_MAX_TX_SKB_BUDGET */, &c->tx_budget,
 				       sizeof(c->tx_budget)) && errno != ENOPROTOOPT)
@@ -523,10 +538,6 @@ static int run_fwd(struct cfg *c)
 	i = xsk_socket__fd(in);
 	if (bpf_map_update_elem(xmap, &k, &i, 0))
 		die("xsks_map update", errno);
-	/* every frame of IN's fill ring: the UMEM's first half */
-	n = xsk_ring_prod__reserve(&fq, c->ring, &idx);
-	if (n != c->ring)
-		die("filling the fill ring", ENOSPC);
 	for (i = 0; i < n; i++)
 		*xsk_ring_prod__fill_addr(&fq, idx + i) = (uint64_t)i * FRAME_SIZE;
 	xsk_ring_prod__submit(&fq, n);

@@ -4,7 +4,8 @@ Two worlds, each a Memory with one RX and one TX ring on a FakeXsk: one with PyR
 numpy rules, checking every slot in full), one with CRing (the C core, checking only
 slots whose buf_idx changed). Random operation sequences (syncs; valid and invalid
 head/cur moves; RX<->TX swaps with or without NS_BUF_CHANGED; copied, out-of-range and
-kernel-held buf_idx; bad len; NS_MOREFRAG chains; NS_REPORT; vnet headers asking for
+kernel-held buf_idx; bad len; NS_MOREFRAG chains; bridge's rings_move from RX to TX,
+swapping or copying; NS_REPORT; vnet headers asking for
 offloads; the fake kernel delivering, dropping, consuming and completing in or out of
 order; need_wakeup and transient kick errors) go to both. After every step both worlds
 must agree on return values, errors (type, message, slot, buf_idx, reason), ring
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from vtnet_py._sys import abi as K
 from vtnet_py.errors import InvariantError, RingError
 from vtnet_py.netmap.fakexsk import fake_rings
+from vtnet_py.netmap.move import rings_move
 from vtnet_py.netmap.ring import NS_BUF_CHANGED, NS_MOREFRAG, NS_REPORT, CRing, PyRing, Ring
 
 RX_SLOTS = 8
@@ -58,6 +60,9 @@ OPS = st.one_of(
     st.tuples(st.just("complete"), st.integers(1, 8), st.sampled_from(["in", "reverse"])),
     st.tuples(st.just("wakeup"), st.booleans()),
     st.tuples(st.just("kick_errno"), st.sampled_from([0, errno.EAGAIN, errno.EBUSY])),
+    st.tuples(st.just("bridge_move"), st.integers(0, 9), st.booleans()),
+    st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
+    st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
 )
 
 CORRUPTING = ("copy", "copy_across", "bad_buf")
@@ -121,6 +126,18 @@ class World:
             r.head = (r.hwcur + op[2]) % r.num_slots if op[2] >= 0 else op[2]
             r.cur = (r.head + op[3] % 3) % r.num_slots if op[2] >= 0 else r.head
             return None
+        if kind == "bridge_cycle":  # what the bridge does: receive, move, send
+            got = [self.run(("deliver", op[1], False)), self.run(("rxsync",))]
+            got.append(self.run(("bridge_move", op[2], op[3])))
+            return [*got, self.run(("txsync",)), self.run(("complete", 8, "in"))]
+        if kind == "bridge_move":
+            # bridge's rings_move from the RX ring to the TX ring: the C loop in the CRing
+            # world, the numpy reference in the PyRing world
+            bufs = self.mem.umem.chunks[:, self.mem.umem.chunk_size - rx.nr_buf_size :]
+            try:
+                return rings_move(rx, tx, op[1], op[2], bufs, bufs)
+            except ValueError as exc:
+                return "ValueError", str(exc)
         if kind == "cur_only":
             r = self.ring[op[1]]
             r.cur = op[2] % (r.num_slots + 2)
@@ -219,6 +236,7 @@ class World:
         out["slots"] = pool.slots.tobytes()
         out["owner"] = pool.owner.tobytes()
         out["where"] = pool.where.tobytes()
+        out["umem"] = self.mem.umem.chunks.tobytes()
         x = self.xsk
         out["kernel"] = (list(x.sent), list(x.in_flight), list(x.fill_held), x.dropped, x.kicks)
         out["wakeups"] = x.wakeups

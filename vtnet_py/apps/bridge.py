@@ -24,15 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import numpy as np
-
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py.device.netlink import read_device
 from vtnet_py.errors import UnsupportedError
 from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.move import rings_move
 from vtnet_py.netmap.port import DEFAULT_RX_SLOTS, DEFAULT_TX_SLOTS, Port, nic_queue_bound
 from vtnet_py.netmap.portname import RegMode, parse_port_name
-from vtnet_py.netmap.ring import NS_BUF_CHANGED, NS_MOREFRAG, Ring
 
 POLL_TIMEOUT_MS = 2500  # bridge's poll timeout
 TX_RECLAIM_MS = 1  # TX completions are reaped by syncing, not signalled: re-check soon
@@ -40,7 +38,6 @@ MAX_BURST = 8192
 DEFAULT_BURST = 1024
 DEFAULT_WAIT_LINK = 4
 MAX_WAIT_LINK = 100
-_NOT_MOREFRAG = np.uint16(0xFFFF ^ NS_MOREFRAG)
 
 
 def dlog(func: str, msg: str, out: TextIO | None = None) -> None:
@@ -64,36 +61,6 @@ def buffers_needed(name: str, netns: str | None = None) -> int:
     nic = {RegMode.ALL_NIC: pairs, RegMode.ONE_NIC: 1, RegMode.NIC_SW: pairs}.get(spec.mode, 0)
     host = 1 if spec.mode in (RegMode.SW, RegMode.ONE_SW, RegMode.NIC_SW) else 0
     return (nic + host) * per_pair
-
-
-def rings_move(
-    rx: Ring, tx: Ring, limit: int, zerocopy: bool, src_bufs: np.ndarray, dst_bufs: np.ndarray
-) -> tuple[int, int]:
-    """Move up to ``limit`` frames from ``rx`` (from head) to ``tx`` (from head); returns
-    (frames, bytes). Zero copy swaps buf_idx; otherwise copies each frame's bytes."""
-    m = min(limit, rx.space(), tx.space())
-    if m <= 0:
-        return 0, 0
-    ri = rx.slots_from_head(m)
-    ti = tx.slots_from_head(m)
-    rs, ts = rx.slot, tx.slot
-    lens = rs["len"][ri]
-    ts["len"][ti] = lens
-    rflags = rs["flags"][ri]
-    if zerocopy:
-        rbi = rs["buf_idx"][ri]
-        rs["buf_idx"][ri] = ts["buf_idx"][ti]
-        ts["buf_idx"][ti] = rbi
-        rs["flags"][ri] = rflags | NS_BUF_CHANGED
-        tflags = ts["flags"][ti] | NS_BUF_CHANGED
-    else:
-        width = int(lens.max())
-        dst_bufs[ts["buf_idx"][ti], :width] = src_bufs[rs["buf_idx"][ri], :width]
-        tflags = ts["flags"][ti]
-    ts["flags"][ti] = (tflags & _NOT_MOREFRAG) | (rflags & NS_MOREFRAG)
-    rx.head = rx.cur = rx.next(rx.head, m)
-    tx.head = tx.cur = tx.next(tx.head, m)
-    return m, int(lens.sum())
 
 
 def rx_avail(port: Port) -> int:
@@ -142,8 +109,9 @@ class Bridge:
         self.b2a = Direction(b, a, f"{_side(b)} --> {_side(a)}")
         self.polls = 0
         self.timeouts = 0
+        self._ports = [a] if a is b else [a, b]
         self._poller = select.poll()
-        for p in {id(a): a, id(b): b}.values():
+        for p in self._ports:
             self._poller.register(p.fileno(), select.POLLIN)
         if wake_fd is not None:  # signal.set_wakeup_fd: a signal ends the sleep at once
             self._poller.register(wake_fd, select.POLLIN)
@@ -178,32 +146,12 @@ class Bridge:
         return moved
 
     def step(self, timeout_ms: int = POLL_TIMEOUT_MS) -> int:
-        """One iteration of bridge's loop: sync both ports (what its poll() does), wait
-        if there is nothing to do, move what can be moved. Returns frames moved."""
+        """One iteration of bridge's loop: move what can be moved, then sync both ports
+        (what its poll() does), waiting first if nothing could move. Returns frames
+        moved. Two syncs per port per iteration: the syncs after a move also bring what
+        the next iteration moves."""
         a, b = self.a, self.b
-        ports = [a] if a is b else [a, b]
-        for p in ports:
-            p.txsync()
-        for p in ports:
-            p.rxsync()
-        na, nb = rx_avail(a), rx_avail(b)
-        ready_a2b = na and tx_avail(b)
-        ready_b2a = nb and tx_avail(a)
-        if not (ready_a2b or ready_b2a):
-            self.polls += 1
-            # frames waiting for TX room: completions come back through syncs, so look
-            # again soon; otherwise sleep until a port has frames
-            wait = TX_RECLAIM_MS if (na or nb) else timeout_ms
-            if not self._poller.poll(wait) and wait == timeout_ms:
-                self.timeouts += 1
-                self._timeout_line()
-                for p in ports:
-                    p._check_device()
-                    p._check_sockets()
-            for p in ports:
-                p.txsync()
-            for p in ports:
-                p.rxsync()
+        ports = self._ports
         moved = self.ports_move(self.a2b)
         if a is not b:
             moved += self.ports_move(self.b2a)
@@ -214,7 +162,29 @@ class Bridge:
                 p.rxsync()
             for p in ports:
                 p.txsync()
-        return moved
+            return moved
+        for p in ports:
+            p.txsync()
+        for p in ports:
+            p.rxsync()
+        na, nb = rx_avail(a), rx_avail(b)
+        if (na and tx_avail(b)) or (nb and tx_avail(a)):
+            return 0
+        self.polls += 1
+        # frames waiting for TX room: completions come back through syncs, so look
+        # again soon; otherwise sleep until a port has frames
+        wait = TX_RECLAIM_MS if (na or nb) else timeout_ms
+        if not self._poller.poll(wait) and wait == timeout_ms:
+            self.timeouts += 1
+            self._timeout_line()
+            for p in ports:
+                p._check_device()
+                p._check_sockets()
+        for p in ports:
+            p.txsync()
+        for p in ports:
+            p.rxsync()
+        return 0
 
     def run(self, stop: Callable[[], bool], report_s: float = 0.0) -> None:
         """Loop until ``stop()``; with ``report_s`` print a rate line that often."""

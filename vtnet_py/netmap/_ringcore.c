@@ -759,8 +759,103 @@ static PyTypeObject CoreType = {
     .tp_members = core_members,
 };
 
+/* --- bridge.c's rings_move ------------------------------------------------------------- */
+/* move(rx_core, rx_head, tx_core, tx_head, limit, zerocopy) -> (frames, bytes): the frames
+ * of rx from rx_head go to the TX slots of tx from tx_head, at most limit, as many as both
+ * sides have ([head, tail) on each). Zero copy swaps buf_idx (both rings must use one
+ * buffer pool) and marks both slots NS_BUF_CHANGED; otherwise each frame's bytes are
+ * copied. NS_MOREFRAG follows the frame. Heads are not moved: the caller advances both
+ * by the frames returned. The swapped buf_idx values are checked by the next syncs, as
+ * any the application writes. ring.py's rings_move_py is the reference model. */
+static PyObject *ring_move(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyObject_TypeCheck(args[0], &CoreType) ||
+        !PyObject_TypeCheck(args[2], &CoreType)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "move(rx_core, rx_head, tx_core, tx_head, limit, zerocopy)");
+        return NULL;
+    }
+    Core *r = (Core *)args[0], *t = (Core *)args[2];
+    long long rh, th, limit;
+    int zc = PyObject_IsTrue(args[5]);
+    if (zc < 0 || check_open(r) < 0 || check_open(t) < 0)
+        return NULL;
+    if (r->is_tx || !t->is_tx) {
+        PyErr_SetString(PyExc_ValueError, "move: the source must be an RX ring, the "
+                                          "destination a TX ring");
+        return NULL;
+    }
+    if (!as_index(args[1], &rh) || rh < 0 || rh >= r->n ||
+        mod(rh - r->hwcur, r->n) > mod((long long)r->tail - r->hwcur, r->n)) {
+        PyErr_Format(PyExc_ValueError, "%U: head outside [hwcur, tail]", r->what);
+        return NULL;
+    }
+    if (!as_index(args[3], &th) || th < 0 || th >= t->n ||
+        mod(th - t->hwcur, t->n) > mod((long long)t->tail - t->hwcur, t->n)) {
+        PyErr_Format(PyExc_ValueError, "%U: head outside [hwcur, tail]", t->what);
+        return NULL;
+    }
+    if (!as_index(args[4], &limit) || limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "move: limit must be an integer >= 0");
+        return NULL;
+    }
+    if (zc && (r->gslots != t->gslots || r->owner != t->owner)) {
+        PyErr_Format(PyExc_ValueError, "%U -> %U: zero copy needs one buffer pool", r->what,
+                     t->what);
+        return NULL;
+    }
+    if (!zc && (r->chunks == NULL || t->chunks == NULL)) {
+        PyErr_Format(PyExc_ValueError, "%U -> %U: copying needs both rings' buffers", r->what,
+                     t->what);
+        return NULL;
+    }
+    uint32_t rn = r->n, tn = t->n;
+    uint32_t ravail = (r->tail + rn - (uint32_t)rh) % rn;
+    uint32_t tavail = (t->tail + tn - (uint32_t)th) % tn;
+    uint32_t m = ravail < tavail ? ravail : tavail;
+    if ((long long)m > limit)
+        m = (uint32_t)limit;
+    for (uint32_t k = 0; !zc && k < m; k++) { /* nothing is moved unless all can be */
+        uint32_t ri = (uint32_t)((rh + k) % rn), ti = (uint32_t)((th + k) % tn);
+        struct nm_slot *rs = &r->slot[ri], *ts = &t->slot[ti];
+        if (rs->buf_idx >= r->nchunks || ts->buf_idx >= t->nchunks ||
+            rs->len > r->nr_buf_size || rs->len > t->nr_buf_size) {
+            PyErr_Format(PyExc_ValueError,
+                         "%U slot %u -> %U slot %u: buf_idx or len out of range", r->what, ri,
+                         t->what, ti);
+            return NULL;
+        }
+    }
+    unsigned long long bytes = 0;
+    for (uint32_t k = 0; k < m; k++) {
+        struct nm_slot *rs = &r->slot[(rh + k) % rn], *ts = &t->slot[(th + k) % tn];
+        uint16_t more = rs->flags & NS_MOREFRAG;
+        ts->len = rs->len;
+        bytes += rs->len;
+        if (zc) {
+            uint32_t b = rs->buf_idx;
+            rs->buf_idx = ts->buf_idx;
+            ts->buf_idx = b;
+            rs->flags |= NS_BUF_CHANGED;
+            ts->flags = (uint16_t)((ts->flags & ~NS_MOREFRAG) | NS_BUF_CHANGED | more);
+        } else {
+            uint32_t rb = rs->buf_idx, tb = ts->buf_idx;
+            memcpy(t->chunks + (size_t)tb * t->chunk_size + t->buf_off,
+                   r->chunks + (size_t)rb * r->chunk_size + r->buf_off, rs->len);
+            ts->flags = (uint16_t)((ts->flags & ~NS_MOREFRAG) | more);
+        }
+    }
+    return Py_BuildValue("(IK)", m, bytes);
+}
+
+static PyMethodDef module_methods[] = {
+    {"move", (PyCFunction)(void (*)(void))ring_move, METH_FASTCALL,
+     "move(rx_core, rx_head, tx_core, tx_head, limit, zerocopy) -> (frames, bytes)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef ringcore_module = {
-    PyModuleDef_HEAD_INIT, "_ringcore", "Compiled netmap ring sync (see ring.py).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_ringcore", "Compiled netmap ring sync (see ring.py).", -1,
+    module_methods,
 };
 
 PyMODINIT_FUNC PyInit__ringcore(void) {
