@@ -19,16 +19,12 @@ import numpy as np
 
 from vtnet_py.netmap.ring import NS_BUF_CHANGED, NS_MOREFRAG, CRing, Ring
 
+try:
+    from vtnet_py.netmap._ringcore import move as _c_move
+except ImportError:  # the extension is not built: only PyRing rings exist
+    _c_move = None  # type: ignore[assignment]
+
 _NOT_MOREFRAG = np.uint16(0xFFFF ^ NS_MOREFRAG)
-
-
-def _c_move(*args: object) -> tuple[int, int]:
-    """_ringcore.move, imported on first use (CRing imports the extension the same way)."""
-    global _c_move
-    from vtnet_py.netmap._ringcore import move
-
-    _c_move = move
-    return move(*args)  # type: ignore[no-any-return]
 
 
 def rings_move_py(
@@ -96,7 +92,7 @@ def rings_move(
     """Move up to ``limit`` frames from ``rx`` to ``tx`` (see the module docstring);
     returns (frames, bytes). ``src_bufs``/``dst_bufs`` (the ports' ``bufs``) serve the
     reference model's copy."""
-    if type(rx) is CRing and type(tx) is CRing:
+    if _c_move is not None and type(rx) is CRing and type(tx) is CRing:
         m, nbytes = _c_move(rx._core, rx.head, tx._core, tx.head, limit, zerocopy)
         if m:
             rx.head = rx.cur = (rx.head + m) % rx.num_slots
