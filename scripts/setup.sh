@@ -17,7 +17,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip python3-dev python3-bpfcc bpfcc-tools libbpfcc
     linux-headers-amd64 iproute2 ethtool tcpdump iputils-ping netcat-openbsd
     procps libcap2-bin util-linux gcc libc6-dev libbpf-dev libxdp-dev xdp-tools
-    clang llvm
+    clang llvm iperf3
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
