@@ -21,6 +21,7 @@ from vtnet_py.apps.pktgen.config import (
     PktgenError,
 )
 from vtnet_py.apps.pktgen.frames6 import ETHERTYPE_IPV6, make_framegen
+from vtnet_py.apps.pktgen.oneslot import PingFrames, Umem, ping_rtt, reflect
 from vtnet_py.apps.pktgen.rxfields import field_view, gather, payload_offsets
 from vtnet_py.apps.pktgen.spec import OFF_ETHERTYPE, SEQ_LEN, STAMP_LEN
 from vtnet_py.apps.pktgen.workerbase import Pacer, WorkerBase
@@ -30,21 +31,36 @@ class PingPong(WorkerBase):
     # -- ping / pong -----------------------------------------------------------
 
     def _ping(self, port: Any) -> None:
-        cfg = self.cfg
-        row = self.row
         if not port.tx_rings or not port.rx_rings:
             raise PktgenError(f"{self.port_name}: ping needs TX and RX rings")
+        spec = self.cfg.spec
+        gen = make_framegen(spec, seed=self.cfg.seed)
+        bufs = port.bufs
+        gen.init_rows(bufs, port.tx_rings[0].slot["buf_idx"])
+        # one frame per round trip (the default -b 1): the integer path of oneslot.py
+        fixed = not spec.min_length and spec.raw is None
+        umem = Umem.of(bufs) if self.cfg.burst == 1 and fixed else None
+        one = PingFrames(gen, spec.vnet_hdr_len) if umem is not None else None
+        try:
+            self._ping_loop(port, gen, one, umem)
+        finally:
+            if umem is not None:
+                umem.release()
+
+    def _ping_loop(self, port: Any, gen: Any, one: PingFrames | None, umem: Umem | None) -> None:
+        cfg = self.cfg
+        row = self.row
         spec = cfg.spec
         txr = port.tx_rings[0]
-        gen = make_framegen(spec, seed=cfg.seed)
         bufs = port.bufs
-        gen.init_rows(bufs, txr.slot["buf_idx"])
         vh = spec.vnet_hdr_len
         n = self.frames_in
         pacer = Pacer(cfg.rate, cfg.burst) if cfg.rate else None
         sent = received = events = 0
         tosend = 0
         period_rtts: list[np.ndarray] = []
+        tx_buf, tx_len = txr.slot["buf_idx"], txr.slot["len"]
+        one_rtts: list[int] = []
         last_print = time.monotonic()
         self._wait_link()
         row[F_TIC] = time.monotonic_ns()
@@ -60,6 +76,14 @@ class PingPong(WorkerBase):
             if k <= 0:
                 self.out.diag("-- ouch, cannot send", func="ping_body")
                 port.txsync()
+            elif one is not None and umem is not None:
+                h = txr.head
+                tx_len[h] = one.write(umem, int(tx_buf[h]), time.monotonic_ns())
+                txr.head = txr.cur = txr.next(h)
+                sent += 1
+                events += 1
+                if pacer:
+                    tosend -= 1
             else:
                 idx = txr.slots_from_head(k)
                 stamp = np.full(k, time.monotonic_ns(), dtype=np.uint64)
@@ -83,6 +107,15 @@ class PingPong(WorkerBase):
                 avail = r.space()
                 if not avail:
                     continue
+                if avail == 1 and umem is not None:
+                    h = r.head
+                    sl = r.slot[h]
+                    rtt1 = ping_rtt(umem, int(sl["buf_idx"]), int(sl["len"]), vh, now)
+                    if rtt1 is not None:
+                        one_rtts.append(rtt1)
+                        received += 1
+                    r.head = r.cur = r.next(h)
+                    continue
                 idx = r.slots_from_head(avail)
                 rows = r.slot["buf_idx"][idx]
                 lens = r.slot["len"][idx]
@@ -96,6 +129,9 @@ class PingPong(WorkerBase):
                     received += int(rtt.size)
                 r.head = r.cur = r.next(r.head, avail)
             t = time.monotonic()
+            if one_rtts and (len(one_rtts) >= 4096 or t - last_print >= 1.0):
+                period_rtts.append(np.array(one_rtts, np.int64))
+                one_rtts = []
             if t - last_print >= 1.0 and period_rtts:
                 allr = np.concatenate(period_rtts)
                 if allr.size:
@@ -106,17 +142,28 @@ class PingPong(WorkerBase):
                 self.ping_rtts.extend(period_rtts)
                 period_rtts = []
                 last_print = t
+        if one_rtts:
+            period_rtts.append(np.array(one_rtts, np.int64))
         self.ping_rtts.extend(period_rtts)
         port.rxsync()
         row[F_TOC] = time.monotonic_ns()
         row[F_SEQ_RECEIVED] = received
 
     def _pong(self, port: Any) -> None:
-        cfg = self.cfg
-        row = self.row
         if not port.tx_rings or not port.rx_rings:
             raise PktgenError(f"{self.port_name}: pong needs TX and RX rings")
+        umem = Umem.of(port.bufs)  # frames that come one at a time: oneslot.reflect
+        try:
+            self._pong_loop(port, umem)
+        finally:
+            if umem is not None:
+                umem.release()
+
+    def _pong_loop(self, port: Any, umem: Umem | None) -> None:
+        cfg = self.cfg
+        row = self.row
         txr = port.tx_rings[0]
+        tx_buf, tx_len = txr.slot["buf_idx"], txr.slot["len"]
         bufs = port.bufs
         vh = cfg.spec.vnet_hdr_len
         n = self.frames_in
@@ -134,6 +181,17 @@ class PingPong(WorkerBase):
                 k = min(avail, txr.space())
                 if n:
                     k = min(k, n - sent)
+                if k == 1 and avail == 1 and umem is not None:
+                    h, th = r.head, txr.head
+                    ln = int(r.slot["len"][h])
+                    reflect(umem, int(r.slot["buf_idx"][h]), int(tx_buf[th]), ln, vh)
+                    tx_len[th] = ln
+                    txr.head = txr.cur = txr.next(th)
+                    r.head = r.cur = r.next(h)
+                    sent += 1
+                    nbytes += ln
+                    events += 1
+                    continue
                 if k > 0:
                     src = r.slot["buf_idx"][r.slots_from_head(k)]
                     tidx = txr.slots_from_head(k)
