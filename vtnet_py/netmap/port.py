@@ -57,9 +57,11 @@ from vtnet_py.netmap.acquire import (
     make_rings,
     release_rings,
 )
+from vtnet_py.netmap.buffer import Buffer, as_buffer
 from vtnet_py.netmap.hostrings import REGISTRY as HOST_REGISTRY
 from vtnet_py.netmap.hostrings import HostRings
 from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.nmutil import PktHdr, nm_dispatch, nm_inject, nm_nextpkt
 from vtnet_py.netmap.plan import (
     DEFAULT_RX_SLOTS,
     DEFAULT_TX_SLOTS,
@@ -120,6 +122,9 @@ class Port:
         # what reconfigure() needs to run the open steps again (set by open_port)
         self._reopen: _Reopen | None = None
         self._keep_memory = False  # reconfigure(): the memory step's undo keeps the Memory
+        # nm_desc's ring cursors for inject / nextpkt / dispatch (netmap_user.h)
+        self.cur_tx_ring = 0
+        self.cur_rx_ring = 0
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -131,12 +136,38 @@ class Port:
             self._bufs = mem.umem.chunks[:, mem.umem.chunk_size - self.nr_buf_size :]
         return self._bufs
 
-    def buf(self, buf_idx: int) -> np.ndarray:
-        """Buffer ``buf_idx`` as a writable uint8 array of nr_buf_size bytes (no copy)."""
+    def buf(self, buf_idx: int) -> Buffer:
+        """Buffer ``buf_idx`` as a writable uint8 array of nr_buf_size bytes (no copy);
+        its slices also take bytes-likes: ``port.buf(i)[:n] = b"..."``."""
         mem = self._mem()
         if not 0 <= buf_idx < mem.nbufs:
             raise IndexError(f"{self.name}: buf_idx {buf_idx} out of range 0..{mem.nbufs - 1}")
-        return self.bufs[buf_idx]
+        return as_buffer(self.bufs[buf_idx])
+
+    def write(self, buf_idx: int, data: object, offset: int = 0) -> int:
+        """Copy a bytes-like into buffer ``buf_idx`` at ``offset``; returns its length
+        (for the slot's ``len``). Too long for the buffer: ValueError naming the port."""
+        src = memoryview(data).cast("B")  # type: ignore[arg-type]
+        end = offset + src.nbytes
+        if offset < 0 or end > self.nr_buf_size:
+            raise ValueError(
+                f"{self.name}: {src.nbytes} bytes at offset {offset} do not fit buffer "
+                f"{buf_idx} ({self.nr_buf_size} bytes)"
+            )
+        self.buf(buf_idx)[offset:end] = src
+        return src.nbytes
+
+    def inject(self, data: object) -> int:
+        """netmap's nm_inject (see :func:`vtnet_py.netmap.nmutil.nm_inject`)."""
+        return nm_inject(self, data)
+
+    def nextpkt(self) -> tuple[PktHdr, bytes] | None:
+        """netmap's nm_nextpkt (see :func:`vtnet_py.netmap.nmutil.nm_nextpkt`)."""
+        return nm_nextpkt(self)
+
+    def dispatch(self, cnt: int, callback: Callable[[PktHdr, memoryview], object]) -> int:
+        """netmap's nm_dispatch (see :func:`vtnet_py.netmap.nmutil.nm_dispatch`)."""
+        return nm_dispatch(self, cnt, callback)
 
     @property
     def nr_buf_size(self) -> int:
