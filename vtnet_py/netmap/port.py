@@ -52,6 +52,7 @@ from vtnet_py.errors import (
 from vtnet_py.netmap.acquire import (
     QUEUES,
     bind_retrying,
+    hold_queue,
     limit_error,
     limit_hit,
     make_rings,
@@ -755,6 +756,9 @@ def _acquire_queue(port: Port, plan: PortPlan, q: QueuePlan, first_buf: int) -> 
     sizes = ring_sizes(plan.rx_slots if q.rx else 0, plan.tx_slots if q.tx else 0)
     sock = bind_retrying(port._mem(), plan, q.queue, sizes, port.owner_of)
     port.done(f"socket of queue {q.queue}", sock.close)
+    holder = hold_queue(plan.ifindex, q.queue)  # names this pid to a process told EBUSY
+    if holder is not None:
+        port.done(f"holder of queue {q.queue}", holder.close)
     kid = port.add_socket(sock)
     _add_rings(
         port, plan, sock, kid, rx=q.rx, tx=q.tx, queue=q.queue, host=False, first_buf=first_buf
