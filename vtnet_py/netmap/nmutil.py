@@ -20,14 +20,23 @@ as it is in netmap, where pkt-gen's bulk modes never call these either.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from vtnet_py.netmap.ring import NS_MOREFRAG, Ring
 
-if TYPE_CHECKING:
-    from vtnet_py.netmap.port import Port
+
+class Port(Protocol):
+    """What these helpers use of a :class:`~vtnet_py.netmap.port.Port` (which calls
+    them from its methods, so this module cannot import it)."""
+
+    name: str
+    tx_rings: list[Ring]
+    rx_rings: list[Ring]
+    cur_tx_ring: int  # nm_desc's cursors
+    cur_rx_ring: int
+
 
 NM_MORE_PKTS = 1  # nm_pkthdr.flags: nm_dispatch has more frames for this call
 
