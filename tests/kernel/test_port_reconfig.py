@@ -181,3 +181,22 @@ def test_reconfigure_of_a_closed_port_is_refused(veth) -> None:
     port.close()
     with pytest.raises(PortClosedError, match=f"netmap:{veth.a}-0: port is closed"):
         port.reconfigure()
+
+
+def test_reconfigure_that_cannot_fit_closes_the_port_and_leaves_nothing(veth_factory) -> None:
+    from vtnet_py import PortClosedError, UnsupportedError
+
+    v = veth_factory(queues=2)
+    one_queue(v)
+    mem = Memory(2 * 1024 + 10)  # one ring pair: too small for two
+    port = open_port(f"netmap:{v.a}", netns=v.ns_a, memory=mem)
+    two_queues(v)
+    with pytest.raises(UnsupportedError, match=f"netmap:{v.a}: needs 4096 buffers"):
+        port.reconfigure()
+    with pytest.raises(PortClosedError):
+        port.rxsync()
+    assert mem.users == 0 and mem.check_invariant()["free"] == mem.nbufs
+    assert not v.xdp_attached("a")  # the steering program left with the port
+    mem.close()
+    with open_port(f"netmap:{v.a}", netns=v.ns_a) as again:  # a new open takes the 2 queues
+        assert len(again.rx_rings) == 2

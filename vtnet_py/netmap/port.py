@@ -7,10 +7,12 @@ them as netmap rings. Opening follows libnetmap's nmport_prepare/register/mmap:
 1. a pure plan (:mod:`vtnet_py.netmap.plan`: ``plan_attach``, then ``plan_port``):
    which queues, ring sizes, frags, vnet header, buffers needed, zero-copy choice,
    computed from the parsed name, the DeviceInfo and the options, without a syscall;
-2. named acquire steps, each recording its undo on the port as it succeeds: device,
-   steering, watch, memory, epoll, then per queue socket, rings and claim, then host
-   rings and the NIC TX registration. A failure at any step (or ``close``, also on a
-   half-built port) runs the undo steps done so far in reverse.
+2. named acquire steps, each recording its undo on the port as it succeeds: epoll,
+   device, steering, watch, memory, then per queue socket, holder name, rings and
+   claim, then the NIC TX registration and host rings. A failure at any step (or
+   ``close``, also on a half-built port) runs the undo steps done so far in reverse.
+   ``reconfigure`` (after ``ethtool -L``) undoes every step after epoll and runs them
+   again on the device as it is now, keeping the Memory when it can.
 
 What survives a crash is only what the kernel keeps for a live fd, so kill -9 returns
 every queue to the kernel. A port belongs to the process that opened it: in a forked
