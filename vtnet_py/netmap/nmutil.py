@@ -27,7 +27,7 @@ import numpy as np
 from vtnet_py.netmap.ring import NS_MOREFRAG, Ring
 
 
-class Port(Protocol):
+class PortLike(Protocol):
     """What these helpers use of a :class:`~vtnet_py.netmap.port.Port` (which calls
     them from its methods, so this module cannot import it)."""
 
@@ -61,7 +61,7 @@ def _as_u8(data: object) -> np.ndarray:
     return np.frombuffer(memoryview(data).cast("B"), np.uint8)  # type: ignore[arg-type]
 
 
-def nm_inject(port_or_ring: Port | Ring, data: object) -> int:
+def nm_inject(port_or_ring: PortLike | Ring, data: object) -> int:
     """Put one frame (any bytes-like) in the first TX ring with room, at ``cur``, and
     advance ``head`` = ``cur`` past it. No sync: the next txsync or poll sends it.
     Returns len(data), or 0 when no TX ring has room (netmap's nm_inject). A frame
@@ -109,7 +109,7 @@ def nm_inject(port_or_ring: Port | Ring, data: object) -> int:
     return 0
 
 
-def _next_ready(port: Port) -> tuple[int, Ring] | None:
+def _next_ready(port: PortLike) -> tuple[int, Ring] | None:
     """The first RX ring with a frame between cur and tail, round robin from the port's
     cur_rx_ring (nm_nextpkt's scan)."""
     rings = port.rx_rings
@@ -121,7 +121,7 @@ def _next_ready(port: Port) -> tuple[int, Ring] | None:
     return None
 
 
-def nm_nextpkt(port: Port) -> tuple[PktHdr, bytes] | None:
+def nm_nextpkt(port: PortLike) -> tuple[PktHdr, bytes] | None:
     """The next received frame as (header, a copy of its bytes), or None when every RX
     ring is empty between cur and tail; advances that ring's head = cur past its slot.
     As netmap's nm_nextpkt, one slot at a time: a multi-buffer frame comes as several,
@@ -140,7 +140,7 @@ def nm_nextpkt(port: Port) -> tuple[PktHdr, bytes] | None:
     return hdr, data
 
 
-def nm_dispatch(port: Port, cnt: int, callback: Callable[[PktHdr, memoryview], object]) -> int:
+def nm_dispatch(port: PortLike, cnt: int, callback: Callable[[PktHdr, memoryview], object]) -> int:
     """Call ``callback(hdr, data)`` for up to ``cnt`` received frames (``cnt`` <= 0: all
     that are between cur and tail), ring after ring from the port's cur_rx_ring, then
     advance each ring's head = cur past them; returns how many. ``data`` is the frame
