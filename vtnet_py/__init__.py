@@ -23,7 +23,9 @@ from vtnet_py.errors import (
     UnsupportedError,
     VtnetError,
 )
+from vtnet_py.netmap.buffer import Buffer
 from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.nmutil import NM_MORE_PKTS, PktHdr, nm_dispatch, nm_inject, nm_nextpkt
 from vtnet_py.netmap.pool import SLOT_DTYPE
 from vtnet_py.netmap.port import Port, open_port
 from vtnet_py.netmap.portname import PortSpec, RegMode, parse_port_name
@@ -40,11 +42,13 @@ from vtnet_py.netmap.ring import (
 )
 
 __all__ = [
+    "Buffer",
     "BusyError",
     "DeviceError",
     "InterfaceChangedError",
     "InvariantError",
     "Memory",
+    "NM_MORE_PKTS",
     "NR_FORWARD",
     "NR_TIMESTAMP",
     "NS_BUF_CHANGED",
@@ -53,6 +57,7 @@ __all__ = [
     "NS_MOREFRAG",
     "NS_NO_LEARN",
     "NS_REPORT",
+    "PktHdr",
     "PortClosedError",
     "PortNameError",
     "PortSpec",
@@ -66,6 +71,9 @@ __all__ = [
     "SLOT_DTYPE",
     "UnsupportedError",
     "VtnetError",
+    "nm_dispatch",
+    "nm_inject",
+    "nm_nextpkt",
     "open_port",
     "parse_port_name",
 ]

@@ -169,6 +169,7 @@ def interface_status(
                 "rings": rings.get(q, []),
             }
         )
+    notes += _unheld_queue_notes(nq, owners)
     if mine:
         afxdp = "shown per ring for the ports of this process"
     else:
@@ -211,6 +212,31 @@ def interface_status(
         "afxdp_statistics": afxdp,
         "notes": notes,
     }
+
+
+def _unheld_queue_notes(nq: int, owners: dict[int, int]) -> list[str]:
+    """A live process holds queues 0..k but not the ones above, up to the channels: a
+    port on all queues (``netmap:IF``) opened before the channels grew looks so (or ports
+    on single queues: from outside the two cannot be told apart, so the note says both)."""
+    notes = []
+    for pid in sorted(set(owners.values())):
+        held = sorted(q for q, p in owners.items() if p == pid)
+        if not pid_alive(pid) or held != list(range(len(held))) or len(held) >= nq:
+            continue
+        free = [q for q in range(len(held), nq) if not owners.get(q)]
+        if not free:
+            continue
+
+        def span(qs: list[int]) -> str:
+            return f"queue {qs[0]}" if len(qs) == 1 else f"queues {qs[0]}-{qs[-1]}"
+
+        notes.append(
+            f"{span(free)} {'is' if len(free) == 1 else 'are'} not held by pid {pid}, which "
+            f"holds {span(held)}: {'its' if len(free) == 1 else 'their'} frames go to the "
+            f"kernel's stack (if that port was opened on every queue, the channels grew "
+            f"since: port.reconfigure() or a new open takes {'it' if len(free) == 1 else 'them'})"
+        )
+    return notes
 
 
 def _identity_notes(ifname: str, loc: identity.Located) -> list[str]:

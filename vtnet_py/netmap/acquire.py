@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import socket
 import threading
 import time
 import weakref
@@ -152,6 +153,59 @@ def release_rings(mem: Memory, rings: list[Ring]) -> None:
         r.detach()
 
 
+# An abstract unix socket per bound queue, named after it, in the device's network
+# namespace (abstract names are per namespace): it lives exactly as long as the process
+# (and its forked children) that holds the AF_XDP socket, dies with it on kill -9, and
+# lets another process name that pid when the kernel answers EBUSY, also for a TX-only
+# socket, which the steering program's owner map never sees.
+_HOLDER = "vtnetmap-queue/{ifindex}/{queue}"
+
+
+def hold_queue(ifindex: int, queue: int) -> socket.socket | None:
+    """The holder name of ``queue`` (call it in the device's namespace, once the AF_XDP
+    socket is bound); None if a forked child of the last owner still holds it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        s.bind("\0" + _HOLDER.format(ifindex=ifindex, queue=queue))
+    except OSError as exc:
+        s.close()
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return s
+
+
+def queue_holder(ifindex: int, queue: int) -> int:
+    """pid of a process holding ``queue``'s holder name in the current network namespace
+    (0: none found). Reads /proc: for error messages only."""
+    want = "@" + _HOLDER.format(ifindex=ifindex, queue=queue)
+    inode = None
+    try:
+        with open("/proc/thread-self/net/unix") as f:  # this thread's netns, not the main one
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 8 and parts[7] == want:
+                    inode = parts[6]
+                    break
+    except OSError:
+        return 0
+    if inode is None:
+        return 0
+    target = f"socket:[{inode}]"
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return pid
+            except OSError:
+                continue
+    return 0
+
+
 def bind_retrying(
     mem: Memory, plan: PortPlan, q: int, sizes: RingSizes, owner_of: Callable[[int], int]
 ) -> XskSocket:
@@ -163,10 +217,18 @@ def bind_retrying(
         try:
             return _bind(mem, plan, q, sizes)
         except BusyError as exc:
-            owner = owner_of(q)
+            owner = owner_of(q) or queue_holder(plan.ifindex, q)
             if owner and owner != os.getpid() and pid_alive(owner):
+                qp = next((x for x in plan.queues if x.queue == q), None)
+                one_way = qp is not None and not (qp.rx and qp.tx)
+                why = (
+                    "; AF_XDP binds one socket per queue for both directions, so its RX "
+                    "and TX rings cannot be split between processes (open both in one port)"
+                    if one_way
+                    else ""
+                )
                 raise BusyError(
-                    f"{plan.name}: {plan.ifname} queue {q} is busy: owned by pid {owner}"
+                    f"{plan.name}: {plan.ifname} queue {q} is busy: held by pid {owner}{why}"
                 ) from exc
             if time.monotonic() >= deadline:
                 raise
@@ -205,8 +267,10 @@ __all__ = [
     "QUEUES",
     "QueueRegistry",
     "bind_retrying",
+    "hold_queue",
     "limit_error",
     "limit_hit",
     "make_rings",
+    "queue_holder",
     "release_rings",
 ]

@@ -7,10 +7,12 @@ them as netmap rings. Opening follows libnetmap's nmport_prepare/register/mmap:
 1. a pure plan (:mod:`vtnet_py.netmap.plan`: ``plan_attach``, then ``plan_port``):
    which queues, ring sizes, frags, vnet header, buffers needed, zero-copy choice,
    computed from the parsed name, the DeviceInfo and the options, without a syscall;
-2. named acquire steps, each recording its undo on the port as it succeeds: device,
-   steering, watch, memory, epoll, then per queue socket, rings and claim, then host
-   rings and the NIC TX registration. A failure at any step (or ``close``, also on a
-   half-built port) runs the undo steps done so far in reverse.
+2. named acquire steps, each recording its undo on the port as it succeeds: epoll,
+   device, steering, watch, memory, then per queue socket, holder name, rings and
+   claim, then the NIC TX registration and host rings. A failure at any step (or
+   ``close``, also on a half-built port) runs the undo steps done so far in reverse.
+   ``reconfigure`` (after ``ethtool -L``) undoes every step after epoll and runs them
+   again on the device as it is now, keeping the Memory when it can.
 
 What survives a crash is only what the kernel keeps for a live fd, so kill -9 returns
 every queue to the kernel. A port belongs to the process that opened it: in a forked
@@ -28,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,18 +44,27 @@ from vtnet_py.device.netlink import read_device, real_queues
 from vtnet_py.device.record import attached_zerocopy
 from vtnet_py.device.types import DeviceInfo
 from vtnet_py.ebpf.steer import Steering
-from vtnet_py.errors import InterfaceChangedError, PortClosedError, ResourceError, VtnetError
+from vtnet_py.errors import (
+    BusyError,
+    InterfaceChangedError,
+    PortClosedError,
+    ResourceError,
+    VtnetError,
+)
 from vtnet_py.netmap.acquire import (
     QUEUES,
     bind_retrying,
+    hold_queue,
     limit_error,
     limit_hit,
     make_rings,
     release_rings,
 )
+from vtnet_py.netmap.buffer import Buffer, as_buffer
 from vtnet_py.netmap.hostrings import REGISTRY as HOST_REGISTRY
 from vtnet_py.netmap.hostrings import HostRings
 from vtnet_py.netmap.memory import Memory
+from vtnet_py.netmap.nmutil import PktHdr, nm_dispatch, nm_inject, nm_nextpkt
 from vtnet_py.netmap.plan import (
     DEFAULT_RX_SLOTS,
     DEFAULT_TX_SLOTS,
@@ -110,6 +122,12 @@ class Port:
         self._busy_poll = False  # poll() spins on the rings (open_port(busy_poll=True))
         self._allocated: tuple[int, int] | None = None  # (first, count) of mem.allocate
         self._poll_mask = -1
+        # what reconfigure() needs to run the open steps again (set by open_port)
+        self._reopen: _Reopen | None = None
+        self._keep_memory = False  # reconfigure(): the memory step's undo keeps the Memory
+        # nm_desc's ring cursors for inject / nextpkt / dispatch (netmap_user.h)
+        self.cur_tx_ring = 0
+        self.cur_rx_ring = 0
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -121,12 +139,38 @@ class Port:
             self._bufs = mem.umem.chunks[:, mem.umem.chunk_size - self.nr_buf_size :]
         return self._bufs
 
-    def buf(self, buf_idx: int) -> np.ndarray:
-        """Buffer ``buf_idx`` as a writable uint8 array of nr_buf_size bytes (no copy)."""
+    def buf(self, buf_idx: int) -> Buffer:
+        """Buffer ``buf_idx`` as a writable uint8 array of nr_buf_size bytes (no copy);
+        its slices also take bytes-likes: ``port.buf(i)[:n] = b"..."``."""
         mem = self._mem()
         if not 0 <= buf_idx < mem.nbufs:
             raise IndexError(f"{self.name}: buf_idx {buf_idx} out of range 0..{mem.nbufs - 1}")
-        return self.bufs[buf_idx]
+        return as_buffer(self.bufs[buf_idx])
+
+    def write(self, buf_idx: int, data: object, offset: int = 0) -> int:
+        """Copy a bytes-like into buffer ``buf_idx`` at ``offset``; returns its length
+        (for the slot's ``len``). Too long for the buffer: ValueError naming the port."""
+        src = memoryview(data).cast("B")  # type: ignore[arg-type]
+        end = offset + src.nbytes
+        if offset < 0 or end > self.nr_buf_size:
+            raise ValueError(
+                f"{self.name}: {src.nbytes} bytes at offset {offset} do not fit buffer "
+                f"{buf_idx} ({self.nr_buf_size} bytes)"
+            )
+        self.buf(buf_idx)[offset:end] = src
+        return src.nbytes
+
+    def inject(self, data: object) -> int:
+        """netmap's nm_inject (see :func:`vtnet_py.netmap.nmutil.nm_inject`)."""
+        return nm_inject(self, data)
+
+    def nextpkt(self) -> tuple[PktHdr, bytes] | None:
+        """netmap's nm_nextpkt (see :func:`vtnet_py.netmap.nmutil.nm_nextpkt`)."""
+        return nm_nextpkt(self)
+
+    def dispatch(self, cnt: int, callback: Callable[[PktHdr, memoryview], object]) -> int:
+        """netmap's nm_dispatch (see :func:`vtnet_py.netmap.nmutil.nm_dispatch`)."""
+        return nm_dispatch(self, cnt, callback)
 
     @property
     def nr_buf_size(self) -> int:
@@ -306,6 +350,22 @@ class Port:
         """pid recorded as owner of ``queue`` in the steering program (0: the kernel)."""
         return self._steering.owner_of(queue) if self._steering else 0
 
+    def reconfigure(self) -> None:
+        """Close the rings and register them again on the queues the interface has now,
+        as a netmap program re-registers after NETMAP_REQ_PORT_INFO_GET shows new ring
+        counts (``ethtool -L`` since the open). Same port object, same ``fileno()``, and
+        the same Memory when it still holds the new rings (a shared
+        Memory always; a private one is replaced by a larger one when it must grow, and
+        ``port.bufs`` then views the new one). Ring objects read before are stale: take
+        ``port.rx_rings`` / ``port.tx_rings`` again; frames in the old rings are dropped.
+        The steering reference is dropped and taken again, so a program this port alone
+        holds is attached afresh and runs on every queue (veth installs it only on the
+        queues it has at attach time).
+        On failure the port is closed (nothing is left behind, as after a failed open)
+        and the error says why."""
+        self._check_open_for_reconfigure()
+        _reconfigure(self)
+
     # --- what the open steps register -----------------------------------------------------
     def done(self, step: str, undo: Callable[[], None]) -> None:
         """Record that ``step`` succeeded and how to undo it (close runs these in reverse)."""
@@ -391,6 +451,15 @@ class Port:
             f"{' closed' if self._closed else ''}>"
         )
 
+    def _check_open_for_reconfigure(self) -> None:
+        if self._closed:
+            raise PortClosedError(f"{self.name}: port is closed")
+        if os.getpid() != self._pid:
+            raise VtnetError(
+                f"{self.name}: reconfigure() in pid {os.getpid()}: only the process that "
+                f"opened the port (pid {self._pid}) may rebuild its rings"
+            )
+
     def _check_open(self) -> None:
         if self._closed:
             raise PortClosedError(f"{self.name}: port is closed")
@@ -445,13 +514,61 @@ def open_port(
     port = Port(spec)
     try:
         with _step(port, "namespace"), enter_netns(netns):
-            _open(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr)
+            _open(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr, netns)
         if busy_poll:
             _set_busy_poll(port)
     except BaseException:
         port.close()
         raise
     return port
+
+
+@dataclass(frozen=True)
+class _Reopen:
+    """What open_port was asked, kept for reconfigure()."""
+
+    netns: str | None
+    zerocopy: str
+    mode: str | None
+    frags: bool | None
+    force: bool
+    vnet_hdr: int
+    mark: int  # len(port._undo) after the epoll step: reconfigure undoes every later step
+
+
+def _reconfigure(port: Port) -> None:
+    """Undo every step after the epoll fd (the steering reference too: a program attached
+    again reaches every queue, which veth needs for queues added while it ran), then run
+    them again on the device as it is now, keeping the Memory when it can."""
+    ro = port._reopen
+    assert ro is not None
+    mem = port._mem()
+    own = port._own_memory
+    port._keep_memory = True
+    try:
+        while len(port._undo) > ro.mark:
+            step, undo = port._undo.pop()
+            try:
+                undo()
+            except Exception as exc:  # the remaining steps must still run
+                log.warning("vtnetmap: %s: undoing %s: %s", port.name, step, exc)
+    finally:
+        port._keep_memory = False
+    port.tx_rings, port.rx_rings, port._sockets = [], [], []
+    port._poller, port._poll_mask, port._bufs = None, -1, None
+    port._watch, port._host, port._failed, port.plan = None, None, "", None
+    port._steering, port.memory = None, None
+    try:
+        with _step(port, "namespace"), enter_netns(ro.netns):
+            _register(port, port.spec, ro, mem, own=own)
+        if port._busy_poll:
+            _set_busy_poll(port)
+    except BaseException:
+        port.close()
+        if own:
+            with suppress(BusyError):
+                mem.close()  # idempotent; kept for the rebuild, which did not take it
+        raise
 
 
 def _open(
@@ -463,17 +580,30 @@ def _open(
     memory: Memory | None,
     force: bool,
     vnet_hdr: int,
+    netns: str | None = None,
 ) -> None:
     """The acquire steps, in the port's network namespace."""
+    with _step(port, "epoll"):  # first: fileno() outlives reconfigure()
+        port._epoll = select.epoll()
+        port.done("epoll", port._epoll.close)
+    ro = _Reopen(netns, zerocopy, mode, frags, force, vnet_hdr, mark=len(port._undo))
+    port._reopen = ro
+    _register(port, spec, ro, memory, own=memory is None)
+
+
+def _register(port: Port, spec: PortSpec, ro: _Reopen, memory: Memory | None, *, own: bool) -> None:
+    """Every step after the epoll fd, for open_port and reconfigure(). ``own``: the port
+    owns ``memory`` (reconfigure passes back the private Memory it kept); a private
+    Memory too small for the new plan is replaced by a larger one."""
     with _step(port, "device"):
         info = read_device(spec.ifname)
-        zc = attached_zerocopy(spec.ifname, zerocopy)  # `vtnetmap attach --zerocopy`
+        zc = attached_zerocopy(spec.ifname, ro.zerocopy)  # `vtnetmap attach --zerocopy`
     opts = OpenOptions(
         zerocopy=zc,
-        mode=mode,
-        frags=frags,
-        force=force,
-        vnet_hdr=vnet_hdr,
+        mode=ro.mode,
+        frags=ro.frags,
+        force=ro.force,
+        vnet_hdr=ro.vnet_hdr,
         nr_buf_size=memory.nr_buf_size if memory is not None else NR_BUF_SIZE,
     )
     attach = plan_attach(spec, info, opts)
@@ -486,6 +616,9 @@ def _open(
             # XDP transmit, which also receive; the stack's TX queues stay as they were
             info = read_device(spec.ifname)
     plan = plan_port(spec, info, opts, queues=real_queues(info), tx_limit=tx_before)
+    if own and memory is not None and plan.buffers > memory.nbufs:
+        memory.close()  # reconfigure(): the private Memory must grow
+        memory = None
     port.plan = plan
     key = (netns_inode(), info.ifindex)
     port.done("queue registry", QUEUES.take(key, plan, port))
@@ -493,12 +626,9 @@ def _open(
         port._watch = DeviceWatch(plan.name, plan.ifname, info.channels)  # in the port's netns
         port.done("watch", port._watch.close)
     with _step(port, "memory"):
-        _acquire_memory(port, plan, memory)
+        _acquire_memory(port, plan, memory, own=own)
         nxt = port._mem().allocate(plan.buffers, plan.name)
         port._allocated = (nxt, plan.buffers)
-    with _step(port, "epoll"):
-        port._epoll = select.epoll()
-        port.done("epoll", port._epoll.close)
     for q in plan.queues:
         with _step(port, f"queue {q.queue}"):
             nxt = _acquire_queue(port, plan, q, nxt)
@@ -570,9 +700,9 @@ def _acquire_steering(port: Port, info: DeviceInfo, attach: AttachPlan) -> None:
     port.done("steering", steering.release)
 
 
-def _acquire_memory(port: Port, plan: PortPlan, memory: Memory | None) -> None:
+def _acquire_memory(port: Port, plan: PortPlan, memory: Memory | None, *, own: bool) -> None:
     mem = memory if memory is not None else Memory(plan.buffers)
-    port._own_memory = memory is None
+    port._own_memory = own or memory is None
     port.memory = mem
     port.frags = plan.frags
     port.vnet_hdr = plan.vnet_hdr
@@ -585,7 +715,7 @@ def _acquire_memory(port: Port, plan: PortPlan, memory: Memory | None) -> None:
             mem.release(*port._allocated)
             port._allocated = None
         mem.users -= 1
-        if port._own_memory:
+        if port._own_memory and not port._keep_memory:
             mem.close()
 
     port.done("memory", undo)
@@ -628,6 +758,9 @@ def _acquire_queue(port: Port, plan: PortPlan, q: QueuePlan, first_buf: int) -> 
     sizes = ring_sizes(plan.rx_slots if q.rx else 0, plan.tx_slots if q.tx else 0)
     sock = bind_retrying(port._mem(), plan, q.queue, sizes, port.owner_of)
     port.done(f"socket of queue {q.queue}", sock.close)
+    holder = hold_queue(plan.ifindex, q.queue)  # names this pid to a process told EBUSY
+    if holder is not None:
+        port.done(f"holder of queue {q.queue}", holder.close)
     kid = port.add_socket(sock)
     _add_rings(
         port, plan, sock, kid, rx=q.rx, tx=q.tx, queue=q.queue, host=False, first_buf=first_buf

@@ -22,6 +22,9 @@ Grammar (``[x]`` optional, ``x*`` zero or more, ``x+`` one or more)::
                 | "*" | "+"     hardware and host ring pairs       RegMode.NIC_SW
     ring      ::= digit+        0 .. MAX_RINGS-1, leading zeros allowed
     flag      ::= "x"           exclusive: nobody else may bind these rings
+                                (vtnetmap: always so, since AF_XDP binds one socket
+                                per queue for both directions; accepted, changes
+                                nothing; a second open gets BusyError naming the pid)
                 | "R"           bind only the RX rings
                 | "T"           bind only the TX rings
                   (any order; repeating a flag is harmless, as in netmap)

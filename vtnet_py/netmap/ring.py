@@ -32,6 +32,7 @@ import numpy as np
 
 from vtnet_py._sys import abi as K
 from vtnet_py.errors import InterfaceChangedError, InvariantError, RingError
+from vtnet_py.netmap.buffer import Buffer, as_buffer
 from vtnet_py.netmap.pool import APP, BufferPool, krx, ktx
 
 if TYPE_CHECKING:
@@ -178,6 +179,18 @@ class Ring:
         frames on the socket's RX ring)."""
         kring = self._xsk.comp if self.is_tx else self._xsk.rx
         return kring.available() if kring is not None else 0
+
+    def buf(self, buf_idx: int) -> Buffer:
+        """NETMAP_BUF(ring, buf_idx): buffer ``buf_idx`` of the port's memory as a
+        writable uint8 array of nr_buf_size bytes (no copy; slices take bytes-likes)."""
+        chunks = self._chunks
+        if chunks is None:
+            raise ValueError(f"{self._what}: the port is closed")
+        if not 0 <= buf_idx < chunks.shape[0]:
+            raise IndexError(
+                f"{self._what}: buf_idx {buf_idx} out of range 0..{chunks.shape[0] - 1}"
+            )
+        return as_buffer(chunks[buf_idx, self._buf_off :])
 
     # --- refusals (shared by both implementations) ----------------------------------------
     def _refusal(
