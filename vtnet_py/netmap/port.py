@@ -8,7 +8,8 @@ them as netmap rings. Opening follows libnetmap's nmport_prepare/register/mmap:
    which queues, ring sizes, frags, vnet header, buffers needed, zero-copy choice,
    computed from the parsed name, the DeviceInfo and the options, without a syscall;
 2. named acquire steps, each recording its undo on the port as it succeeds: device,
-   steering, watch, memory, epoll, then per queue socket, rings and claim, then host
+   steering, watch (with its link-event socket), memory, epoll (with the eventfd of
+   ``fileno()``'s readiness), then per queue socket, rings and claim, then host
    rings and the NIC TX registration. A failure at any step (or ``close``, also on a
    half-built port) runs the undo steps done so far in reverse.
 

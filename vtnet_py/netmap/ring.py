@@ -13,6 +13,12 @@ hands over (``[hwcur, head)`` at txsync) become TX descriptors; buffers the kern
 on the COMPLETION ring come back into the slots after ``tail`` and tail advances. The TX
 slot at ``tail`` is netmap's empty hole; slots ``(tail, hwcur)`` are in flight.
 
+As netmap_user.h has them, ``space()`` counts from ``head`` (nm_ring_space) and
+``empty()`` is ``head == tail`` (nm_ring_empty); ``cur`` only says when to wake the
+application (``cur == tail``: when more arrives), which ``Port.fileno()`` follows
+(vtnet_py.netmap.ready). ``ts`` is netmap_ring.ts: set by an rxsync of a ring whose
+``flags`` has NR_TIMESTAMP (netmap.c's ring_timestamp_set), as wall-clock seconds.
+
 Every UMEM chunk is in exactly one place. ``BufferPool.owner`` says where (free, held by
 a ring slot, or given to the kernel by a given socket as FILL/RX or TX/COMPLETION), every
 transition checks the state it expects, and ``check_invariant`` proves the whole picture.
