@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import socket
 import threading
 import time
 
@@ -22,6 +23,9 @@ import pytest
 from nettest import VethPair, sh
 
 from vtnet_py import InterfaceChangedError, open_port
+from vtnet_py._sys.netns import netns as enter_netns
+from vtnet_py.device.types import Channels
+from vtnet_py.netmap.watch import DeviceWatch
 
 pytestmark = pytest.mark.kernel
 
@@ -279,3 +283,26 @@ def test_idle_poll_fails_promptly_when_channels_change(veth_factory) -> None:
             assert at and time.monotonic() - at[0] < 1.0
         finally:
             t.join()
+
+
+def test_watch_hears_ethtool_channel_notifications_for_its_interface_only(veth_factory) -> None:
+    """virtio_net sends no link message on `ethtool -L`; ethtool's own notification
+    (ETHTOOL_MSG_CHANNELS_NTF on the "monitor" group) is heard instead. The link socket
+    is closed here to stand for such a driver."""
+    v = veth_factory(queues=4)
+    sh(v.ns_a, f"ethtool -L {v.a} rx 2")
+    with enter_netns(v.ns_a):
+        w = DeviceWatch("netmap:x", v.a, Channels())
+        w.ifindex = socket.if_nametoindex(v.a)
+    try:
+        if len(w.fds()) < 2:
+            pytest.skip("this kernel has no ethtool netlink family")
+        w._nl.close()
+        w._nl = None
+        sh(v.ns_b, f"ethtool -L {v.b} rx 2")  # the peer's change: not ours
+        assert not (select.select(w.fds(), [], [], 0.5)[0] and w.events())
+        sh(v.ns_a, f"ethtool -L {v.a} rx 3")
+        assert select.select(w.fds(), [], [], 2.0)[0]
+        assert w.events()
+    finally:
+        w.close()

@@ -245,12 +245,11 @@ class Port:
 
     def _check_device(self, force: bool = False) -> None:
         """Raise InterfaceChangedError when the interface's channels changed since open,
-        it went away, or the steering program was detached: at once when the link-event
-        socket has a message about the interface (or ``force``), else at most every
-        100 ms (one ioctl on a socket kept from open time, so it reads the port's netns)."""
-        watch = self._watch
-        if watch is not None:
-            watch.check(self._steering, force=watch.events() or force)
+        it went away, or the steering program was detached: at once with ``force`` (a
+        link message about the interface came), else at most every 100 ms (one ioctl on
+        a socket kept from open time, so it reads the port's netns)."""
+        if self._watch is not None:
+            self._watch.check(self._steering, force=force)
 
     def _wait(self, rx: bool, deadline: float | None) -> None:
         """Sleep in the kernel until a socket event, a link message about the interface,
@@ -262,8 +261,8 @@ class Port:
             poller = self._poller = select.epoll()
             for s in self._sockets:
                 poller.register(s.fileno(), 0)
-            if self._watch is not None and self._watch.fileno() >= 0:
-                poller.register(self._watch.fileno(), select.EPOLLIN)
+            for fd in self._watch.fds() if self._watch is not None else ():
+                poller.register(fd, select.EPOLLIN)
             self._poll_mask = -1
         want = select.EPOLLIN if rx else 0  # EPOLLERR and EPOLLHUP are always reported
         if want != self._poll_mask:
@@ -273,11 +272,12 @@ class Port:
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         events = poller.poll(wait)
         self.poll_wakeups += 1
-        nl = self._watch.fileno() if self._watch is not None else -1
+        watched = self._watch.fds() if self._watch is not None else []
         for fd, ev in events:
-            if fd == nl:
-                self._check_device(force=True)
-                self._check_sockets()
+            if fd in watched:
+                if self._watch is not None and self._watch.events():
+                    self._check_device(force=True)
+                    self._check_sockets()
             elif ev & (select.EPOLLERR | select.EPOLLHUP):
                 bad = next((x for x in self._sockets if x.fileno() == fd), None)
                 where = f"queue {bad.queue}" if bad else f"fd {fd}"
