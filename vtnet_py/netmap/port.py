@@ -389,6 +389,8 @@ class Port:
         if self._poller is not None:
             self._poller.close()
         self._poller = None
+        if self._ready is not None:  # a raw fd: this process's copy goes with the port
+            self._ready.close()
         self._ready = None
         self._watch = None
         self._host = None

@@ -16,6 +16,11 @@ rings, so ``Port.fileno()`` is an epoll over
 An epoll fd can only become readable, so a port without RX rings reports its TX room
 as readable; a port with RX rings reports RX only (as select's read set on a netmap fd).
 
+One difference from netmap remains: while the application holds every slot of an RX
+ring (``cur`` at ``tail``, ``head`` not moved) and frames wait in the kernel RX ring,
+the socket keeps the fd readable although an rxsync has no room to take them; netmap
+would sleep until the next interrupt. Release slots (move ``head``) to end it.
+
 Nothing is kept up to date until a caller asks for the fd: ``arm`` hooks the rings,
 and from then on a sync or a ``cur`` store that changes the answer costs one eventfd
 read or write. Ports used only through ``Port.poll()`` pay nothing.
