@@ -139,7 +139,7 @@ def test_unfinished_tx_chain_is_held_until_completed(jumbo: VethPair) -> None:
             # the first two pieces, both flagged NS_MOREFRAG: the frame is not finished
             assert put_chain(port, tx, data[: 2 * nbs], nbs, last_more=True) == 2
             assert port.txsync() == 0
-            assert port.poll(rx=False, tx=False, timeout=0.1) is False
+            assert port.poll(rx=False, tx=False, timeout=0.1) == 0
             assert tx.hwcur == start and tx.head == tx.next(start, 2)
             assert peer_frames(s, 1, 0.3, src=mac_a) == []
             port.check_invariant()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import socket
 import sys
 import time
@@ -430,8 +431,10 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
                 self._tx_after(exp)
                 if rx:
                     self._rx_after()
-                want = (rx and self.rx.cur != self.rx.tail) or (tx and self.tx.cur != self.tx.tail)
-                assert ready == want, (rx, tx, ready)
+                want = (select.POLLIN if rx and self.rx.cur != self.rx.tail else 0) | (
+                    select.POLLOUT if tx and self.tx.cur != self.tx.tail else 0
+                )
+                assert ready == want, (rx, tx, ready)  # netmap's revents
 
         @rule(
             kind=st.sampled_from(["rx", "tx"]),
@@ -528,8 +531,12 @@ def machine_for(pair: VethPair) -> type[RuleBasedStateMachine]:
             # TX: the hole at tail, then the slots in flight up to hwcur
             mt = self.m["tx"]
             assert dist(mt["tail"], mt["hwcur"], TX_SLOTS) >= 1
-            assert self.tx.space() == dist(mt["cur"], mt["tail"], TX_SLOTS)
-            assert self.rx.space() == dist(self.m["rx"]["cur"], self.m["rx"]["tail"], RX_SLOTS)
+            # nm_ring_space / nm_ring_empty count from head, not cur
+            mr = self.m["rx"]
+            assert self.tx.space() == dist(mt["head"], mt["tail"], TX_SLOTS)
+            assert self.rx.space() == dist(mr["head"], mr["tail"], RX_SLOTS)
+            assert self.tx.empty() == (mt["head"] == mt["tail"])
+            assert self.rx.empty() == (mr["head"] == mr["tail"])
             assert self.rx_seen + self._drops() <= len(self.peer_sent)
             self.port.check_invariant()
 

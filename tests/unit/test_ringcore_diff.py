@@ -16,6 +16,7 @@ fake kernel saw, and the UMEM invariant.
 from __future__ import annotations
 
 import errno
+import time
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,15 @@ from vtnet_py._sys import abi as K
 from vtnet_py.errors import InvariantError, RingError
 from vtnet_py.netmap.fakexsk import fake_rings
 from vtnet_py.netmap.move import rings_move
-from vtnet_py.netmap.ring import NS_BUF_CHANGED, NS_MOREFRAG, NS_REPORT, CRing, PyRing, Ring
+from vtnet_py.netmap.ring import (
+    NR_TIMESTAMP,
+    NS_BUF_CHANGED,
+    NS_MOREFRAG,
+    NS_REPORT,
+    CRing,
+    PyRing,
+    Ring,
+)
 
 RX_SLOTS = 8
 TX_SLOTS = 6  # not a power of two: the netmap ring is smaller than its AF_XDP ring
@@ -63,6 +72,7 @@ OPS = st.one_of(
     st.tuples(st.just("bridge_move"), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
+    st.tuples(st.just("timestamp"), st.booleans()),
 )
 
 CORRUPTING = ("copy", "copy_across", "bad_buf")
@@ -82,6 +92,7 @@ class World:
         assert type(self.rx) is cls
         self.tx.slot["len"][:] = 60
         self.ring = {"rx": self.rx, "tx": self.tx}
+        self.last_ts = {"rx": 0.0, "tx": 0.0}
 
     def user(self, kind: str, i: int) -> int | None:
         """The i-th (mod) slot of the user part [head, tail) of a ring, if any."""
@@ -217,6 +228,10 @@ class World:
         if kind == "kick_errno":
             xsk.kick_errno = op[1]
             return None
+        if kind == "timestamp":  # NR_TIMESTAMP on both rings: only rxsync stamps (netmap.c)
+            for r in (rx, tx):
+                r.flags = (r.flags | NR_TIMESTAMP) if op[1] else (r.flags & ~NR_TIMESTAMP)
+            return None
         raise AssertionError(kind)
 
     def run(self, op: tuple) -> tuple[str, Any]:
@@ -232,6 +247,12 @@ class World:
         for kind, r in self.ring.items():
             out[kind] = (int(r.head), int(r.cur), r.hwcur, r.tail, r.stats, r.waiting())
             out[kind + "_held"] = r.held()[1:]
+            out[kind + "_space"] = (r.space(), r.empty())
+            # the clocks differ: compare whether this step stamped the ring, and that a
+            # stamp is the wall clock of now
+            ts = r.ts
+            out[kind + "_ts"] = (ts != self.last_ts[kind], ts == 0.0 or abs(ts - time.time()) < 5)
+            self.last_ts[kind] = ts
         pool = self.mem.pool
         out["slots"] = pool.slots.tobytes()
         out["owner"] = pool.owner.tobytes()
@@ -343,3 +364,44 @@ def test_one_slot_echo_loop_on_the_compiled_core() -> None:
     assert tx.stats["frames"] == 50 and len(xsk.sent) == 50
     mem.check_invariant()
     assert np.count_nonzero(mem.pool.owner == 1) == 6  # the TX slots; RX buffers on FILL
+
+
+@pytest.mark.parametrize("cls", [PyRing, CRing])
+def test_space_and_empty_count_from_head_not_cur(cls: type[Ring]) -> None:
+    """nm_ring_space / nm_ring_empty: cur moved alone leaves the slots the application's."""
+    _, xsk, rx, tx = fake_rings(cls, 8, 6)
+    assert tx.space() == 5 and not tx.empty()
+    tx.cur = tx.tail  # "wake me when there is more room": the slots stay the user's
+    assert tx.space() == 5 and not tx.empty()
+    xsk.deliver([b"x" * 60] * 3, [False] * 3)
+    assert rx.rxsync() == 3
+    rx.cur = rx.tail
+    assert rx.space() == 3 and not rx.empty()
+    rx.head = rx.tail
+    assert rx.space() == 0 and rx.empty()
+
+
+@pytest.mark.parametrize("cls", [PyRing, CRing])
+def test_rxsync_stamps_ts_only_when_nr_timestamp_asks(cls: type[Ring]) -> None:
+    """netmap.c's ring_timestamp_set: ring.ts is the wall clock of the last rxsync of a
+    ring with NR_TIMESTAMP; txsync and rings without the flag leave it alone."""
+    _, xsk, rx, tx = fake_rings(cls, 8, 6)
+    assert rx.ts == 0.0 and tx.ts == 0.0
+    rx.rxsync()
+    assert rx.ts == 0.0
+    rx.flags |= NR_TIMESTAMP
+    tx.flags |= NR_TIMESTAMP
+    t0 = time.time()
+    rx.rxsync()  # nothing arrived: stamped all the same
+    first = rx.ts
+    assert t0 <= first <= time.time()
+    time.sleep(0.01)
+    xsk.deliver([b"y" * 60], [False])
+    assert rx.rxsync() == 1
+    assert rx.ts > first
+    tx.txsync()
+    assert tx.ts == 0.0
+    rx.flags &= ~NR_TIMESTAMP
+    stamped = rx.ts
+    rx.rxsync()
+    assert rx.ts == stamped

@@ -25,10 +25,12 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define NS_BUF_CHANGED 0x0001
 #define NS_REPORT 0x0002
 #define NS_MOREFRAG 0x0020
+#define NR_TIMESTAMP 0x0002
 #define XDP_RING_NEED_WAKEUP 1
 #define XDP_PKT_CONTD 1
 #define XDP_PACKET_HEADROOM 256
@@ -81,6 +83,7 @@ typedef struct {
     int is_tx, frags, zerocopy, fd, closed;
     kring fill, comp, rx, tx;
     unsigned int hwcur, tail, inflight, kernel_rx;
+    double ts; /* netmap_ring.ts: wall clock of the last rxsync asked for by NR_TIMESTAMP */
     unsigned long long st[8];
 } Core;
 
@@ -521,10 +524,13 @@ static PyObject *core_rxsync(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t head;
     if (check_open(c) < 0)
         return NULL;
-    if (nargs != 2 || c->is_tx) {
-        PyErr_SetString(PyExc_TypeError, "rxsync(head, cur) on an RX ring");
+    long flags = 0;
+    if (nargs < 2 || nargs > 3 || c->is_tx) {
+        PyErr_SetString(PyExc_TypeError, "rxsync(head, cur[, ring_flags]) on an RX ring");
         return NULL;
     }
+    if (nargs == 3 && (flags = PyLong_AsLong(args[2])) == -1 && PyErr_Occurred())
+        return NULL;
     if (prologue(c, args[0], args[1], &head) < 0)
         return NULL;
     c->st[S_SYNCS]++;
@@ -548,6 +554,12 @@ static PyObject *core_rxsync(Core *c, PyObject *const *args, Py_ssize_t nargs) {
         c->hwcur = head;
         if (needs_wakeup(fill) && wake_rx(c) < 0)
             return NULL;
+    }
+    if (flags & NR_TIMESTAMP) {
+        /* netmap.c's ring_timestamp_set: microtime() at every rxsync the ring asks for */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        c->ts = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
     }
     kring *rx = &c->rx;
     uint32_t busy = (c->tail + n - head) % n;
@@ -694,6 +706,7 @@ static int core_init(Core *c, PyObject *args, PyObject *kw) {
     c->n_local = 0;
     c->gen = 0;
     c->closed = 0;
+    c->ts = 0.0;
     memset(c->st, 0, sizeof c->st);
     PyMem_Free(c->shadow);
     PyMem_Free(c->tmp);
@@ -727,7 +740,7 @@ static PyMethodDef core_methods[] = {
     {"txsync", (PyCFunction)(void (*)(void))core_txsync, METH_FASTCALL,
      "txsync(head, cur) -> slots submitted"},
     {"rxsync", (PyCFunction)(void (*)(void))core_rxsync, METH_FASTCALL,
-     "rxsync(head, cur) -> new frames"},
+     "rxsync(head, cur[, ring_flags]) -> new frames (NR_TIMESTAMP in ring_flags sets ts)"},
     {"prologue", (PyCFunction)(void (*)(void))core_prologue, METH_FASTCALL,
      "prologue(head, cur): the head/cur check alone"},
     {"close", (PyCFunction)core_close, METH_NOARGS,
@@ -744,6 +757,7 @@ static PyMemberDef core_members[] = {
     {"tail", T_UINT, offsetof(Core, tail), READONLY, NULL},
     {"inflight", T_UINT, offsetof(Core, inflight), READONLY, NULL},
     {"kernel_rx", T_UINT, offsetof(Core, kernel_rx), READONLY, NULL},
+    {"ts", T_DOUBLE, offsetof(Core, ts), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -7,9 +7,10 @@ them as netmap rings. Opening follows libnetmap's nmport_prepare/register/mmap:
 1. a pure plan (:mod:`vtnet_py.netmap.plan`: ``plan_attach``, then ``plan_port``):
    which queues, ring sizes, frags, vnet header, buffers needed, zero-copy choice,
    computed from the parsed name, the DeviceInfo and the options, without a syscall;
-2. named acquire steps, each recording its undo on the port as it succeeds: epoll,
-   device, steering, watch, memory, then per queue socket, holder name, rings and
-   claim, then the NIC TX registration and host rings. A failure at any step (or
+2. named acquire steps, each recording its undo on the port as it succeeds: epoll (with
+   the eventfd of ``fileno()``'s readiness), device, steering, watch (with its link-event
+   sockets), memory, then per queue socket, holder name, rings and claim, then the NIC TX
+   registration and host rings. A failure at any step (or
    ``close``, also on a half-built port) runs the undo steps done so far in reverse.
    ``reconfigure`` (after ``ethtool -L``) undoes every step after epoll and runs them
    again on the device as it is now, keeping the Memory when it can.
@@ -23,7 +24,6 @@ the last close of a shared fd releases the rings), so the parent keeps receiving
 from __future__ import annotations
 
 import logging
-import math
 import os
 import select
 import socket
@@ -78,14 +78,15 @@ from vtnet_py.netmap.plan import (
     plan_port,
 )
 from vtnet_py.netmap.portname import PortSpec, parse_port_name
+from vtnet_py.netmap.ready import Readiness
 from vtnet_py.netmap.ring import Ring
 from vtnet_py.netmap.watch import DeviceWatch
 from vtnet_py.netmap.xsk import XskSocket, ring_sizes
 
 log = logging.getLogger("vtnet_py")
 
-HEALTH_SLICE_MS = 100  # longest sleep in poll() between checks that the sockets are bound
 PENDING_BACKOFF_S = 0.0002  # first wait for TX completions in poll(tx=True); doubles
+PENDING_BACKOFF_MAX_S = 0.1  # and its ceiling: no socket event announces a completion
 
 
 # --- the port -----------------------------------------------------------------------------
@@ -128,6 +129,10 @@ class Port:
         # nm_desc's ring cursors for inject / nextpkt / dispatch (netmap_user.h)
         self.cur_tx_ring = 0
         self.cur_rx_ring = 0
+        self._ready: Readiness | None = None  # the eventfd of fileno(), in the epoll
+        self._no_tx_poll = False  # NETMAP_NO_TX_POLL: poll() txsyncs only when asked for TX
+        self._do_rx_poll = False  # NETMAP_DO_RX_POLL: poll() rxsyncs even when not asked
+        self.poll_wakeups = 0  # returns from the kernel wait in poll() (for tests)
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -177,10 +182,19 @@ class Port:
         return self._mem().nr_buf_size + self.vnet_hdr
 
     def fileno(self) -> int:
-        """An epoll fd, readable when an RX ring has frames waiting (for a TX-only port:
-        when a TX ring has room), usable with select/poll/asyncio add_reader."""
-        if self._epoll is None:
+        """An fd for select/poll/asyncio add_reader that is readable when netmap's poll()
+        would report the port ready, without syncing: an RX ring has frames between cur
+        and tail, or frames wait in a kernel RX ring (the next rxsync takes them). A port
+        without RX rings is readable when a TX ring has room between cur and tail (or
+        frames in flight, which a txsync reaps). Set ``cur = tail`` to be woken only by
+        new frames. See vtnet_py.netmap.ready for how."""
+        if self._epoll is None or self._ready is None or self._closed:
             raise PortClosedError(f"{self.name}: port is closed")
+        if not self._ready.armed:
+            if self.rx_rings:
+                self._ready.arm(self.rx_rings, tx=False)
+            else:
+                self._ready.arm(self.tx_rings, tx=True)
         return self._epoll.fileno()
 
     def rxsync(self) -> int:
@@ -207,30 +221,45 @@ class Port:
             raise
         return n
 
-    def poll(self, rx: bool = True, tx: bool = False, timeout: float | None = None) -> bool:
-        """netmap's poll(): push every TX ring, sync the RX rings if ``rx``, and wait up to
-        ``timeout`` seconds (None: forever) until an RX ring has frames (``rx``) or a TX
-        ring has room (``tx``). Returns whether that happened. An interface that went away
-        or down raises InterfaceChangedError. A port opened with ``busy_poll=True`` spins
-        on its rings instead of sleeping."""
+    def poll(self, rx: bool = True, tx: bool = False, timeout: float | None = None) -> int:
+        """netmap's poll() on the port: txsync every TX ring (only when ``tx`` if the port
+        was opened with ``no_tx_poll``), rxsync every RX ring when ``rx`` (always with
+        ``do_rx_poll``), and wait up to ``timeout`` seconds (None: forever) until an RX
+        ring has frames between cur and tail (``rx``) or a TX ring has room between cur
+        and tail (``tx``). Returns netmap's revents: ``select.POLLIN`` and/or
+        ``select.POLLOUT`` for what is ready, 0 on timeout (so ``if port.poll():`` still
+        reads as before). The wait is in the kernel, on the AF_XDP sockets and a netlink
+        link-event socket: an interface that went away, lost its steering program or
+        changed channels raises InterfaceChangedError (netmap's POLLERR) as soon as the
+        kernel says so. Only TX completions, which no socket event announces, are waited
+        for by a backoff from 0.2 ms to 100 ms. A port opened with ``busy_poll=True``
+        spins on its rings instead of sleeping."""
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         tx_rings, rx_rings = self.tx_rings, self.rx_rings
+        push = tx or not self._no_tx_poll
+        pull = rx or self._do_rx_poll
         backoff = 0.0
         with self._sticky_failure():
             while True:
-                for r in tx_rings:
-                    r.txsync()
-                if rx:
+                if push:
+                    for r in tx_rings:
+                        r.txsync()
+                if pull:
                     for r in rx_rings:
                         r.rxsync()
-                if (rx and any(r.cur != r.tail for r in rx_rings)) or (
-                    tx and any(r.cur != r.tail for r in tx_rings)
-                ):
-                    return True
+                revents = 0
+                if rx and any(r.cur != r.tail for r in rx_rings):
+                    revents = select.POLLIN
+                if tx and any(r.cur != r.tail for r in tx_rings):
+                    revents |= select.POLLOUT
+                if revents:
+                    return revents
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
-                    return False
+                    return 0
+                # a change seen before (or one whose message we read in a sync's
+                # absence) keeps failing: a rate-limited re-check, no wake-up
                 self._check_device()
                 if self._busy_poll:
                     if rx:
@@ -239,14 +268,13 @@ class Port:
                     continue
                 if tx and any(r.tx_pending() for r in tx_rings):
                     # completions need reaping, which no socket event announces: back off
-                    # from a bare re-check up to the health interval, not a fixed tick
-                    backoff = min(max(backoff * 2, PENDING_BACKOFF_S), HEALTH_SLICE_MS / 1000)
+                    backoff = min(max(backoff * 2, PENDING_BACKOFF_S), PENDING_BACKOFF_MAX_S)
                     wait_until = now + backoff
                     if deadline is not None:
                         wait_until = min(wait_until, deadline)
-                    self._wait(rx, tx, wait_until)
+                    self._wait(rx, wait_until)
                 else:
-                    self._wait(rx, tx, deadline)
+                    self._wait(rx, deadline)
 
     @contextmanager
     def _sticky_failure(self) -> Iterator[None]:
@@ -259,44 +287,48 @@ class Port:
             self._check_sockets()
             raise
 
-    def _check_device(self) -> None:
+    def _check_device(self, force: bool = False) -> None:
         """Raise InterfaceChangedError when the interface's channels changed since open,
-        it went away, or the steering program was detached (at most every 100 ms; one
-        ioctl on a socket kept from open time, so it reads the port's netns)."""
+        it went away, or the steering program was detached: at once with ``force`` (a
+        link message about the interface came), else at most every 100 ms (one ioctl on
+        a socket kept from open time, so it reads the port's netns)."""
         if self._watch is not None:
-            self._watch.check(self._steering)
+            self._watch.check(self._steering, force=force)
 
-    def _wait(self, rx: bool, tx: bool, deadline: float | None) -> None:
-        """Sleep on the sockets until an event or ``deadline``. An AF_XDP socket whose
-        device is unregistered reports no poll event at all (it is simply unbound, with
-        sk_err = ENETDOWN), so a wait longer than the health interval wakes at it to look
-        at SO_ERROR and the device; a shorter wait is not cut."""
-        if self._poller is None:
-            self._poller = select.poll()
+    def _wait(self, rx: bool, deadline: float | None) -> None:
+        """Sleep in the kernel until a socket event, a link message about the interface,
+        or ``deadline``. An AF_XDP socket whose device is unregistered reports no poll
+        event (it is only unbound, with sk_err = ENETDOWN): the RTM_DELLINK on the
+        link-event socket is what wakes the wait then."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.epoll()
             for s in self._sockets:
-                self._poller.register(s.fileno(), select.POLLIN | select.POLLOUT)
+                poller.register(s.fileno(), 0)
+            for fd in self._watch.fds() if self._watch is not None else ():
+                poller.register(fd, select.EPOLLIN)
             self._poll_mask = -1
-        want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0) | select.POLLERR
+        want = select.EPOLLIN if rx else 0  # EPOLLERR and EPOLLHUP are always reported
         if want != self._poll_mask:
             for s in self._sockets:
-                self._poller.modify(s.fileno(), want)
+                poller.modify(s.fileno(), want)
             self._poll_mask = want
-        if deadline is None:
-            ms = HEALTH_SLICE_MS
-        else:
-            # ceil: poll() counts whole milliseconds, and waking early only spins
-            ms = min(HEALTH_SLICE_MS, max(0, math.ceil((deadline - time.monotonic()) * 1000)))
-        events = self._poller.poll(ms)
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        events = poller.poll(wait)
+        self.poll_wakeups += 1
+        watched = self._watch.fds() if self._watch is not None else []
         for fd, ev in events:
-            if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            if fd in watched:
+                if self._watch is not None and self._watch.events():
+                    self._check_device(force=True)
+                    self._check_sockets()
+            elif ev & (select.EPOLLERR | select.EPOLLHUP):
                 bad = next((x for x in self._sockets if x.fileno() == fd), None)
                 where = f"queue {bad.queue}" if bad else f"fd {fd}"
                 raise InterfaceChangedError(
                     f"{self.name}: {self.ifname} {where}: the socket "
                     f"reports an error (interface down or gone)"
                 )
-        if not events and ms == HEALTH_SLICE_MS:
-            self._check_sockets()
 
     def _check_sockets(self) -> None:
         """Raise InterfaceChangedError if the kernel unbound a socket (device gone)."""
@@ -414,7 +446,12 @@ class Port:
         self._sockets = []
         self._steering = None
         self._epoll = None
+        if self._poller is not None:
+            self._poller.close()
         self._poller = None
+        if self._ready is not None:  # a raw fd: this process's copy goes with the port
+            self._ready.close()
+        self._ready = None
         self._watch = None
         self._host = None
         self._bufs = None
@@ -440,6 +477,10 @@ class Port:
                 s.close()
             if self._epoll is not None:
                 self._epoll.close()
+            if self._poller is not None:
+                self._poller.close()
+            if self._ready is not None:
+                self._ready.close()
             if self._watch is not None:
                 self._watch.close()
             if self._steering is not None:
@@ -486,6 +527,8 @@ def open_port(
     force: bool = False,
     vnet_hdr: int = 0,
     busy_poll: bool = False,
+    no_tx_poll: bool = False,
+    do_rx_poll: bool = False,
 ) -> Port:
     """Open a netmap port by name (netmap's grammar, see vtnet_py.netmap.portname).
 
@@ -502,7 +545,9 @@ def open_port(
     naming the port and the limit. ``busy_poll`` trades a CPU for latency: poll() spins
     on the rings instead of sleeping, and the sockets ask the kernel to busy-poll the
     queue (SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET; one log line where it
-    refuses).
+    refuses). ``no_tx_poll`` (netmap's NETMAP_NO_TX_POLL) makes poll() push the TX rings
+    only when asked for TX; ``do_rx_poll`` (NETMAP_DO_RX_POLL) makes it rxsync also when
+    not asked for RX.
     """
     if vnet_hdr not in VNET_HDR_LENS:
         raise ValueError(f"{name}: vnet_hdr must be one of {VNET_HDR_LENS}, not {vnet_hdr!r}")
@@ -512,6 +557,8 @@ def open_port(
         raise ValueError(f"{name}: mode must be native or generic, not {mode!r}")
     spec = parse_port_name(name)
     port = Port(spec)
+    port._no_tx_poll = bool(no_tx_poll)
+    port._do_rx_poll = bool(do_rx_poll)
     try:
         with _step(port, "namespace"), enter_netns(netns):
             _open(port, spec, zerocopy, mode, frags, memory, force, vnet_hdr, netns)
@@ -555,12 +602,21 @@ def _reconfigure(port: Port) -> None:
     finally:
         port._keep_memory = False
     port.tx_rings, port.rx_rings, port._sockets = [], [], []
+    if port._poller is not None:
+        port._poller.close()
     port._poller, port._poll_mask, port._bufs = None, -1, None
     port._watch, port._host, port._failed, port.plan = None, None, "", None
     port._steering, port.memory = None, None
     try:
         with _step(port, "namespace"), enter_netns(ro.netns):
             _register(port, port.spec, ro, mem, own=own)
+        ready = port._ready
+        if ready is not None and ready.armed:  # fileno() follows the new rings
+            ready.disarm()
+            if port.rx_rings:
+                ready.arm(port.rx_rings, tx=False)
+            else:
+                ready.arm(port.tx_rings, tx=True)
         if port._busy_poll:
             _set_busy_poll(port)
     except BaseException:
@@ -586,6 +642,9 @@ def _open(
     with _step(port, "epoll"):  # first: fileno() outlives reconfigure()
         port._epoll = select.epoll()
         port.done("epoll", port._epoll.close)
+        port._ready = Readiness()
+        port.done("readiness", port._ready.close)
+        port._epoll.register(port._ready.fd, select.EPOLLIN)
     ro = _Reopen(netns, zerocopy, mode, frags, force, vnet_hdr, mark=len(port._undo))
     port._reopen = ro
     _register(port, spec, ro, memory, own=memory is None)
@@ -624,6 +683,7 @@ def _register(port: Port, spec: PortSpec, ro: _Reopen, memory: Memory | None, *,
     port.done("queue registry", QUEUES.take(key, plan, port))
     with _step(port, "watch"):
         port._watch = DeviceWatch(plan.name, plan.ifname, info.channels)  # in the port's netns
+        port._watch.ifindex = info.ifindex
         port.done("watch", port._watch.close)
     with _step(port, "memory"):
         _acquire_memory(port, plan, memory, own=own)
@@ -638,9 +698,6 @@ def _register(port: Port, spec: PortSpec, ro: _Reopen, memory: Memory | None, *,
     if plan.host:
         with _step(port, "host rings"):
             _acquire_host_rings(port, plan, info, key, nxt)
-    if not port.rx_rings:  # TX only: fileno() is readable when a TX ring has room
-        for s in port._sockets:
-            port.watch_fd(s.fileno(), select.EPOLLOUT)
 
 
 BUSY_POLL_US = 20  # how long a recvfrom/sendto may busy-poll the queue

@@ -13,6 +13,12 @@ hands over (``[hwcur, head)`` at txsync) become TX descriptors; buffers the kern
 on the COMPLETION ring come back into the slots after ``tail`` and tail advances. The TX
 slot at ``tail`` is netmap's empty hole; slots ``(tail, hwcur)`` are in flight.
 
+As netmap_user.h has them, ``space()`` counts from ``head`` (nm_ring_space) and
+``empty()`` is ``head == tail`` (nm_ring_empty); ``cur`` only says when to wake the
+application (``cur == tail``: when more arrives), which ``Port.fileno()`` follows
+(vtnet_py.netmap.ready). ``ts`` is netmap_ring.ts: set by an rxsync of a ring whose
+``flags`` has NR_TIMESTAMP (netmap.c's ring_timestamp_set), as wall-clock seconds.
+
 Every UMEM chunk is in exactly one place. ``BufferPool.owner`` says where (free, held by
 a ring slot, or given to the kernel by a given socket as FILL/RX or TX/COMPLETION), every
 transition checks the state it expects, and ``check_invariant`` proves the whole picture.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
@@ -38,6 +45,7 @@ from vtnet_py.netmap.pool import APP, BufferPool, krx, ktx
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from vtnet_py.netmap.ready import Readiness
     from vtnet_py.netmap.xsk import XskSocket
 
 # sys/net/netmap.h: slot flags
@@ -59,6 +67,14 @@ class Ring:
     ``VTNETMAP_RINGCORE=py``, which selects :class:`PyRing`: the same rules in numpy,
     the reference model the compiled core is tested against.
     """
+
+    # the Readiness behind Port.fileno(), once a caller asked for the fd (None: nobody
+    # waits on it, and a sync pays nothing for it)
+    _ready: Readiness | None = None
+    _cur = 0
+    # netmap_ring.ts: wall-clock seconds of the last rxsync of a ring whose flags have
+    # NR_TIMESTAMP (netmap.c's ring_timestamp_set); 0.0 until then
+    ts = 0.0
 
     def __new__(cls, **kwargs: Any) -> Ring:
         if cls is Ring:
@@ -148,11 +164,29 @@ class Ring:
         return (i + n) % self.num_slots
 
     def space(self) -> int:
-        """nm_ring_space: slots between cur and tail (frames to read / slots to fill)."""
-        return (self._tail - self.cur) % self.num_slots
+        """nm_ring_space: slots between head and tail (frames to read / slots to fill).
+        Like netmap's it counts from ``head``: slots the application moved ``cur`` past
+        but did not release are still its own."""
+        return (self._tail - self.head) % self.num_slots
 
     def empty(self) -> bool:
-        return self.cur == self._tail
+        """nm_ring_empty: head == tail (nothing of the application's left in the ring)."""
+        return self.head == self._tail
+
+    @property
+    def cur(self) -> int:
+        """netmap's ``cur``: where the application wants to be woken. ``cur == tail`` asks
+        to sleep until more arrives (RX) or more room is back (TX); see Port.fileno()."""
+        return self._cur
+
+    @cur.setter
+    def cur(self, value: int) -> None:
+        self._cur = value
+        ready = self._ready
+        # fileno() changes only when the application catches up with tail (ready ->
+        # not ready) or moves cur back from it (not ready -> ready)
+        if ready is not None and (ready.raised or value != self.tail):
+            ready.update()
 
     def tx_pending(self) -> bool:
         """nm_tx_pending: transmissions handed to the kernel and not yet completed."""
@@ -429,6 +463,10 @@ class PyRing(Ring):
             self._kernel_rx -= got
             self._tail = (t + got) % n
             self.stats["frames"] += got
+        if self.flags & NR_TIMESTAMP:
+            self.ts = time.time()
+        if self._ready is not None:
+            self._ready.update()
         return got
 
     def _span(self, start: int, count: int) -> slice | np.ndarray:
@@ -476,6 +514,8 @@ class PyRing(Ring):
                 sent = self._submit(self._span(hw, count), count, more[:count], flags[:count])
         self._push(report)
         self._reap()
+        if self._ready is not None:
+            self._ready.update()
         return sent
 
     def _submit_one(self, i: int) -> bool:
@@ -693,6 +733,10 @@ class CRing(Ring):
     def stats(self) -> dict[str, int]:  # type: ignore[override]
         return dict(zip(STATS, self._core.counters(), strict=True))
 
+    @property
+    def ts(self) -> float:  # type: ignore[override]
+        return float(self._core.ts)
+
     def waiting(self) -> int:
         return int(self._core.waiting())
 
@@ -706,10 +750,13 @@ class CRing(Ring):
         if self._xsk.tx is None:
             raise InterfaceChangedError(f"{self._what}: socket closed")
         try:
-            return self._txsync(self.head, self.cur)
+            sent = self._txsync(self.head, self._cur)
         except self._Refused as r:
             reason, slot, buf_idx, detail = r.args
             raise self._refusal(reason, slot, buf_idx, detail, "sent") from None
+        if self._ready is not None:
+            self._ready.update()
+        return sent
 
     def rxsync(self) -> int:
         """Release ``[hwcur, head)`` to the kernel, then take what arrived (see
@@ -723,7 +770,10 @@ class CRing(Ring):
                 released = (self.head - hw) % self.num_slots
                 if released:
                     self._forward(self, self._pos[hw : hw + released])
-            return self._rxsync(self.head, self.cur)
+            got = self._rxsync(self.head, self._cur, self.flags)
         except self._Refused as r:
             reason, slot, buf_idx, detail = r.args
             raise self._refusal(reason, slot, buf_idx, detail, "released") from None
+        if self._ready is not None:
+            self._ready.update()
+        return got
