@@ -13,6 +13,7 @@ tests grow 1 queue to 2 (veth shrinks nothing below a bound AF_XDP queue).
 from __future__ import annotations
 
 import os
+import select
 import time
 
 import numpy as np
@@ -125,6 +126,18 @@ def test_reconfigure_rebuilds_the_rings_to_the_new_count(veth_factory, shared: b
         totals = port.check_invariant()
         assert totals["kernel_rx"] == 2 * (port.rx_rings[0].num_slots)
         assert port.poll(rx=True, timeout=0.3) in (True, False)  # no stale change reported
+        # fileno() follows the new rings: a frame synced and left unread keeps it readable
+        v.send_on_queue([frame(mac_a, mac_b, 99)], 1)
+        r1 = port.rx_rings[1]
+        deadline = time.monotonic() + 3
+        while r1.space() == 0 and time.monotonic() < deadline:
+            port.rxsync()
+            time.sleep(0.01)
+        assert r1.space() == 1
+        assert select.select([fd], [], [], 0)[0] == [fd]
+        r1.head = r1.cur = r1.tail
+        port.rxsync()
+        assert select.select([fd], [], [], 0)[0] == []
 
         for q in (0, 1):
             sent = [frame(mac_a, mac_b, 10 * q + i) for i in range(3)]

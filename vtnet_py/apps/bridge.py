@@ -110,9 +110,12 @@ class Bridge:
         self.polls = 0
         self.timeouts = 0
         self._ports = [a] if a is b else [a, b]
+        # the sockets, not fileno(): step() syncs itself and only sleeps with nothing to
+        # move, so it waits for frames in a kernel RX ring (completions are not signalled)
         self._poller = select.poll()
         for p in self._ports:
-            self._poller.register(p.fileno(), select.POLLIN)
+            for fd in p.socket_fds():
+                self._poller.register(fd, select.POLLIN)
         if wake_fd is not None:  # signal.set_wakeup_fd: a signal ends the sleep at once
             self._poller.register(wake_fd, select.POLLIN)
 

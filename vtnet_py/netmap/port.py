@@ -197,6 +197,14 @@ class Port:
                 self._ready.arm(self.tx_rings, tx=True)
         return self._epoll.fileno()
 
+    def socket_fds(self) -> list[int]:
+        """The port's AF_XDP socket fds, host rings' included: each is readable while its
+        kernel RX ring holds frames. For a loop that waits on several ports at once and
+        syncs itself (as the bridge does); unlike ``fileno()`` they say nothing about
+        frames already synced into the slots, and cost nothing to keep."""
+        self._check_open()
+        return [s.fileno() for s in self._sockets]
+
     def rxsync(self) -> int:
         """rxsync every RX ring; returns the number of new frames."""
         self._check_open()
