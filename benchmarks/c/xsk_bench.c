@@ -515,7 +515,13 @@ static int run_fwd(struct cfg *c)
 		if (!err)
 			err = xsk_socket__create_shared(&out, c->out_ifname, 0, umem, NULL, &tx,
 							&fq2, &cq2, &sc);
-		/* every frame of IN's fill ring: the UMEM's first half */
+		/* every frame of IN's fill ring: the UMEM's first half. Seen after a previous
+		 * forwarder: libxdp's cached producer of the fresh ring one ahead of the
+		 * kernel's word (0); start from the kernel's words instead. */
+		if (!err && fq.cached_prod != *fq.producer) {
+			fq.cached_prod = *fq.producer;
+			fq.cached_cons = *fq.consumer + fq.size;
+		}
 		n = err ? 0 : xsk_ring_prod__reserve(&fq, c->ring, &idx);
 		if (!err && n == c->ring)
 			break;
