@@ -360,6 +360,27 @@ def lat_case(p: Pair, who: str, count: int, busy: bool = False) -> dict[str, Any
                 pong.kill()
                 pong.wait()
         r = {k: r[k] for k in ("min", "median", "p99", "max", "sent", "received")}
+    elif who == "c":
+        flag = ["--busy"] if busy else []
+        pong = start(p.ns_b, [str(XSK), "pong", "-i", p.b, "-o", str(BPF_OBJ), "-t", "3"] + flag, 1)
+        try:
+            assert pong.stdout is not None
+            line = pong.stdout.readline()
+            if not line.startswith("READY"):
+                raise RuntimeError(f"xsk_bench pong failed: {line}{pong.stderr.read()}")  # type: ignore[union-attr]
+            r = run_json(
+                p.ns_a,
+                [str(XSK), "ping", "-i", p.a, "-o", str(BPF_OBJ), "-n", str(count)] + flag,
+                cpu=0,
+            )
+        finally:
+            pong.send_signal(signal.SIGINT)
+            try:
+                pong.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                pong.kill()
+                pong.wait()
+        r = {k: r[k] for k in ("min", "median", "p99", "max", "sent", "received")}
     else:
         srv = start(p.ns_b, [PY, HERE / "udp_pingpong.py", "server", IP_B, "9000", "2"], cpu=1)
         try:
@@ -395,7 +416,9 @@ CASES: dict[str, list[tuple[str, Callable[[Pair, argparse.Namespace], dict[str, 
     "lat": [
         ("lat pkt-gen ping/pong", lambda p, a: lat_case(p, "pktgen", a.count)),
         ("lat UDP sockets", lambda p, a: lat_case(p, "udp", a.count)),
+        ("lat C AF_XDP ping/pong", lambda p, a: lat_case(p, "c", a.count)),
         ("lat pkt-gen --busy-poll", lambda p, a: lat_case(p, "pktgen", a.count, busy=True)),
+        ("lat C AF_XDP --busy", lambda p, a: lat_case(p, "c", a.count, busy=True)),
     ],
 }
 

@@ -24,6 +24,14 @@
  *       completed buffers go back to IN's fill ring.  Prints READY once both
  *       sockets are bound; the clock runs from the first frame forwarded to
  *       the last, ending after SECS of traffic or half a second of silence.
+ *   xsk_bench pong -i IF [-t SECS] [--busy]
+ *   xsk_bench ping -i IF -n COUNT [--busy]
+ *       the latency reference: one socket on queue 0 with RX and TX rings,
+ *       native xsk_redirect. pong sends every frame back in the buffer it came
+ *       in (MAC addresses swapped), prints READY once bound and ends after SECS
+ *       of silence; ping sends one frame, waits for it (poll(), or spinning on
+ *       the RX ring with --busy), COUNT times, and prints the round-trip
+ *       percentiles in ns like udp_pingpong.py.
  *   xsk_bench gen  -i IF [-t SECS] [-l LEN] [-r PPS]
  *       kernel generator: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES
  *       on redirect_out, which sends every frame out of IF.
@@ -76,6 +84,7 @@ struct cfg {
 	int tx_budget;		/* XDP_MAX_TX_SKB_BUDGET (kernel >= 6.17), 0: kernel default */
 	double secs;
 	uint64_t rate;
+	uint64_t count;		/* ping: round trips */
 };
 
 struct worker {
@@ -619,6 +628,194 @@ static int run_fwd(struct cfg *c)
 	return 0;
 }
 
+/* ---- ping / pong: the latency reference ---- */
+
+static void pp_open(struct worker *w)
+{
+	struct xsk_umem_config uc = {
+		.fill_size = w->cfg->ring, .comp_size = w->cfg->ring,
+		.frame_size = FRAME_SIZE, .frame_headroom = 0,
+	};
+	struct xsk_socket_config sc = {
+		.rx_size = w->cfg->ring, .tx_size = w->cfg->ring,
+		.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+		.xdp_flags = XDP_FLAGS_DRV_MODE,
+		.bind_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
+	};
+	size_t sz = (size_t)2 * w->cfg->ring * FRAME_SIZE;
+	uint32_t idx, i, n;
+	int err, tries;
+
+	w->area = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (w->area == MAP_FAILED)
+		die("mmap UMEM", errno);
+	err = xsk_umem__create(&w->umem, w->area, sz, &w->fq, &w->cq, &uc);
+	if (err)
+		die("xsk_umem__create", err);
+	for (tries = 0; tries < 200; tries++) {
+		err = xsk_socket__create(&w->xsk, w->cfg->ifname, 0, w->umem, &w->rx, &w->tx, &sc);
+		if (err != -EBUSY)
+			break;
+		usleep(10000);
+	}
+	if (err)
+		die("xsk_socket__create", err);
+	/* the first half of the UMEM for RX, the second for ping's frames */
+	n = xsk_ring_prod__reserve(&w->fq, w->cfg->ring, &idx);
+	for (i = 0; i < n; i++)
+		*xsk_ring_prod__fill_addr(&w->fq, idx + i) = (uint64_t)i * FRAME_SIZE;
+	xsk_ring_prod__submit(&w->fq, n);
+}
+
+static void pp_reap(struct worker *w, int to_fill)
+{
+	uint32_t cidx, fidx, m, i;
+
+	m = xsk_ring_cons__peek(&w->cq, w->cfg->ring, &cidx);
+	if (!m)
+		return;
+	if (to_fill) { /* pong: the reply's buffer was an RX buffer: back to the fill ring */
+		while (xsk_ring_prod__reserve(&w->fq, m, &fidx) != m)
+			;
+		for (i = 0; i < m; i++)
+			*xsk_ring_prod__fill_addr(&w->fq, fidx + i) =
+				*xsk_ring_cons__comp_addr(&w->cq, cidx + i);
+		xsk_ring_prod__submit(&w->fq, m);
+	}
+	xsk_ring_cons__release(&w->cq, m);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+static int run_pingpong(struct cfg *c, int ping)
+{
+	struct worker w;
+	struct pollfd pfd;
+	uint32_t ridx, tidx, fidx, k = 0, i;
+	uint64_t replies = 0, lost = 0, sent = 0;
+	int64_t *rtt = NULL;
+	double last;
+	int xmap, fd;
+
+	memset(&w, 0, sizeof(w));
+	w.cfg = c;
+	load_prog(c, "xsk_redirect", 1);
+	xmap = map_fd("xsks_map");
+	pp_open(&w);
+	fd = xsk_socket__fd(w.xsk);
+	if (bpf_map_update_elem(xmap, &k, &fd, 0))
+		die("xsks_map update", errno);
+	pfd.fd = fd;
+	pfd.events = POLLIN;
+	if (!ping) {
+		printf("READY\n");
+		fflush(stdout);
+		last = now_s();
+		while (!stop_flag && now_s() - last < c->secs) {
+			uint32_t n = xsk_ring_cons__peek(&w.rx, c->batch, &ridx);
+
+			pp_reap(&w, 1);
+			if (!n) {
+				if (!c->busy)
+					poll(&pfd, 1, 100);
+				continue;
+			}
+			while (xsk_ring_prod__reserve(&w.tx, n, &tidx) != n)
+				pp_reap(&w, 1);
+			for (i = 0; i < n; i++) {
+				const struct xdp_desc *d = xsk_ring_cons__rx_desc(&w.rx, ridx + i);
+				struct xdp_desc *o = xsk_ring_prod__tx_desc(&w.tx, tidx + i);
+				uint8_t *f = xsk_umem__get_data(w.area, d->addr), mac[6];
+
+				memcpy(mac, f, 6);
+				memcpy(f, f + 6, 6);
+				memcpy(f + 6, mac, 6);
+				o->addr = d->addr;
+				o->len = d->len;
+				o->options = 0;
+			}
+			xsk_ring_prod__submit(&w.tx, n);
+			xsk_ring_cons__release(&w.rx, n);
+			sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+			replies += n;
+			last = now_s();
+		}
+		printf("{\"mode\": \"pong\", \"replies\": %llu}\n", (unsigned long long)replies);
+		xsk_close(&w);
+		detach();
+		return 0;
+	}
+	rtt = calloc(c->count, sizeof(*rtt));
+	if (!rtt)
+		die("calloc", ENOMEM);
+	{
+		uint64_t base = (uint64_t)c->ring * FRAME_SIZE; /* the TX half */
+
+		build_frame(xsk_umem__get_data(w.area, base), c->len);
+		for (sent = 0; sent < c->count && !stop_flag; sent++) {
+			struct timespec t0, t1;
+			double deadline;
+			uint32_t n = 0;
+
+			pp_reap(&w, 0);
+			if (xsk_ring_prod__reserve(&w.tx, 1, &tidx) != 1)
+				die("ping: TX ring full", ENOSPC);
+			xsk_ring_prod__tx_desc(&w.tx, tidx)->addr = base;
+			xsk_ring_prod__tx_desc(&w.tx, tidx)->len = c->len;
+			xsk_ring_prod__tx_desc(&w.tx, tidx)->options = 0;
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			xsk_ring_prod__submit(&w.tx, 1);
+			sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+			deadline = now_s() + 1.0;
+			while (!stop_flag && !(n = xsk_ring_cons__peek(&w.rx, c->batch, &ridx))) {
+				if (now_s() > deadline)
+					break;
+				if (!c->busy)
+					poll(&pfd, 1, 1000);
+			}
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			if (!n) {
+				rtt[sent] = -1;
+				lost++;
+				continue;
+			}
+			rtt[sent] = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000 +
+				    (t1.tv_nsec - t0.tv_nsec);
+			replies++;
+			while (xsk_ring_prod__reserve(&w.fq, n, &fidx) != n)
+				;
+			for (i = 0; i < n; i++)
+				*xsk_ring_prod__fill_addr(&w.fq, fidx + i) =
+					xsk_ring_cons__rx_desc(&w.rx, ridx + i)->addr;
+			xsk_ring_prod__submit(&w.fq, n);
+			xsk_ring_cons__release(&w.rx, n);
+		}
+	}
+	{
+		uint64_t m = 0, j;
+
+		for (j = 0; j < sent; j++)
+			if (rtt[j] >= 0)
+				rtt[m++] = rtt[j];
+		qsort(rtt, m, sizeof(*rtt), cmp_i64);
+		printf("{\"mode\": \"ping\", \"sent\": %llu, \"received\": %llu, \"lost\": %llu, "
+		       "\"min\": %lld, \"median\": %lld, \"p99\": %lld, \"max\": %lld}\n",
+		       (unsigned long long)sent, (unsigned long long)replies,
+		       (unsigned long long)lost, m ? (long long)rtt[0] : -1,
+		       m ? (long long)rtt[m / 2] : -1, m ? (long long)rtt[(m * 99) / 100] : -1,
+		       m ? (long long)rtt[m - 1] : -1);
+	}
+	free(rtt);
+	xsk_close(&w);
+	detach();
+	return 0;
+}
+
 static int run_drop(struct cfg *c)
 {
 	struct worker w;
@@ -702,8 +899,8 @@ static int run_gen(struct cfg *c)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: xsk_bench rx|tx|fwd|drop|gen -i IF [-O OUT_IF] -o OBJ [-q NQ] [-t SECS] "
-			"[-b BATCH] [-l LEN] [-r PPS] [-s RING_SLOTS] [--busy]\n");
+	fprintf(stderr, "usage: xsk_bench rx|tx|fwd|drop|gen|ping|pong -i IF [-O OUT_IF] -o OBJ [-q NQ] [-t SECS] "
+			"[-b BATCH] [-l LEN] [-r PPS] [-s RING_SLOTS] [-n COUNT] [--busy]\n");
 	exit(2);
 }
 
@@ -719,7 +916,7 @@ int main(int argc, char **argv)
 		usage();
 	c.mode = argv[1];
 	optind = 2;
-	while ((ch = getopt_long(argc, argv, "i:o:O:q:t:b:l:r:s:k:", lo, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "i:o:O:q:t:b:l:r:s:k:n:", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'i': c.ifname = optarg; break;
 		case 'o': c.obj = optarg; break;
@@ -731,6 +928,7 @@ int main(int argc, char **argv)
 		case 'r': c.rate = strtoull(optarg, NULL, 0); break;
 		case 's': c.ring = strtoul(optarg, NULL, 0); break;
 		case 'k': c.tx_budget = atoi(optarg); break;
+		case 'n': c.count = strtoull(optarg, NULL, 0); break;
 		case 'B': c.busy = 1; break;
 		default: usage();
 		}
@@ -756,6 +954,10 @@ int main(int argc, char **argv)
 		return run_drop(&c);
 	if (!strcmp(c.mode, "gen"))
 		return run_gen(&c);
+	if (!strcmp(c.mode, "ping") && c.count)
+		return run_pingpong(&c, 1);
+	if (!strcmp(c.mode, "pong"))
+		return run_pingpong(&c, 0);
 	usage();
 	return 2;
 }
