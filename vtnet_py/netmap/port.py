@@ -209,7 +209,9 @@ class Port:
         """rxsync every RX ring; returns the number of new frames."""
         self._check_open()
         n = 0
-        try:  # _sticky_failure inline: a generator context costs a microsecond a sync
+        # a sync that hit a vanished interface (its sockets unbound by the kernel) marks the
+        # port failed for good (_check_sockets); a link only down stays a transient error
+        try:
             for r in self.rx_rings:
                 n += r.rxsync()
         except InterfaceChangedError:
@@ -244,56 +246,57 @@ class Port:
         spins on its rings instead of sleeping."""
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        tx_rings, rx_rings = self.tx_rings, self.rx_rings
         push = tx or not self._no_tx_poll
         pull = rx or self._do_rx_poll
-        backoff = 0.0
-        with self._sticky_failure():
-            while True:
-                if push:
-                    for r in tx_rings:
-                        r.txsync()
-                if pull:
-                    for r in rx_rings:
-                        r.rxsync()
-                revents = 0
-                if rx and any(r.cur != r.tail for r in rx_rings):
-                    revents = select.POLLIN
-                if tx and any(r.cur != r.tail for r in tx_rings):
-                    revents |= select.POLLOUT
-                if revents:
-                    return revents
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return 0
-                # a change seen before (or one whose message we read in a sync's
-                # absence) keeps failing: a rate-limited re-check, no wake-up
-                self._check_device()
-                if self._busy_poll:
-                    if rx:
-                        for s in self._sockets:
-                            s.wake_rx()  # recvfrom: the kernel busy-polls the queue here
-                    continue
-                if tx and any(r.tx_pending() for r in tx_rings):
-                    # completions need reaping, which no socket event announces: back off
-                    backoff = min(max(backoff * 2, PENDING_BACKOFF_S), PENDING_BACKOFF_MAX_S)
-                    wait_until = now + backoff
-                    if deadline is not None:
-                        wait_until = min(wait_until, deadline)
-                    self._wait(rx, wait_until)
-                else:
-                    self._wait(rx, deadline)
-
-    @contextmanager
-    def _sticky_failure(self) -> Iterator[None]:
-        """A sync that hit a vanished interface (its sockets unbound by the kernel) marks
-        the port failed for good, so every later call says so; a link that is only down
-        (socket still bound) stays a transient error."""
-        try:
-            yield
+        try:  # as in rxsync (inline, not a context manager: those cost a microsecond)
+            return self._poll(rx, tx, deadline, push, pull)
         except InterfaceChangedError:
             self._check_sockets()
             raise
+
+    def _poll(self, rx: bool, tx: bool, deadline: float | None, push: bool, pull: bool) -> int:
+        tx_rings, rx_rings = self.tx_rings, self.rx_rings
+        backoff = 0.0
+        while True:
+            if push:
+                for r in tx_rings:
+                    r.txsync()
+            if pull:
+                for r in rx_rings:
+                    r.rxsync()
+            revents = 0
+            if rx:
+                for r in rx_rings:
+                    if r.cur != r.tail:
+                        revents = select.POLLIN
+                        break
+            if tx:
+                for r in tx_rings:
+                    if r.cur != r.tail:
+                        revents |= select.POLLOUT
+                        break
+            if revents:
+                return revents
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return 0
+            # a change seen before (or one whose message we read in a sync's
+            # absence) keeps failing: a rate-limited re-check, no wake-up
+            self._check_device()
+            if self._busy_poll:
+                if rx:
+                    for s in self._sockets:
+                        s.wake_rx()  # recvfrom: the kernel busy-polls the queue here
+                continue
+            if tx and any(r.tx_pending() for r in tx_rings):
+                # completions need reaping, which no socket event announces: back off
+                backoff = min(max(backoff * 2, PENDING_BACKOFF_S), PENDING_BACKOFF_MAX_S)
+                wait_until = now + backoff
+                if deadline is not None:
+                    wait_until = min(wait_until, deadline)
+                self._wait(rx, wait_until)
+            else:
+                self._wait(rx, deadline)
 
     def _check_device(self, force: bool = False) -> None:
         """Raise InterfaceChangedError when the interface's channels changed since open,
