@@ -853,7 +853,7 @@ static PyObject *ring_move(PyObject *module, PyObject *const *args, Py_ssize_t n
             ts->flags = (uint16_t)((ts->flags & ~NS_MOREFRAG) | NS_BUF_CHANGED | more);
         } else {
             uint32_t rb = rs->buf_idx, tb = ts->buf_idx;
-            memcpy(t->chunks + (size_t)tb * t->chunk_size + t->buf_off,
+            memmove(t->chunks + (size_t)tb * t->chunk_size + t->buf_off,
                    r->chunks + (size_t)rb * r->chunk_size + r->buf_off, rs->len);
             ts->flags = (uint16_t)((ts->flags & ~NS_MOREFRAG) | more);
         }

@@ -74,11 +74,20 @@ def rings_move_py(
         rs["flags"][ri] = rflags | NS_BUF_CHANGED
         tflags = ts["flags"][ti] | NS_BUF_CHANGED
     else:
-        width = int(lens.max())
-        tb = ts["buf_idx"][ti]
-        block = src_bufs[rs["buf_idx"][ri], :width]
-        exact = np.arange(width) < lens[:, None]  # each frame's own bytes, no more
-        dst_bufs[tb, :width] = np.where(exact, block, dst_bufs[tb, :width])
+        rb, tb = rs["buf_idx"][ri], ts["buf_idx"][ti]
+        if np.may_share_memory(src_bufs, dst_bufs) and (
+            np.intersect1d(rb, tb).size or np.unique(tb).size != tb.size
+        ):
+            # buf_idx values the application copied between slots: frame after frame,
+            # as the C loop copies (the next sync refuses and repairs such slots)
+            for j in range(m):
+                n = int(lens[j])
+                dst_bufs[tb[j], :n] = src_bufs[rb[j], :n].copy()
+        else:
+            width = int(lens.max())
+            block = src_bufs[rb, :width]
+            exact = np.arange(width) < lens[:, None]  # each frame's own bytes, no more
+            dst_bufs[tb, :width] = np.where(exact, block, dst_bufs[tb, :width])
         tflags = ts["flags"][ti]
     ts["flags"][ti] = (tflags & _NOT_MOREFRAG) | (rflags & NS_MOREFRAG)
     rx.head = rx.cur = rx.next(rx.head, m)
