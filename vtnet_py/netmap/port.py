@@ -37,6 +37,7 @@ import numpy as np
 
 from vtnet_py._sys import abi as K
 from vtnet_py._sys.abi import VNET_HDR_LENS
+from vtnet_py._sys.netns import fd_netns
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py._sys.proc import netns_inode
 from vtnet_py.device.checks import check_xdp_preconditions, possible_cpus
@@ -62,6 +63,7 @@ from vtnet_py.netmap.acquire import (
     release_rings,
 )
 from vtnet_py.netmap.buffer import Buffer, as_buffer
+from vtnet_py.netmap.forward import StackForward
 from vtnet_py.netmap.hostrings import ETH_VLAN_LEN, HostRings
 from vtnet_py.netmap.hostrings import REGISTRY as HOST_REGISTRY
 from vtnet_py.netmap.memory import Memory
@@ -120,6 +122,7 @@ class Port:
         self._failed = ""
         self._host: HostRings | None = None
         self._egress: EgressGate | None = None  # IF's egress program (NIC TX rings open)
+        self._stack_forward: StackForward | None = None  # NS_FORWARD without host rings
         self._undo: list[tuple[str, Callable[[], None]]] = []
         self._pid = os.getpid()  # the process that opened it: the only one that releases
         self._busy_poll = False  # poll() spins on the rings (open_port(busy_poll=True))
@@ -385,6 +388,9 @@ class Port:
             out["rings"].append(d)
         if self._host is not None:  # TC program and NS_FORWARD counters of the host rings
             out["host"] = self._host.counters()
+        fwd = self._stack_forward
+        if fwd is not None and fwd.host is not None:  # NS_FORWARD without host rings
+            out["host"] = {**fwd.host.stats().get("host", {}), **fwd.stats}
         if self._egress is not None:  # the stack's egress while NIC TX rings are open
             out["stack_egress"] = self._egress.counters(possible_cpus())
         return out
@@ -470,6 +476,7 @@ class Port:
         self._watch = None
         self._host = None
         self._egress = None
+        self._stack_forward = None
         self._bufs = None
         self.memory = None
 
@@ -719,6 +726,31 @@ def _register(port: Port, spec: PortSpec, ro: _Reopen, memory: Memory | None, *,
     if plan.nic_tx:
         with _step(port, "stack egress"):
             _cut_stack_egress(port, info)
+    if not plan.host and port.rx_rings and not port.vnet_hdr:
+        _ns_forward_on_demand(port, info)
+
+
+def _ns_forward_on_demand(port: Port, info: DeviceInfo) -> None:
+    """NS_FORWARD on a port without host rings: the first rxsync that forwards starts a
+    host TX ring (``IF^/T``, in IF's namespace) and copies the frames into it."""
+    ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    port.done("namespace fd", lambda: os.close(ns_fd))
+    host_name = f"netmap:{info.ifname}^/T"
+    fwd = StackForward(
+        port.name,
+        lambda: open_port(host_name, netns=fd_netns(ns_fd)),
+        lambda: port.bufs,
+    )
+    port._stack_forward = fwd
+    port.done("NS_FORWARD host TX ring", fwd.close)
+    for r in port.rx_rings:
+        r.set_forward(fwd.hook)
+
+    def unhook() -> None:
+        for r in port.rx_rings:
+            r.set_forward(None)
+
+    port.done("NS_FORWARD hooks", unhook)
 
 
 def _cut_stack_egress(port: Port, info: DeviceInfo) -> None:
