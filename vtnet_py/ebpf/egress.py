@@ -60,6 +60,7 @@ EGRESS_COUNTERS = (
     "owner_gone_passed",
     "from_host_tx",
     "stack_cut_dropped",
+    "host_tx_csum_completed",
 )
 CFG_NEAR, CFG_IFINDEX, CFG_MAX_LEN, CFG_DIVERT, CFG_NETNS = range(5)
 TX_HOLDERS = 16  # ports with NIC TX rings on one interface at once (bpf/host.c's too)

@@ -350,11 +350,12 @@ class HostRings:
         out = dict.fromkeys(HOST_COUNTERS, 0)
         if self._gate is not None:
             out.update(self._gate.counters(ncpu))
-        if self._in is not None and self._in.prog_fd >= 0:
-            i = HOST_COUNTERS.index("from_host_tx")
-            vals = (ctypes.c_uint64 * ncpu)()
-            if bpf.map_lookup(self._in.maps["counters"], ctypes.c_uint32(i), vals):  # type: ignore[arg-type]
-                out["from_host_tx"] = int(sum(vals))
+        if self._in is not None and self._in.prog_fd >= 0:  # this port's host TX program
+            for name in ("from_host_tx", "host_tx_csum_completed"):
+                vals = (ctypes.c_uint64 * ncpu)()
+                i = ctypes.c_uint32(HOST_COUNTERS.index(name))
+                if bpf.map_lookup(self._in.maps["counters"], i, vals):  # type: ignore[arg-type]
+                    out[name] = int(sum(vals))
         out.update(self.stats)
         out["tc"] = self.tc_kind  # type: ignore[assignment]
         return out
