@@ -8,8 +8,11 @@ on the way (bpf/host.c, vtnm_host_in). Nothing here turns the peer's offloads of
 
 from __future__ import annotations
 
+import ctypes
 import socket
+import struct
 import time
+from collections.abc import Iterator
 
 import pytest
 from nettest import VethPair
@@ -17,7 +20,11 @@ from test_bridge import BridgeProc, bridge_proc, tcp_transfer  # noqa: F401 (fix
 from test_hostrings import recv_all, udp_socket
 
 from vtnet_py import NR_FORWARD, NS_FORWARD, open_port
+from vtnet_py._sys import abi as K
+from vtnet_py._sys import bpf
 from vtnet_py._sys.netns import netns
+from vtnet_py.ebpf.build import compile_image, instantiate
+from vtnet_py.ebpf.egress import EG_PROG, IN_PROG, image_flags
 
 pytestmark = pytest.mark.kernel
 
@@ -79,3 +86,104 @@ def test_udp_from_a_default_peer_forwarded_up_gets_its_checksum(veth: VethPair) 
     finally:
         peer.close()
         local.close()
+
+
+# --- the completion itself, frame by frame (BPF_PROG_TEST_RUN of vtnm_host_in) -------------
+
+
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def l4_frame(v6: bool, proto: int, payload: bytes, how: str) -> tuple[bytes, int]:
+    """An Ethernet frame carrying TCP or UDP, and the offset of its L4 checksum. ``how``:
+    "partial" (the field holds the pseudo-header sum, as a veth peer hands it over),
+    "full" (correct), or "bad" (neither)."""
+    hdr = (
+        struct.pack("!HHIIBBHHH", 4000, 5000, 1, 0, 0x50, 0x18, 512, 0, 0)
+        if proto == 6
+        else struct.pack("!HHHH", 4000, 5000, 8 + len(payload), 0)
+    )
+    l4 = hdr + payload
+    if v6:
+        src, dst = bytes(range(16)), bytes(range(16, 32))
+        ip = struct.pack("!IHBB", 0x60000000, len(l4), proto, 64) + src + dst
+        pseudo = src + dst + struct.pack("!IxxxB", len(l4), proto)
+        eth = b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd"
+    else:
+        src, dst = socket.inet_aton("198.51.100.2"), socket.inet_aton("198.51.100.1")
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0) + src + dst
+        pseudo = src + dst + struct.pack("!xBH", proto, len(l4))
+        eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
+    off = len(eth) + len(ip) + (16 if proto == 6 else 6)
+    field = {
+        "partial": ones_sum(pseudo),
+        "full": (~ones_sum(pseudo + l4)) & 0xFFFF or 0xFFFF,
+        "bad": 0x1234,
+    }[how]
+    frame = bytearray(eth + ip + l4)
+    struct.pack_into("!H", frame, off, field)
+    return bytes(frame), off
+
+
+def run_host_in(prog_fd: int, frame: bytes) -> bytes:
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    data_out = ctypes.create_string_buffer(len(frame) + 256)
+    attr = K.bpf_attr_test_run(
+        prog_fd=prog_fd,
+        data_in=ctypes.addressof(data_in),
+        data_size_in=len(frame),
+        data_out=ctypes.addressof(data_out),
+        data_size_out=ctypes.sizeof(data_out),
+        repeat=1,
+    )
+    bpf.prog_test_run(attr)
+    return data_out.raw[: attr.data_size_out]
+
+
+@pytest.fixture(scope="module")
+def host_in() -> Iterator[int]:
+    image = compile_image("host.c", (EG_PROG, IN_PROG), image_flags())
+    prog = instantiate(image, IN_PROG, K.BPF_PROG_TYPE_SCHED_CLS, name=IN_PROG)
+    try:
+        yield prog.prog_fd
+    finally:
+        prog.close()
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("proto", [6, 17], ids=["tcp", "udp"])
+def test_the_host_tx_program_completes_partial_checksums_only(
+    host_in: int, v6: bool, proto: int
+) -> None:
+    """Lengths around the program's 256-byte chunks and odd tails: a partial checksum
+    becomes the full one; a full one and a wrong one stay as they are."""
+    for n in (
+        0,
+        1,
+        3,
+        200,
+        235,
+        236,
+        237,
+        255,
+        256,
+        257,
+        511,
+        1000,
+        1431,
+        1460,
+        3000,
+    ):  # test_run: one page
+        payload = bytes((7 * i + n) & 0xFF for i in range(n))
+        full, off = l4_frame(v6, proto, payload, "full")
+        partial, _ = l4_frame(v6, proto, payload, "partial")
+        bad, _ = l4_frame(v6, proto, payload, "bad")
+        assert run_host_in(host_in, partial) == full, (n, full[off : off + 2].hex())
+        assert run_host_in(host_in, full) == full, n
+        assert run_host_in(host_in, bad) == bad, n

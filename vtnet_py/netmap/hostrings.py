@@ -25,10 +25,10 @@ needs a device to bind to, so the port owns a helper veth pair::
   links die with the process. Older kernels (the 6.1 guest) get clsact + cls_bpf
   direct-action filters, which outlive a crashed process: the egress program therefore
   checks an XSKMAP holding the host socket, which the kernel empties when the socket is
-  closed, and passes frames to the wire once the owner is gone. A stale filter (and a
-  near end whose namespace is still being torn down) is removed by the next open or by
-  :func:`cleanup_stale` (``vtnetmap detach``). The helper pair is made by
-  :mod:`~vtnet_py.netmap.hosthelper`, the TC attachments by :mod:`~vtnet_py.ebpf.tc`.
+  closed. A stale filter (and a near end whose namespace is still being torn down) is
+  removed by the next open or by :func:`cleanup_stale` (``vtnetmap detach``). The helper
+  pair is made by :mod:`~vtnet_py.netmap.hosthelper`, the TC attachments by
+  :mod:`~vtnet_py.ebpf.tc`, the egress program by :mod:`~vtnet_py.ebpf.egress`.
 * Host TX frames enter IF through act_mirred, which marks the skb as redirected; generic
   (SKB-mode) XDP skips redirected skbs, so IF's steering program does not steal them
   back into a NIC RX ring. bpf_redirect(BPF_F_INGRESS) does not mark them (tried: in
@@ -36,9 +36,14 @@ needs a device to bind to, so the port owns a helper veth pair::
   them (they do not come from the driver). The near end carries IF's MAC address, so its
   receive path classifies the frames (for this host, broadcast, other host) as IF would.
 * netmap's rule: the stack's transmissions go to the host RX ring only while NIC TX rings
-  of IF are in netmap mode (open in this process); otherwise they go to the wire. The
-  egress program is attached while the host RX ring is open and a flag in its config map
-  says whether to divert.
+  of IF are in netmap mode, in any process; otherwise they go to the wire (and with TX
+  rings registered and no host RX ring held, nowhere: dropped and counted). That is IF's
+  one egress program, shared by every process (:mod:`~vtnet_py.ebpf.egress`): the host
+  holder puts its socket and the near end into it; NIC ports register themselves there,
+  and TX-only NIC ports of this process (no socket an XSKMAP takes) through a flag the
+  host holder sets from :class:`HostRegistry`.
+* Host TX frames whose TCP/UDP checksum a veth peer left to offload (the field holds the
+  pseudo-header sum) get it completed by the near end's ingress program on the way in.
 * Offloads: the near end has every segmentation and checksum offload off, so the kernel
   segments GSO super-frames and completes CHECKSUM_PARTIAL checksums in software when it
   transmits them (validate_xmit_skb); the host RX ring only sees complete wire frames no
