@@ -154,9 +154,16 @@ class EgressGate:
     def _open(self, max_len: int) -> None:
         self._ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         with _interface_lock(self.ifname, self.ifindex):
-            if not self._join():
-                self._create(max_len)
-            self._claim_user_slot()
+            try:
+                if not self._join():
+                    self._create(max_len)
+                self._claim_user_slot()
+            except BaseException:
+                # a cls_bpf filter outlives our fds: take it away again unless in use
+                if self.kind == "clsact" and "users" in self.maps and not self._live_users():
+                    with suppress(OSError, NetlinkError), IPRoute() as ipr:
+                        _remove_filters(ipr, self.ifindex)
+                raise
 
     def _take_maps(self, prog_fd: int) -> bool:
         """Take fds of the program's maps; False (nothing kept) if it lacks ours."""
