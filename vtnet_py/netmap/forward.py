@@ -63,7 +63,7 @@ class StackForward:
 
     netmap forwards such slots from any NIC port; here the host TX ring that carries them
     is started on demand, by the first rxsync that forwards anything: ``open_host`` opens
-    ``netmap:IF^/T`` (the helper pair and its TC program, about a tenth of a second). It
+    ``netmap:IF^/T`` (the helper pair and its TC program: a fraction of a second). It
     has its own memory, so frames are copied (one numpy copy per batch), not swapped; the
     NIC port's slots are released as usual. Frames that find the host TX ring full are
     dropped and counted, as netmap does.
