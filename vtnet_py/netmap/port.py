@@ -742,7 +742,12 @@ def _ns_forward_on_demand(port: Port, info: DeviceInfo) -> None:
         lambda: port.bufs,
     )
     port._stack_forward = fwd
-    port.done("NS_FORWARD host TX ring", fwd.close)
+
+    def close() -> None:
+        port._stack_forward = None
+        fwd.close()
+
+    port.done("NS_FORWARD host TX ring", close)
     for r in port.rx_rings:
         r.set_forward(fwd.hook)
 
@@ -764,7 +769,12 @@ def _cut_stack_egress(port: Port, info: DeviceInfo) -> None:
         return
     gate = EgressGate.acquire(info.ifname, info.ifindex, info.mtu + ETH_VLAN_LEN)
     port._egress = gate
-    port.done("egress program", gate.release)
+
+    def release() -> None:
+        port._egress = None
+        gate.release()
+
+    port.done("egress program", release)
     slot = gate.add_tx(sock.fileno())
     port.done("NIC TX registration", lambda: gate.drop_tx(slot))
 
