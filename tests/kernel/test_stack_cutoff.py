@@ -8,13 +8,14 @@ it captures with an AF_PACKET socket is what left IF.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
-from nettest import VethPair, start_port_holder
+from nettest import VethPair, cli, start_port_holder
 from test_hostrings import (
     host_frames,
     recv_all,
@@ -74,6 +75,13 @@ def test_nic_tx_rings_in_another_process_cut_the_stack_off(veth: VethPair, tc_mo
         holder = start_port_holder(f"netmap:{veth.a}", veth.ns_a)
         try:
             assert stack_frames_on_wire(veth, cap) == []
+            # where the drops are counted for another process to see: vtnetmap status
+            st = cli("status", veth.a, "--netns", veth.ns_a)
+            line = [ln for ln in st.stdout.splitlines() if "stack egress" in ln]
+            assert len(line) == 1, st.stdout + st.stderr
+            assert f"{tc_mode} program, pids {holder.pid}" in line[0]
+            dropped = re.search(r"(\d+) dropped", line[0])
+            assert dropped and int(dropped.group(1)) >= 1, line[0]
         finally:
             holder.send_signal(signal.SIGKILL)
             holder.wait()

@@ -180,8 +180,9 @@ class EgressGate:
         self.maps = maps
         return True
 
-    def _join(self) -> bool:
-        """Find the program on IF's egress: a tcx link, else a cls_bpf filter."""
+    def _join(self, tidy: bool = True) -> bool:
+        """Find the program on IF's egress: a tcx link, else a cls_bpf filter. ``tidy``
+        removes filters of the name whose program is not ours any more."""
         inode = netns_inode() & 0xFFFFFFFF
         for lid in bpf.link_ids():
             try:
@@ -211,7 +212,7 @@ class EgressGate:
                     self.kind = "clsact"
                     return True
             # filters of an older vtnetmap (other maps): nobody can use them any more
-            for parent, prio, handle in found:
+            for parent, prio, handle in found if tidy else ():
                 del_filter(ipr, self.ifindex, parent, prio, handle)
         return False
 
@@ -402,6 +403,20 @@ def _remove_filters(ipr: IPRoute, ifindex: int) -> None:
             ipr.tc("del", "clsact", ifindex)
 
 
+def egress_status(ifname: str, ifindex: int, ncpu: int) -> dict[str, object] | None:
+    """What ``vtnetmap status`` shows of IF's egress program (calling thread's namespace):
+    its attachment, live users and counters; None when it is not attached. Read only."""
+    probe = EgressGate((netns_inode(), ifindex), ifname, ifindex)
+    try:
+        if not probe._join(tidy=False):
+            return None
+        out: dict[str, object] = {"attached": probe.kind, "users": _live_users(probe.maps["users"])}
+        out.update(probe.counters(ncpu))
+        return out
+    finally:
+        probe._close_fds()
+
+
 def remove_unused(ipr: IPRoute, ifname: str, ifindex: int) -> list[str]:
     """Remove the egress cls_bpf filter of ``ifindex`` if no live process uses it (what
     dead owners left on a kernel without tcx). Returns what was removed."""
@@ -433,6 +448,7 @@ __all__ = [
     "EG_PROG",
     "IN_PROG",
     "EgressGate",
+    "egress_status",
     "image_flags",
     "remove_unused",
 ]
