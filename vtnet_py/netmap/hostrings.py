@@ -53,7 +53,9 @@ NS_FORWARD (netmap's transparent mode): on a port with both NIC and host rings, 
 released with NS_FORWARD on a ring whose ``flags`` has NR_FORWARD is moved (buffer swap)
 to the other side's TX ring at that rxsync -- NIC RX to the host TX ring (up into the
 stack), host RX to the NIC TX rings (to the wire) -- and that TX ring is synced. When the
-destination ring has no room the frame is dropped and counted, as netmap does.
+destination ring has no room the frame is dropped and counted, as netmap does. A port with
+NIC rings only gets its host TX ring on demand instead (:class:`~vtnet_py.netmap.forward.
+StackForward`, installed by the port).
 
 Ownership: the Port owns its HostRings. HostRings binds the socket and hands it back; the
 port makes the rings on it, registers both (memory, ring lists, epoll) and hands the rings
