@@ -1,37 +1,62 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * vtnetmap host rings: the TC programs that connect an interface's network stack to a
- * netmap port's host rings through a helper veth pair (see vtnet_py/hostrings.py).
+ * vtnetmap: the stack's egress of an interface, and the host TX path back into it.
  *
- *   stack --TX on IF--> [vtnm_host_eg, egress of IF] --redirect--> near end of the pair
- *       --veth--> far end --XDP steering--> AF_XDP socket = host RX ring
- *   host TX ring = the same socket's TX --veth--> near end
- *       --> [vtnm_host_in + act_mirred "ingress redirect", ingress of the near end] --> IF
+ * vtnm_host_eg is the one egress program of an interface, shared by every process with
+ * netmap rings on it (see vtnet_py/ebpf/egress.py): netmap's rule, that the stack's
+ * frames go to the host RX ring while the NIC's TX rings are in netmap mode and to the
+ * wire otherwise, decided per frame from liveness the kernel keeps itself:
  *
- * vtnm_host_eg returns TC_ACT_* codes, which tcx (TCX_PASS/DROP/REDIRECT) shares, so the
- * same instructions serve a tcx link (kernels >= 6.6) and a cls_bpf direct-action filter.
+ *   NIC TX rings registered := some socket in `txs` (a port with NIC TX rings puts one of
+ *                              its sockets there), or cfg[3] while the host RX ring is held
+ *                              (the host holder's own TX-only ports, counted in its process)
+ *   host RX ring held       := the host socket is in `alive`
  *
- * The way back into IF is act_mirred, not bpf_redirect(BPF_F_INGRESS): mirred marks the
- * skb as redirected, and generic (SKB-mode) XDP skips redirected skbs, so IF's steering
- * program does not steal the frame back into a NIC RX ring. bpf_redirect does not mark
- * it (seen on 6.18: in generic mode the frames looped into the NIC RX ring). So
- * vtnm_host_in only counts and matches (classic cls_bpf: -1 = match, default class), and
- * the filter's mirred action does the redirect.
+ *   not registered       -> TC_ACT_UNSPEC: on to the next program, then the wire
+ *   registered, held     -> bpf_redirect to the near end of the helper pair:
+ *       stack --TX on IF--> [vtnm_host_eg] --> near end --veth--> far end --> host RX ring
+ *   registered, not held -> dropped and counted (C_EG_CUT), as netmap drops what no host
+ *                           ring takes
  *
- * `alive` holds the host-ring socket. The kernel deletes a socket from every XSKMAP when
- * it is closed, so once the owning process is gone (even after kill -9) the egress
- * program lets the stack's frames go to the wire again, even where the attachment itself
- * outlives the process (a cls_bpf filter on kernels without tcx).
+ * The kernel deletes a socket from every XSKMAP when the socket is closed, so a process
+ * that dies (even by kill -9) stops cutting the stack off at once, also where the
+ * attachment outlives it (a cls_bpf filter on kernels without tcx). TC_ACT_* codes are
+ * shared with tcx (TCX_NEXT = TC_ACT_UNSPEC), so the same instructions serve a tcx link
+ * (kernels >= 6.6) and a cls_bpf direct-action filter.
+ *
+ * vtnm_host_in, on the ingress of the near end, takes host TX frames back into IF. The way
+ * is act_mirred, not bpf_redirect(BPF_F_INGRESS): mirred marks the skb as redirected, and
+ * generic (SKB-mode) XDP skips redirected skbs, so IF's steering program does not steal
+ * the frame back into a NIC RX ring (bpf_redirect does not mark it: seen on 6.18, the
+ * frames looped into the NIC RX ring in generic mode). So vtnm_host_in only counts and
+ * matches (classic cls_bpf: -1 = match, default class), and the filter's mirred action
+ * does the redirect.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
-/* cfg: [0] ifindex of the near end (egress target), [1] ifindex of IF (informational),
- *      [2] largest non-GSO frame the host RX ring accepts (MTU + Ethernet + one VLAN),
- *      [3] 1 while NIC TX rings of IF are in netmap mode: divert the stack's frames */
-BPF_ARRAY(cfg, u32, 4);
+#define VTNM_TX_HOLDERS 16 /* egress.TX_HOLDERS; any_tx_holder() names each slot */
+#ifndef VTNM_USERS
+#define VTNM_USERS 32
+#endif
+
+/* cfg: [0] ifindex of the near end (egress target; 0: no host RX ring),
+ *      [1] ifindex of IF, [2] largest non-GSO frame the host RX ring accepts (MTU +
+ *      Ethernet + one VLAN), [3] 1 while the host holder's process has NIC TX rings
+ *      open (only read while `alive` holds its socket), [4] IF's network namespace
+ *      inode (to find the program again: a tcx link names the ifindex only) */
+BPF_ARRAY(cfg, u32, 5);
 BPF_XSKMAP(alive, 1);
-/* counters, per CPU: see hostrings.HOST_COUNTERS for the names */
+BPF_XSKMAP(txs, VTNM_TX_HOLDERS);
+/* the processes that use this program (pid, start time): read by user space only, to
+ * tell whether a cls_bpf filter left on the interface still has a live user */
+struct vtnm_user {
+    u32 pid;
+    u32 pad;
+    u64 start;
+};
+BPF_ARRAY(users, struct vtnm_user, VTNM_USERS);
+/* counters, per CPU: see egress.EGRESS_COUNTERS for the names */
 BPF_PERCPU_ARRAY(counters, u64, 8);
 
 #define C_EG_REDIRECT 0
@@ -39,6 +64,8 @@ BPF_PERCPU_ARRAY(counters, u64, 8);
 #define C_EG_OVERSIZE 2
 #define C_EG_NO_OWNER 3
 #define C_IN_REDIRECT 4
+#define C_EG_CUT 5
+#define C_IN_CSUM 6
 
 static __always_inline void count(u32 which)
 {
@@ -47,20 +74,40 @@ static __always_inline void count(u32 which)
         *c += 1;
 }
 
+static __always_inline int txs_has(u32 slot)
+{
+    return txs.lookup(&slot) != 0;
+}
+
+/* some socket in txs: written out, so the verifier walks straight lookups, no loop */
+static __always_inline int any_tx_holder(void)
+{
+    return txs_has(0) || txs_has(1) || txs_has(2) || txs_has(3) || txs_has(4) || txs_has(5) ||
+           txs_has(6) || txs_has(7) || txs_has(8) || txs_has(9) || txs_has(10) || txs_has(11) ||
+           txs_has(12) || txs_has(13) || txs_has(14) || txs_has(15);
+}
+
 int vtnm_host_eg(struct __sk_buff *skb)
 {
     u32 k0 = 0, k2 = 2, k3 = 3;
+    int held = alive.lookup(&k0) != 0;
+    int registered = 0;
     u32 *divert = cfg.lookup(&k3);
-    if (!divert || !*divert)
-        return TC_ACT_OK; /* netmap's rule: NIC TX rings not in netmap mode */
-    if (!alive.lookup(&k0)) {
-        count(C_EG_NO_OWNER);
-        return TC_ACT_OK;
+    if (held && divert && *divert)
+        registered = 1;
+    if (!registered)
+        registered = any_tx_holder();
+    if (!registered) {
+        if (divert && *divert)
+            count(C_EG_NO_OWNER); /* the host holder's flag, its socket gone */
+        return TC_ACT_UNSPEC;     /* netmap's rule: NIC TX rings not in netmap mode */
     }
     u32 *near = cfg.lookup(&k0);
     u32 *max_len = cfg.lookup(&k2);
-    if (!near || !max_len || *near == 0)
-        return TC_ACT_OK;
+    if (!held || !near || !max_len || *near == 0) {
+        count(C_EG_CUT);
+        return TC_ACT_SHOT;
+    }
     if (skb->gso_size) {
         /* a GSO super-frame: the near end has segmentation and checksum offloads off,
          * so the kernel segments it (and completes checksums) on the way out */
@@ -74,8 +121,130 @@ int vtnm_host_eg(struct __sk_buff *skb)
     return bpf_redirect(*near, 0);
 }
 
+/* --- host TX: finish the L4 checksum a veth peer left to offload ------------------------
+ *
+ * A veth whose peer has tx checksumming on (every container's default) hands over TCP
+ * and UDP frames with CHECKSUM_PARTIAL: the checksum field holds only the folded
+ * pseudo-header sum, to be completed by whoever transmits. XDP, and so AF_XDP, sees the
+ * bytes without that state; forwarded into the stack through the host TX ring they
+ * would be dropped as corrupt. So a TCP/UDP frame over IPv4 or IPv6 whose checksum field
+ * equals its pseudo-header sum gets the full checksum here. Since the field then adds the
+ * pseudo header into a sum over the L4 bytes as they are, the checksum is the complement
+ * of that sum. A frame with a correct checksum that happens to equal its pseudo-header sum
+ * gets the same value written back, so correct frames never change.
+ */
+#define ETH_HLEN_ 14
+#define CSUM_CHUNK 256
+#define CSUM_CHUNKS 40 /* 10240 bytes of L4 data: any MTU a helper pair is made with */
+
+static __always_inline u32 fold(u64 s)
+{
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (u32)s;
+}
+
+static __always_inline u64 words32(u32 v)
+{
+    return (u64)(v >> 16) + (v & 0xffff);
+}
+
+static __always_inline void complete_l4_csum(struct __sk_buff *skb)
+{
+    u16 proto;
+    if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
+        return;
+    u32 l4off, l4len;
+    u8 l4proto;
+    u64 pseudo = 0;
+    if (proto == bpf_htons(0x0800)) {
+        u8 ip[20];
+        if (bpf_skb_load_bytes(skb, ETH_HLEN_, ip, 20) < 0)
+            return;
+        u32 ihl = (ip[0] & 0xf) * 4;
+        if ((ip[0] >> 4) != 4 || ihl < 20)
+            return;
+        if (((ip[6] & 0x3f) | ip[7]) != 0)
+            return; /* a fragment: its checksum covers the whole datagram */
+        u32 tot = ((u32)ip[2] << 8) | ip[3];
+        if (tot < ihl)
+            return;
+        l4proto = ip[9];
+        l4off = ETH_HLEN_ + ihl;
+        l4len = tot - ihl;
+        u32 a, b;
+        __builtin_memcpy(&a, &ip[12], 4);
+        __builtin_memcpy(&b, &ip[16], 4);
+        pseudo = words32(a) + words32(b);
+    } else if (proto == bpf_htons(0x86DD)) {
+        u32 ip6[10];
+        if (bpf_skb_load_bytes(skb, ETH_HLEN_, ip6, 40) < 0)
+            return;
+        u8 *h = (u8 *)ip6;
+        l4proto = h[6]; /* next header: TCP/UDP right after the fixed header only */
+        l4off = ETH_HLEN_ + 40;
+        l4len = ((u32)h[4] << 8) | h[5];
+#pragma unroll
+        for (int i = 2; i < 10; i++)
+            pseudo += words32(ip6[i]);
+    } else {
+        return;
+    }
+    u32 csum_off;
+    if (l4proto == 6)
+        csum_off = 16;
+    else if (l4proto == 17)
+        csum_off = 6;
+    else
+        return;
+    if (l4len < csum_off + 2 || l4len > CSUM_CHUNK * CSUM_CHUNKS)
+        return;
+    if (l4off + l4len > skb->len)
+        return;
+    pseudo += bpf_htons((u16)l4proto) + bpf_htons((u16)l4len);
+    u16 field;
+    if (bpf_skb_load_bytes(skb, l4off + csum_off, &field, 2) < 0)
+        return;
+    if (field != fold(pseudo) || (l4proto == 17 && field == 0))
+        return;
+    /* whole chunks through bpf_csum_diff, then the tail (below one chunk) in one load;
+     * one loop only: a second loop after it would multiply the verifier's paths */
+    u8 buf[CSUM_CHUNK];
+    s64 sum = 0;
+    u32 chunks = l4len / CSUM_CHUNK;
+    for (u32 i = 0; i < CSUM_CHUNKS; i++) {
+        if (i >= chunks)
+            break;
+        if (bpf_skb_load_bytes(skb, l4off + i * CSUM_CHUNK, buf, CSUM_CHUNK) < 0)
+            return;
+        sum = bpf_csum_diff(0, 0, (void *)buf, CSUM_CHUNK, (u32)sum);
+        if (sum < 0)
+            return;
+    }
+    u32 left = l4len - chunks * CSUM_CHUNK;
+    if (left) {
+        __builtin_memset(buf, 0, CSUM_CHUNK); /* the checksum pads with zeros */
+        u32 m = left - 1;
+        /* the mask, as an instruction the compiler keeps, bounds the sizes for the
+         * verifier: a load of 1..CSUM_CHUNK bytes, a sum over 4..CSUM_CHUNK */
+        asm volatile("%0 &= 0xff" : "+r"(m));
+        if (bpf_skb_load_bytes(skb, l4off + chunks * CSUM_CHUNK, buf, m + 1) < 0)
+            return;
+        sum = bpf_csum_diff(0, 0, (void *)buf, ((m >> 2) + 1) << 2, (u32)sum);
+        if (sum < 0)
+            return;
+    }
+    u16 c = (u16)~fold((u64)(u32)sum);
+    if (l4proto == 17 && c == 0)
+        c = 0xffff; /* RFC 768: zero means "no checksum" */
+    if (bpf_skb_store_bytes(skb, l4off + csum_off, &c, 2, BPF_F_RECOMPUTE_CSUM) == 0)
+        count(C_IN_CSUM);
+}
+
 int vtnm_host_in(struct __sk_buff *skb)
 {
     count(C_IN_REDIRECT);
+    complete_l4_csum(skb);
     return -1; /* classic cls_bpf: match with the default class; mirred redirects */
 }

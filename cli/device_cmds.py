@@ -248,6 +248,14 @@ def format_status(st: dict[str, Any]) -> str:
                 )
             why = {r["mode_reason"] for r in q["rings"]}
             lines += [f"    mode: {w}" for w in sorted(why)]
+        eg = i.get("stack_egress")
+        if eg:
+            lines.append(
+                f"  stack egress ({eg['attached']} program, pids "
+                f"{', '.join(map(str, eg['users'])) or 'none alive'}): "
+                f"{eg['to_host_rx']} to the host RX ring, "
+                f"{eg['stack_cut_dropped']} dropped (NIC TX rings open, no host RX ring)"
+            )
         lines.append(f"  AF_XDP statistics: {i['afxdp_statistics']}")
         lines += [f"  note: {n}" for n in i["notes"]]
     return "\n".join(lines)

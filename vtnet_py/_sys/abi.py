@@ -163,6 +163,7 @@ BPF_F_XDP_HAS_FRAGS = 1 << 5  # prog_flags: the program understands multi-buffer
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1  # PROG_TEST_RUN flags
 
 BPF_ANY = 0
+BPF_NOEXIST = 1  # map_update: only if the key has no entry yet (EEXIST otherwise)
 BPF_PSEUDO_MAP_FD = 1  # src_reg of a ld_imm64 that loads a map by fd
 BPF_LD_IMM64_OPCODE = 0x18
 

@@ -102,15 +102,20 @@ def prog_load(
     try:
         return attempt(0)
     except OSError as first:
+        if first.errno in (errno.EMFILE, errno.ENFILE, errno.EPERM):
+            # no fd or no privilege, not the verifier: a load with the log would only
+            # hide it (a large program's log overflows the buffer: ENOSPC)
+            raise
         # Load again with the verifier log only to explain the failure.
         try:
             return attempt(1)
         except OSError as exc:
             text = log.value.decode(errors="replace").strip().splitlines()[-8:]
+            # the first errno is the refusal's; the second may only say the log overflowed
             raise OSError(
-                exc.errno,
-                f"loading BPF program {name!r}: {exc.strerror}; verifier: {' | '.join(text)}",
-            ) from first
+                first.errno,
+                f"loading BPF program {name!r}: {first.strerror}; verifier: {' | '.join(text)}",
+            ) from exc
 
 
 def prog_bind_map(prog_fd: int, map_fd: int) -> None:

@@ -16,10 +16,12 @@ from vtnet_py._sys.proc import netns_inode, pid_alive
 from vtnet_py.admin import identity, pins
 from vtnet_py.admin.pins import describe_pids, inspect_prog
 from vtnet_py.device import record
+from vtnet_py.device.checks import possible_cpus
 from vtnet_py.device.netlink import NetlinkDeviceLayer
 from vtnet_py.device.policy import DeviceLayer, offloads_to_disable
 from vtnet_py.device.record import check_ifname
 from vtnet_py.device.types import DeviceInfo, XdpFeatures
+from vtnet_py.ebpf.egress import egress_status
 from vtnet_py.errors import DeviceError
 from vtnet_py.netmap.mode import NO_NETDEV_FAMILY, port_mode
 
@@ -209,9 +211,20 @@ def interface_status(
         "offloads": offloads,
         "offloads_on": sorted(n for n, f in offloads.items() if f["active"]),
         "queues": queues,
+        # the stack's egress while NIC TX rings are open (any process): None if no port is
+        "stack_egress": _stack_egress(ifname, info.ifindex),
         "afxdp_statistics": afxdp,
         "notes": notes,
     }
+
+
+def _stack_egress(ifname: str, ifindex: int) -> dict[str, object] | None:
+    """IF's egress program (bpf/host.c) as status shows it; None without one, or where
+    bpf() is refused (no CAP_BPF: status still shows the rest)."""
+    try:
+        return egress_status(ifname, ifindex, possible_cpus())
+    except OSError:
+        return None
 
 
 def _unheld_queue_notes(nq: int, owners: dict[int, int]) -> list[str]:

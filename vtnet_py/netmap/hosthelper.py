@@ -24,6 +24,7 @@ from vtnet_py._sys import abi as K
 from vtnet_py._sys.netns import fd_netns
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py._sys.proc import proc_start_time
+from vtnet_py.ebpf.egress import EG_PROG, IN_PROG, remove_unused
 from vtnet_py.ebpf.tc import del_filter, filters_named
 from vtnet_py.errors import BusyError, DeviceError
 
@@ -31,8 +32,6 @@ log = logging.getLogger("vtnet_py")
 
 NEAR_PREFIX = "vtnmh"  # near end of the helper pair, in IF's namespace
 FAR_PREFIX = "vtnmH"  # far end, in the port's private namespace
-EG_PROG = "vtnm_host_eg"  # bpf/host.c: IF's egress -> the helper (host RX ring)
-IN_PROG = "vtnm_host_in"  # bpf/host.c: the helper's ingress -> IF (host TX ring)
 _OWNER_RE = re.compile(r"^vtnetmap host rings of (\S+): pid (\d+) start (\d+)$")
 # ethtool feature names a helper end must have off
 _OFFLOAD_PATTERNS = (
@@ -182,7 +181,8 @@ def _link_by_name(ipr: IPRoute, name: str) -> Any | None:
 
 
 def clear_stale(ipr: IPRoute, ifname: str, ifindex: int, who: str) -> list[str]:
-    """Remove a helper pair and TC filters of ``ifname`` left by a dead owner.
+    """Remove a helper pair of ``ifname`` left by a dead owner, and an egress cls_bpf
+    filter no live process uses.
 
     Raises BusyError when a live process owns them, or when the near end's name is taken
     by a device that is not vtnetmap's. Returns what was removed.
@@ -205,11 +205,13 @@ def clear_stale(ipr: IPRoute, ifname: str, ifindex: int, who: str) -> list[str]:
         with suppress(NetlinkError):  # deleting one end deletes the pair
             ipr.link("del", index=link["index"])
         removed.append(f"helper {near} of dead pid {pid}")
-    for parent, prio, handle in filters_named(ipr, ifindex, (EG_PROG, IN_PROG)):
+    for parent, prio, handle in filters_named(ipr, ifindex, (IN_PROG,)):
         del_filter(ipr, ifindex, parent, prio, handle)
         removed.append(
             f"{'egress' if parent == K.TC_H_CLSACT_EGRESS else 'ingress'} filter on {ifname}"
         )
+    # the egress program is shared with other processes' NIC ports: only if nobody uses it
+    removed += remove_unused(ipr, ifname, ifindex)
     for what in removed:
         log.warning("vtnetmap: %s: removed stale %s", who, what)
     return removed

@@ -25,10 +25,10 @@ needs a device to bind to, so the port owns a helper veth pair::
   links die with the process. Older kernels (the 6.1 guest) get clsact + cls_bpf
   direct-action filters, which outlive a crashed process: the egress program therefore
   checks an XSKMAP holding the host socket, which the kernel empties when the socket is
-  closed, and passes frames to the wire once the owner is gone. A stale filter (and a
-  near end whose namespace is still being torn down) is removed by the next open or by
-  :func:`cleanup_stale` (``vtnetmap detach``). The helper pair is made by
-  :mod:`~vtnet_py.netmap.hosthelper`, the TC attachments by :mod:`~vtnet_py.ebpf.tc`.
+  closed. A stale filter (and a near end whose namespace is still being torn down) is
+  removed by the next open or by :func:`cleanup_stale` (``vtnetmap detach``). The helper
+  pair is made by :mod:`~vtnet_py.netmap.hosthelper`, the TC attachments by
+  :mod:`~vtnet_py.ebpf.tc`, the egress program by :mod:`~vtnet_py.ebpf.egress`.
 * Host TX frames enter IF through act_mirred, which marks the skb as redirected; generic
   (SKB-mode) XDP skips redirected skbs, so IF's steering program does not steal them
   back into a NIC RX ring. bpf_redirect(BPF_F_INGRESS) does not mark them (tried: in
@@ -36,9 +36,14 @@ needs a device to bind to, so the port owns a helper veth pair::
   them (they do not come from the driver). The near end carries IF's MAC address, so its
   receive path classifies the frames (for this host, broadcast, other host) as IF would.
 * netmap's rule: the stack's transmissions go to the host RX ring only while NIC TX rings
-  of IF are in netmap mode (open in this process); otherwise they go to the wire. The
-  egress program is attached while the host RX ring is open and a flag in its config map
-  says whether to divert.
+  of IF are in netmap mode, in any process; otherwise they go to the wire (and with TX
+  rings registered and no host RX ring held, nowhere: dropped and counted). That is IF's
+  one egress program, shared by every process (:mod:`~vtnet_py.ebpf.egress`): the host
+  holder puts its socket and the near end into it; NIC ports register themselves there,
+  and TX-only NIC ports of this process (no socket an XSKMAP takes) through a flag the
+  host holder sets from :class:`HostRegistry`.
+* Host TX frames whose TCP/UDP checksum a veth peer left to offload (the field holds the
+  pseudo-header sum) get it completed by the near end's ingress program on the way in.
 * Offloads: the near end has every segmentation and checksum offload off, so the kernel
   segments GSO super-frames and completes CHECKSUM_PARTIAL checksums in software when it
   transmits them (validate_xmit_skb); the host RX ring only sees complete wire frames no
@@ -48,7 +53,9 @@ NS_FORWARD (netmap's transparent mode): on a port with both NIC and host rings, 
 released with NS_FORWARD on a ring whose ``flags`` has NR_FORWARD is moved (buffer swap)
 to the other side's TX ring at that rxsync -- NIC RX to the host TX ring (up into the
 stack), host RX to the NIC TX rings (to the wire) -- and that TX ring is synced. When the
-destination ring has no room the frame is dropped and counted, as netmap does.
+destination ring has no room the frame is dropped and counted, as netmap does. A port with
+NIC rings only gets its host TX ring on demand instead (:class:`~vtnet_py.netmap.forward.
+StackForward`, installed by the port).
 
 Ownership: the Port owns its HostRings. HostRings binds the socket and hands it back; the
 port makes the rings on it, registers both (memory, ring lists, epoll) and hands the rings
@@ -78,12 +85,12 @@ from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py._sys.proc import netns_inode
 from vtnet_py.device.checks import possible_cpus
 from vtnet_py.ebpf.build import LoadedProgram, compile_image, instantiate
+from vtnet_py.ebpf.egress import EG_PROG, EGRESS_COUNTERS, EgressGate, image_flags
 from vtnet_py.ebpf.steer import Steering
 from vtnet_py.ebpf.tc import TC_MODE_ENV, TcAttachment
 from vtnet_py.errors import BusyError, DeviceError, UnsupportedError, VtnetError
 from vtnet_py.netmap.forward import forward_slots
 from vtnet_py.netmap.hosthelper import (
-    EG_PROG,
     IN_PROG,
     cleanup_stale,
     clear_stale,
@@ -99,15 +106,7 @@ if TYPE_CHECKING:
     from vtnet_py.device.types import DeviceInfo
     from vtnet_py.netmap.memory import Memory
 
-# bpf/host.c counters, in index order
-HOST_COUNTERS = (
-    "to_host_rx",
-    "gso_segmented",
-    "oversize_dropped",
-    "owner_gone_passed",
-    "from_host_tx",
-)
-CFG_NEAR, CFG_IFINDEX, CFG_MAX_LEN, CFG_DIVERT = 0, 1, 2, 3
+HOST_COUNTERS = EGRESS_COUNTERS  # bpf/host.c counters, in index order
 ETH_VLAN_LEN = K.ETH_HLEN + K.VLAN_HLEN  # what a frame may add to the MTU
 HOST_RINGS = 1  # host ring pairs per interface (netmap's default)
 Key = tuple[int, int]  # (netns inode, ifindex): one interface
@@ -235,7 +234,7 @@ class HostRings:
         self._netns_fd = -1  # the private namespace of the far end
         self._if_ns_fd = -1  # IF's namespace, for teardown from wherever close() runs
         self._steering: Steering | None = None
-        self._eg: LoadedProgram | None = None
+        self._gate: EgressGate | None = None  # IF's egress program, shared
         self._in: LoadedProgram | None = None
         self._attached: list[TcAttachment] = []
         self._registered = False
@@ -319,42 +318,22 @@ class HostRings:
                 TcAttachment(self.near_ifindex, False, self._in, mode, mirred_to=self.ifindex)
             )
         if self.want_rx:
-            assert self._eg is not None
+            # from here on the stack's frames leave through the helper whenever NIC TX
+            # rings of IF are registered, in this process or another
+            self._gate = EgressGate.acquire(self.ifname, self.ifindex, self.mtu + ETH_VLAN_LEN)
+            self.tc_kind = self._gate.kind
             self.set_divert(self._registry.divert_wanted(self.key))
-            self._attached.append(TcAttachment(self.ifindex, True, self._eg, mode))
-            self.tc_kind = self._attached[-1].kind
+            self._gate.set_host(sock.fileno(), self.near_ifindex, self.mtu + ETH_VLAN_LEN)
 
     def _load_programs(self) -> None:
-        image = compile_image("host.c", (EG_PROG, IN_PROG))
-        self._eg = instantiate(image, EG_PROG, K.BPF_PROG_TYPE_SCHED_CLS, name=EG_PROG)
+        image = compile_image("host.c", (EG_PROG, IN_PROG), image_flags())
         self._in = instantiate(image, IN_PROG, K.BPF_PROG_TYPE_SCHED_CLS, name=IN_PROG)
-        for prog in (self._eg, self._in):
-            cfg = prog.maps["cfg"]
-            for k, v in (
-                (CFG_NEAR, self.near_ifindex),
-                (CFG_IFINDEX, self.ifindex),
-                (CFG_MAX_LEN, self.mtu + ETH_VLAN_LEN),
-                (CFG_DIVERT, 0),
-            ):
-                bpf.map_update(cfg, ctypes.c_uint32(k), ctypes.c_uint32(v))
-        if self.sock is not None and self.rx_ring is not None:
-            bpf.map_update(
-                self._eg.maps["alive"], ctypes.c_uint32(0), ctypes.c_uint32(self.sock.fileno())
-            )
 
     def set_divert(self, on: bool) -> None:
-        """Whether the stack's frames go to the host RX ring (True) or to the wire."""
-        if self._eg is not None and self._eg.prog_fd >= 0:
-            bpf.map_update(
-                self._eg.maps["cfg"], ctypes.c_uint32(CFG_DIVERT), ctypes.c_uint32(1 if on else 0)
-            )
-
-    def diverting(self) -> bool:
-        if self._eg is None or self._eg.prog_fd < 0:
-            return False
-        v = ctypes.c_uint32(0)
-        bpf.map_lookup(self._eg.maps["cfg"], ctypes.c_uint32(CFG_DIVERT), v)
-        return bool(v.value) and any(a.egress and a.kind for a in self._attached)
+        """Whether NIC TX-only ports of this process are open (ports with an RX socket
+        register themselves with the egress program; these have no socket it takes)."""
+        if self._gate is not None:
+            self._gate.set_divert(on)
 
     def forwarders(
         self, nic_rx: list[Ring], nic_tx: list[Ring]
@@ -374,15 +353,16 @@ class HostRings:
     # --- status -------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
         """The TC programs' counters (summed over CPUs) and the forwarding counters."""
-        out = dict.fromkeys(HOST_COUNTERS, 0)
         ncpu = possible_cpus()
-        for prog in (self._eg, self._in):
-            if prog is None or prog.prog_fd < 0:
-                continue
-            for i, name in enumerate(HOST_COUNTERS):
+        out = dict.fromkeys(HOST_COUNTERS, 0)
+        if self._gate is not None:
+            out.update(self._gate.counters(ncpu))
+        if self._in is not None and self._in.prog_fd >= 0:  # this port's host TX program
+            for name in ("from_host_tx", "host_tx_csum_completed"):
                 vals = (ctypes.c_uint64 * ncpu)()
-                if bpf.map_lookup(prog.maps["counters"], ctypes.c_uint32(i), vals):  # type: ignore[arg-type]
-                    out[name] += sum(vals)
+                i = ctypes.c_uint32(HOST_COUNTERS.index(name))
+                if bpf.map_lookup(self._in.maps["counters"], i, vals):  # type: ignore[arg-type]
+                    out[name] = int(sum(vals))
         out.update(self.stats)
         out["tc"] = self.tc_kind  # type: ignore[assignment]
         return out
@@ -407,7 +387,13 @@ class HostRings:
             self._if_ns_fd = -1
 
     def _teardown(self) -> None:
-        for att in reversed(self._attached):  # egress first: frames go back to the wire
+        if self._gate is not None:  # first: the stack's frames stop coming
+            with suppress(OSError, VtnetError, NetlinkError):
+                self._gate.clear_host()
+            with suppress(OSError, VtnetError, NetlinkError):
+                self._gate.release()
+            self._gate = None
+        for att in reversed(self._attached):
             with suppress(OSError, VtnetError, NetlinkError):
                 att.detach()
         self._attached.clear()
@@ -420,9 +406,8 @@ class HostRings:
             self._steering = None
         if self.sock is not None:
             self.sock.close()  # the port closes it again (idempotent)
-        for prog in (self._eg, self._in):
-            if prog is not None:
-                prog.close()
+        if self._in is not None:
+            self._in.close()
         if self.near_ifindex:
             delete_pair(self.near_ifindex)
         if self._netns_fd >= 0:
@@ -438,14 +423,16 @@ class HostRings:
         self._closed = True
         for att in self._attached:
             att.close_fd()
+        if self._gate is not None:
+            self._gate.release_later()
+            self._gate = None
         if self._steering is not None:
             self._steering.release_later()
             self._steering = None
         if self.sock is not None:
             self.sock.close()
-        for prog in (self._eg, self._in):
-            if prog is not None:
-                prog.close()
+        if self._in is not None:
+            self._in.close()
         for fd in (self._netns_fd, self._if_ns_fd):
             if fd >= 0:
                 os.close(fd)

@@ -37,12 +37,14 @@ import numpy as np
 
 from vtnet_py._sys import abi as K
 from vtnet_py._sys.abi import VNET_HDR_LENS
+from vtnet_py._sys.netns import fd_netns
 from vtnet_py._sys.netns import netns as enter_netns
 from vtnet_py._sys.proc import netns_inode
-from vtnet_py.device.checks import check_xdp_preconditions
+from vtnet_py.device.checks import check_xdp_preconditions, possible_cpus
 from vtnet_py.device.netlink import read_device, real_queues
 from vtnet_py.device.record import attached_zerocopy
 from vtnet_py.device.types import DeviceInfo
+from vtnet_py.ebpf.egress import EgressGate
 from vtnet_py.ebpf.steer import Steering
 from vtnet_py.errors import (
     BusyError,
@@ -61,8 +63,9 @@ from vtnet_py.netmap.acquire import (
     release_rings,
 )
 from vtnet_py.netmap.buffer import Buffer, as_buffer
+from vtnet_py.netmap.forward import StackForward
+from vtnet_py.netmap.hostrings import ETH_VLAN_LEN, HostRings
 from vtnet_py.netmap.hostrings import REGISTRY as HOST_REGISTRY
-from vtnet_py.netmap.hostrings import HostRings
 from vtnet_py.netmap.memory import Memory
 from vtnet_py.netmap.nmutil import PktHdr, nm_dispatch, nm_inject, nm_nextpkt
 from vtnet_py.netmap.plan import (
@@ -118,6 +121,8 @@ class Port:
         self._watch: DeviceWatch | None = None  # notices channel changes
         self._failed = ""
         self._host: HostRings | None = None
+        self._egress: EgressGate | None = None  # IF's egress program (NIC TX rings open)
+        self._stack_forward: StackForward | None = None  # NS_FORWARD without host rings
         self._undo: list[tuple[str, Callable[[], None]]] = []
         self._pid = os.getpid()  # the process that opened it: the only one that releases
         self._busy_poll = False  # poll() spins on the rings (open_port(busy_poll=True))
@@ -383,6 +388,11 @@ class Port:
             out["rings"].append(d)
         if self._host is not None:  # TC program and NS_FORWARD counters of the host rings
             out["host"] = self._host.counters()
+        fwd = self._stack_forward
+        if fwd is not None and fwd.host is not None:  # NS_FORWARD without host rings
+            out["host"] = {**fwd.host.stats().get("host", {}), **fwd.stats}
+        if self._egress is not None:  # the stack's egress while NIC TX rings are open
+            out["stack_egress"] = self._egress.counters(possible_cpus())
         return out
 
     def check_invariant(self) -> dict[str, int]:
@@ -465,6 +475,8 @@ class Port:
         self._ready = None
         self._watch = None
         self._host = None
+        self._egress = None
+        self._stack_forward = None
         self._bufs = None
         self.memory = None
 
@@ -484,6 +496,8 @@ class Port:
         with suppress(Exception):
             if self._host is not None:
                 self._host.close_fds()
+            if self._egress is not None:
+                self._egress.release_later()
             for s in self._sockets:
                 s.close()
             if self._epoll is not None:
@@ -709,6 +723,60 @@ def _register(port: Port, spec: PortSpec, ro: _Reopen, memory: Memory | None, *,
     if plan.host:
         with _step(port, "host rings"):
             _acquire_host_rings(port, plan, info, key, nxt)
+    if plan.nic_tx:
+        with _step(port, "stack egress"):
+            _cut_stack_egress(port, info)
+    if not plan.host and port.rx_rings and not port.vnet_hdr:
+        _ns_forward_on_demand(port, info)
+
+
+def _ns_forward_on_demand(port: Port, info: DeviceInfo) -> None:
+    """NS_FORWARD on a port without host rings: the first rxsync that forwards starts a
+    host TX ring (``IF^/T``, in IF's namespace) and copies the frames into it."""
+    ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    port.done("namespace fd", lambda: os.close(ns_fd))
+    host_name = f"netmap:{info.ifname}^/T"
+    fwd = StackForward(
+        port.name,
+        lambda: open_port(host_name, netns=fd_netns(ns_fd)),
+        lambda: port.bufs,
+    )
+    port._stack_forward = fwd
+
+    def close() -> None:
+        port._stack_forward = None
+        fwd.close()
+
+    port.done("NS_FORWARD host TX ring", close)
+    for r in port.rx_rings:
+        r.set_forward(fwd.hook)
+
+    def unhook() -> None:
+        for r in port.rx_rings:
+            r.set_forward(None)
+
+    port.done("NS_FORWARD hooks", unhook)
+
+
+def _cut_stack_egress(port: Port, info: DeviceInfo) -> None:
+    """netmap's rule for the stack's egress while this port's NIC TX rings are
+    registered: to a host RX ring if one is held (any process), else dropped. One of the
+    port's sockets goes into IF's egress program, and leaves it with the socket, however
+    the process ends. A TX-only port has no socket an XSKMAP takes (it needs an RX ring):
+    it counts only for host rings of its own process (HOST_REGISTRY)."""
+    sock = next((s for s in port._sockets if s.rx is not None and s.tx is not None), None)
+    if sock is None:
+        return
+    gate = EgressGate.acquire(info.ifname, info.ifindex, info.mtu + ETH_VLAN_LEN)
+    port._egress = gate
+
+    def release() -> None:
+        port._egress = None
+        gate.release()
+
+    port.done("egress program", release)
+    slot = gate.add_tx(sock.fileno())
+    port.done("NIC TX registration", lambda: gate.drop_tx(slot))
 
 
 BUSY_POLL_US = 20  # how long a recvfrom/sendto may busy-poll the queue
