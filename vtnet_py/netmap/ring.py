@@ -112,7 +112,8 @@ class Ring:
         self._chunks = chunks
         self.nr_buf_size = pool.chunk_size - self._buf_off
         self.flags = 0  # netmap ring flags: NR_FORWARD, NR_TIMESTAMP
-        # NS_FORWARD transparent mode (set by hostrings on ports with host rings): called
+        # NS_FORWARD transparent mode (set by the port on every NIC RX ring: host rings
+        # when the port has them, a host TX ring started on demand otherwise): called
         # with the slots being released when NR_FORWARD is set
         self._forward: Callable[[Ring, np.ndarray], None] | None = None
         self.first_buf = first_buf
