@@ -5,12 +5,12 @@ numpy rules, checking every slot in full), one with CRing (the C core, checking 
 slots whose buf_idx changed). Random operation sequences (syncs; valid and invalid
 head/cur moves; RX<->TX swaps with or without NS_BUF_CHANGED; copied, out-of-range and
 kernel-held buf_idx; bad len; NS_MOREFRAG chains; bridge's rings_move from RX to TX,
-swapping or copying; NS_REPORT; vnet headers asking for
-offloads; the fake kernel delivering, dropping, consuming and completing in or out of
-order; need_wakeup and transient kick errors) go to both. After every step both worlds
-must agree on return values, errors (type, message, slot, buf_idx, reason), ring
-indices, the whole slot table, every buffer's owner and last slot, counters, what the
-fake kernel saw, and the UMEM invariant.
+swapping or copying; one round of Port.poll, _ringcore.poll against poll_round;
+NS_REPORT; vnet headers asking for offloads; the fake kernel delivering, dropping,
+consuming and completing in or out of order; need_wakeup and transient kick errors) go
+to both. After every step both worlds must agree on return values, errors (type,
+message, slot, buf_idx, reason), ring indices, the whole slot table, every buffer's
+owner and last slot, counters, what the fake kernel saw, and the UMEM invariant.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 
 from vtnet_py._sys import abi as K
 from vtnet_py.errors import InvariantError, RingError
+from vtnet_py.netmap import _ringcore
 from vtnet_py.netmap.fakexsk import fake_rings
 from vtnet_py.netmap.move import rings_move
+from vtnet_py.netmap.port import poll_round
 from vtnet_py.netmap.ring import (
     NR_TIMESTAMP,
     NS_BUF_CHANGED,
@@ -73,6 +75,8 @@ OPS = st.one_of(
     st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("timestamp"), st.booleans()),
+    st.tuples(st.just("poll"), st.booleans(), st.booleans(), st.sampled_from([1, 4, 5])),
+    st.tuples(st.just("poll"), st.just(True), st.just(True), st.just(1)),
 )
 
 CORRUPTING = ("copy", "copy_across", "bad_buf")
@@ -115,6 +119,13 @@ class World:
     def apply(self, op: tuple) -> Any:
         kind = op[0]
         rx, tx, xsk = self.rx, self.tx, self.xsk
+        if kind == "poll":  # one round of Port.poll: in C (_ringcore.poll) in the CRing world
+            push, pull, want = op[1], op[2], op[3]
+            if type(rx) is CRing:
+                got, woke = _ringcore.poll((tx,), (rx,), push, pull, want, -1, 0, ())
+                assert woke == 0 and got >= 0, (got, woke)
+                return got
+            return poll_round((tx,), (rx,), push, pull, bool(want & 1), bool(want & 4))
         if kind == "txsync":
             return tx.txsync()
         if kind == "rxsync":

@@ -22,8 +22,10 @@
 #include <Python.h>
 #include <structmember.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -861,7 +863,230 @@ static PyObject *ring_move(PyObject *module, PyObject *const *args, Py_ssize_t n
     return Py_BuildValue("(IK)", m, bytes);
 }
 
+
+/* --- Port.poll's loop ------------------------------------------------------------------ */
+/* poll(tx_rings, rx_rings, push, pull, want, epfd, timeout_ms, watch_fds) -> (revents,
+ * wakeups): Port._poll's loop, compiled, for rings whose syncs need nothing of Python
+ * (ring.py's CRing without a readiness eventfd, and without NR_FORWARD where an NS_FORWARD
+ * hook is set). txsync every TX ring (push), rxsync every RX ring (pull), and while no
+ * ring is ready sleep in epoll_wait on epfd (the sockets and the link-event fds) for at
+ * most timeout_ms (-1: no limit; 0: no sleep), then sync again. head, cur and flags are
+ * read from the Ring objects, as their txsync()/rxsync() pass them. revents: POLLIN when
+ * an RX ring has frames between cur and tail (want & POLLIN), POLLOUT when a TX ring has
+ * room there (want & POLLOUT); 0 once a sleep timed out; -1 when a ring is not for this
+ * path or TX completions are awaited (no socket event announces them), so Port._poll's
+ * Python loop runs instead; -2 for an event Python handles (a link message on a watch fd,
+ * an error on a socket). A refused sync raises the RingError the ring's own sync would
+ * (Ring._refusal). */
+static PyObject *s_core, *s_head, *s_cur, *s_flags, *s_ready, *s_forward;
+
+#define NR_FORWARD 0x0004
+#define MAX_POLL_RINGS 64
+
+typedef struct {
+    Core *core;
+    PyObject *ring;
+} pring;
+
+/* the ring's core, or NULL (no error set) when the ring needs Python's sync */
+static Core *fast_core(PyObject *ring) {
+    PyObject *core = PyObject_GetAttr(ring, s_core);
+    if (core == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(core); /* the ring keeps it */
+    if (!PyObject_TypeCheck(core, &CoreType))
+        return NULL;
+    PyObject *ready = PyObject_GetAttr(ring, s_ready);
+    if (ready == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(ready);
+    if (ready != Py_None)
+        return NULL;
+    PyObject *fwd = PyObject_GetAttr(ring, s_forward);
+    if (fwd == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(fwd);
+    if (fwd != Py_None) { /* the NS_FORWARD hook (Python's) runs under NR_FORWARD only */
+        PyObject *flags = PyObject_GetAttr(ring, s_flags);
+        long f = flags ? PyLong_AsLong(flags) : -1;
+        Py_XDECREF(flags);
+        if (f == -1 || (f & NR_FORWARD)) {
+            PyErr_Clear();
+            return NULL;
+        }
+    }
+    return (Core *)core;
+}
+
+/* Refused -> the ring's RingError (Ring._refusal: the message, and head = cur = hwcur) */
+static void raise_refusal(pring *r) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *args = value ? PyObject_GetAttrString(value, "args") : NULL;
+    PyObject *err = NULL;
+    if (args && PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 4)
+        err = PyObject_CallMethod(r->ring, "_refusal", "OOOOs", PyTuple_GET_ITEM(args, 0),
+                                  PyTuple_GET_ITEM(args, 1), PyTuple_GET_ITEM(args, 2),
+                                  PyTuple_GET_ITEM(args, 3),
+                                  r->core->is_tx ? "sent" : "released");
+    Py_XDECREF(args);
+    if (err == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Restore(type, value, tb);
+        else {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        }
+        return;
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    PyErr_SetObject((PyObject *)Py_TYPE(err), err);
+    Py_DECREF(err);
+}
+
+static int ring_sync(pring *r) {
+    PyObject *args[3] = {NULL, NULL, NULL};
+    PyObject *res = NULL;
+    int n = r->core->is_tx ? 2 : 3;
+    args[0] = PyObject_GetAttr(r->ring, s_head);
+    args[1] = args[0] ? PyObject_GetAttr(r->ring, s_cur) : NULL;
+    if (n == 3)
+        args[2] = args[1] ? PyObject_GetAttr(r->ring, s_flags) : NULL;
+    if (args[n - 1] != NULL)
+        res = r->core->is_tx ? core_txsync(r->core, args, 2) : core_rxsync(r->core, args, 3);
+    for (int i = 0; i < n; i++)
+        Py_XDECREF(args[i]);
+    if (res == NULL) {
+        if (PyErr_ExceptionMatches(Refused)) /* the RingError the ring's own sync raises */
+            raise_refusal(r);
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+/* cur != tail for some ring of the list (the ring's cur as Python holds it) */
+static int any_ready(pring *rs, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *cur = PyObject_GetAttr(rs[i].ring, s_cur);
+        if (cur == NULL)
+            return -1;
+        long v = PyLong_AsLong(cur);
+        Py_DECREF(cur);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if ((unsigned long)v != rs[i].core->tail)
+            return 1;
+    }
+    return 0;
+}
+
+/* nm_tx_pending: frames handed to the kernel and not completed yet */
+static int tx_pending(pring *r) {
+    PyObject *head = PyObject_GetAttr(r->ring, s_head);
+    if (head == NULL)
+        return -1;
+    long h = PyLong_AsLong(head);
+    Py_DECREF(head);
+    if (h == -1 && PyErr_Occurred())
+        return -1;
+    return (r->core->tail + 1) % r->core->n != (unsigned long)h;
+}
+
+static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) ||
+        !PyTuple_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "poll(tx_rings, rx_rings, push, pull, want, epfd, "
+                                         "timeout_ms, watch_fds): tuples of rings and fds");
+        return NULL;
+    }
+    pring tx[MAX_POLL_RINGS], rx[MAX_POLL_RINGS];
+    Py_ssize_t ntx = PyTuple_GET_SIZE(args[0]), nrx = PyTuple_GET_SIZE(args[1]);
+    Py_ssize_t nwatch = PyTuple_GET_SIZE(args[7]);
+    int push = PyObject_IsTrue(args[2]), pull = PyObject_IsTrue(args[3]);
+    long want = PyLong_AsLong(args[4]), epfd = PyLong_AsLong(args[5]);
+    long ms = PyLong_AsLong(args[6]);
+    if (push < 0 || pull < 0 || PyErr_Occurred())
+        return NULL;
+    if (ntx > MAX_POLL_RINGS || nrx > MAX_POLL_RINGS)
+        return Py_BuildValue("(ii)", -1, 0);
+    for (Py_ssize_t i = 0; i < ntx + nrx; i++) {
+        PyObject *ring = i < ntx ? PyTuple_GET_ITEM(args[0], i) : PyTuple_GET_ITEM(args[1], i - ntx);
+        pring *p = i < ntx ? &tx[i] : &rx[i - ntx];
+        p->ring = ring;
+        p->core = fast_core(ring);
+        if (p->core == NULL || p->core->is_tx != (i < ntx))
+            return Py_BuildValue("(ii)", -1, 0);
+    }
+    int wakeups = 0, timed_out = 0;
+    for (;;) {
+        for (Py_ssize_t i = 0; push && i < ntx; i++)
+            if (ring_sync(&tx[i]) < 0)
+                return NULL;
+        for (Py_ssize_t i = 0; pull && i < nrx; i++)
+            if (ring_sync(&rx[i]) < 0)
+                return NULL;
+        long revents = 0;
+        int r;
+        if (want & POLLIN) {
+            if ((r = any_ready(rx, nrx)) < 0)
+                return NULL;
+            if (r)
+                revents |= POLLIN;
+        }
+        if (want & POLLOUT) {
+            if ((r = any_ready(tx, ntx)) < 0)
+                return NULL;
+            if (r)
+                revents |= POLLOUT;
+        }
+        if (revents || timed_out || ms == 0)
+            return Py_BuildValue("(li)", revents, wakeups);
+        for (Py_ssize_t i = 0; (want & POLLOUT) && i < ntx; i++) {
+            if ((r = tx_pending(&tx[i])) < 0)
+                return NULL;
+            if (r)
+                return Py_BuildValue("(ii)", -1, wakeups);
+        }
+        struct epoll_event ev[16];
+        int got;
+        Py_BEGIN_ALLOW_THREADS
+        got = epoll_wait((int)epfd, ev, 16, (int)ms);
+        Py_END_ALLOW_THREADS
+        wakeups++;
+        if (got < 0) {
+            if (errno != EINTR)
+                return PyErr_SetFromErrno(PyExc_OSError);
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            continue;
+        }
+        if (got == 0)
+            timed_out = 1; /* one more sync, then 0 */
+        for (int k = 0; k < got; k++) {
+            if (ev[k].events & (EPOLLERR | EPOLLHUP))
+                return Py_BuildValue("(ii)", -2, wakeups);
+            for (Py_ssize_t j = 0; j < nwatch; j++)
+                if (PyLong_AsLong(PyTuple_GET_ITEM(args[7], j)) == ev[k].data.fd)
+                    return Py_BuildValue("(ii)", -2, wakeups);
+        }
+    }
+}
+
 static PyMethodDef module_methods[] = {
+    {"poll", (PyCFunction)(void (*)(void))port_poll, METH_FASTCALL,
+     "poll(tx_rings, rx_rings, push, pull, want, epfd, timeout_ms, watch_fds) -> (revents, "
+     "wakeups)"},
     {"move", (PyCFunction)(void (*)(void))ring_move, METH_FASTCALL,
      "move(rx_core, rx_head, tx_core, tx_head, limit, zerocopy) -> (frames, bytes)"},
     {NULL, NULL, 0, NULL},
@@ -881,6 +1106,13 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     if (InvariantError == NULL)
         return NULL;
     if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    if (!(s_core = PyUnicode_InternFromString("_core")) ||
+        !(s_head = PyUnicode_InternFromString("head")) ||
+        !(s_cur = PyUnicode_InternFromString("_cur")) ||
+        !(s_flags = PyUnicode_InternFromString("flags")) ||
+        !(s_ready = PyUnicode_InternFromString("_ready")) ||
+        !(s_forward = PyUnicode_InternFromString("_forward")))
         return NULL;
     PyObject *m = PyModule_Create(&ringcore_module);
     if (m == NULL)

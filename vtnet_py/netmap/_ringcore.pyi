@@ -22,3 +22,14 @@ class Core:
 def move(
     rx_core: Core, rx_head: int, tx_core: Core, tx_head: int, limit: int, zerocopy: bool, /
 ) -> tuple[int, int]: ...
+def poll(
+    tx_rings: tuple[Any, ...],
+    rx_rings: tuple[Any, ...],
+    push: bool,
+    pull: bool,
+    want: int,
+    epfd: int,
+    timeout_ms: int,
+    watch_fds: tuple[int, ...],
+    /,
+) -> tuple[int, int]: ...

@@ -24,11 +24,12 @@ the last close of a shared fd releases the rings), so the parent keeps receiving
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,11 @@ from vtnet_py.netmap.ring import Ring
 from vtnet_py.netmap.watch import DeviceWatch
 from vtnet_py.netmap.xsk import XskSocket, ring_sizes
 
+try:
+    from vtnet_py.netmap._ringcore import poll as _c_poll
+except ImportError:  # the extension is not built: PyRing rings, Python's poll loop
+    _c_poll = None  # type: ignore[assignment]
+
 log = logging.getLogger("vtnet_py")
 
 PENDING_BACKOFF_S = 0.0002  # first wait for TX completions in poll(tx=True); doubles
@@ -93,6 +99,33 @@ PENDING_BACKOFF_MAX_S = 0.1  # and its ceiling: no socket event announces a comp
 
 
 # --- the port -----------------------------------------------------------------------------
+
+
+def poll_round(
+    tx_rings: Sequence[Ring], rx_rings: Sequence[Ring], push: bool, pull: bool, rx: bool, tx: bool
+) -> int:
+    """One round of netmap's poll(): txsync every TX ring (``push``), rxsync every RX
+    ring (``pull``); returns POLLIN if an RX ring has frames between cur and tail
+    (``rx``), POLLOUT if a TX ring has room there (``tx``). The reference model of the
+    round _ringcore.poll runs in C (tests/unit/test_ringcore_diff.py holds it to this)."""
+    if push:
+        for r in tx_rings:
+            r.txsync()
+    if pull:
+        for r in rx_rings:
+            r.rxsync()
+    revents = 0
+    if rx:
+        for r in rx_rings:
+            if r.cur != r.tail:
+                revents = select.POLLIN
+                break
+    if tx:
+        for r in tx_rings:
+            if r.cur != r.tail:
+                revents |= select.POLLOUT
+                break
+    return revents
 
 
 class Port:
@@ -260,26 +293,14 @@ class Port:
             raise
 
     def _poll(self, rx: bool, tx: bool, deadline: float | None, push: bool, pull: bool) -> int:
+        if _c_poll is not None and not self._busy_poll:
+            revents = self._poll_compiled(rx, tx, deadline, push, pull)
+            if revents is not None:
+                return revents
         tx_rings, rx_rings = self.tx_rings, self.rx_rings
         backoff = 0.0
         while True:
-            if push:
-                for r in tx_rings:
-                    r.txsync()
-            if pull:
-                for r in rx_rings:
-                    r.rxsync()
-            revents = 0
-            if rx:
-                for r in rx_rings:
-                    if r.cur != r.tail:
-                        revents = select.POLLIN
-                        break
-            if tx:
-                for r in tx_rings:
-                    if r.cur != r.tail:
-                        revents |= select.POLLOUT
-                        break
+            revents = poll_round(tx_rings, rx_rings, push, pull, rx, tx)
             if revents:
                 return revents
             now = time.monotonic()
@@ -303,6 +324,33 @@ class Port:
             else:
                 self._wait(rx, deadline)
 
+    def _poll_compiled(
+        self, rx: bool, tx: bool, deadline: float | None, push: bool, pull: bool
+    ) -> int | None:
+        """The loop of _poll in C (_ringcore.poll) when every ring allows it: the same
+        syncs, readiness and kernel wait, without a Python step per sync or wake-up.
+        None: run the Python loop (a ring with a readiness eventfd or NR_FORWARD, or TX
+        completions awaited). A refused sync raises the ring's RingError, as its own."""
+        poller = self._wait_set(rx)
+        want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0)
+        watched = tuple(self._watch.fds()) if self._watch is not None else ()
+        rings_tx, rings_rx = tuple(self.tx_rings), tuple(self.rx_rings)
+        while True:
+            ms = -1
+            if deadline is not None:
+                ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            revents, woke = _c_poll(
+                rings_tx, rings_rx, push, pull, want, poller.fileno(), ms, watched
+            )
+            self.poll_wakeups += woke
+            if revents > 0 or revents == -1:
+                return None if revents < 0 else revents
+            if revents == -2:  # a link message or a socket error: _wait's answer to it
+                self._wait(rx, time.monotonic())
+            elif deadline is not None and time.monotonic() >= deadline:
+                return 0
+            self._check_device()
+
     def _check_device(self, force: bool = False) -> None:
         """Raise InterfaceChangedError when the interface's channels changed since open,
         it went away, or the steering program was detached: at once with ``force`` (a
@@ -311,11 +359,9 @@ class Port:
         if self._watch is not None:
             self._watch.check(self._steering, force=force)
 
-    def _wait(self, rx: bool, deadline: float | None) -> None:
-        """Sleep in the kernel until a socket event, a link message about the interface,
-        or ``deadline``. An AF_XDP socket whose device is unregistered reports no poll
-        event (it is only unbound, with sk_err = ENETDOWN): the RTM_DELLINK on the
-        link-event socket is what wakes the wait then."""
+    def _wait_set(self, rx: bool) -> Any:
+        """The epoll that poll() sleeps in: the sockets (EPOLLIN when ``rx``) and the
+        link-event fds."""
         poller = self._poller
         if poller is None:
             poller = self._poller = select.epoll()
@@ -329,6 +375,14 @@ class Port:
             for s in self._sockets:
                 poller.modify(s.fileno(), want)
             self._poll_mask = want
+        return poller
+
+    def _wait(self, rx: bool, deadline: float | None) -> None:
+        """Sleep in the kernel until a socket event, a link message about the interface,
+        or ``deadline``. An AF_XDP socket whose device is unregistered reports no poll
+        event (it is only unbound, with sk_err = ENETDOWN): the RTM_DELLINK on the
+        link-event socket is what wakes the wait then."""
+        poller = self._wait_set(rx)
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         events = poller.poll(wait)
         self.poll_wakeups += 1
