@@ -106,6 +106,29 @@ def test_fd_stays_readable_while_synced_frames_are_unread(veth: VethPair) -> Non
         port.check_invariant()
 
 
+def epoll_targets(epfd: int) -> set[int]:
+    """The fds registered in epoll ``epfd`` (its /proc fdinfo lists each as ``tfd:``)."""
+    with open(f"/proc/self/fdinfo/{epfd}") as f:
+        return {int(line.split()[1]) for line in f if line.startswith("tfd:")}
+
+
+def test_sockets_join_the_fd_epoll_only_once_fileno_is_asked_for(veth: VethPair) -> None:
+    """A socket in an epoll keeps a wait-queue entry, and every TX completion on it then
+    runs a wake-up: the sockets join fileno()'s epoll when fileno() is first asked for,
+    and poll() sleeps in poll(2), registered only while it sleeps."""
+    mac_a, mac_b = veth.mac("a"), veth.mac("b")
+    with open_port(f"netmap:{veth.a}", netns=veth.ns_a) as port:
+        socks = set(port.socket_fds())
+        epfd = port._epoll.fileno()
+        assert port.poll(rx=True, timeout=0.05) == 0
+        assert not socks & epoll_targets(epfd)
+        assert port.fileno() == epfd
+        assert socks <= epoll_targets(epfd)
+        drain(port)
+        veth.send_on_queue([frame(mac_a, mac_b, 1)], 0)
+        assert readable(port, 2.0)
+
+
 def test_asyncio_reader_that_reads_one_frame_per_call_gets_them_all(veth: VethPair) -> None:
     """The event loop that synced and left frames unread must be woken again (with the
     old fd it blocked forever: the kernel ring was empty)."""

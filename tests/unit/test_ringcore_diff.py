@@ -122,7 +122,7 @@ class World:
         if kind == "poll":  # one round of Port.poll: in C (_ringcore.poll) in the CRing world
             push, pull, want = op[1], op[2], op[3]
             if type(rx) is CRing:
-                got, woke = _ringcore.poll((tx,), (rx,), push, pull, want, -1, 0, ())
+                got, woke = _ringcore.poll((tx,), (rx,), push, pull, want, (), 0, ())
                 assert woke == 0 and got >= 0, (got, woke)
                 return got
             return poll_round((tx,), (rx,), push, pull, bool(want & 1), bool(want & 4))

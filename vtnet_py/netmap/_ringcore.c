@@ -25,7 +25,6 @@
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -865,12 +864,14 @@ static PyObject *ring_move(PyObject *module, PyObject *const *args, Py_ssize_t n
 
 
 /* --- Port.poll's loop ------------------------------------------------------------------ */
-/* poll(tx_rings, rx_rings, push, pull, want, epfd, timeout_ms, watch_fds) -> (revents,
- * wakeups): Port._poll's loop, compiled, for rings whose syncs need nothing of Python
- * (ring.py's CRing without a readiness eventfd, and without NR_FORWARD where an NS_FORWARD
- * hook is set). txsync every TX ring (push), rxsync every RX ring (pull), and while no
- * ring is ready sleep in epoll_wait on epfd (the sockets and the link-event fds) for at
- * most timeout_ms (-1: no limit; 0: no sleep), then sync again. head, cur and flags are
+/* poll(tx_rings, rx_rings, push, pull, want, socket_fds, timeout_ms, watch_fds) ->
+ * (revents, wakeups): Port._poll's loop, compiled, for rings whose syncs need nothing of
+ * Python (ring.py's CRing without a readiness eventfd, and without NR_FORWARD where an
+ * NS_FORWARD hook is set). txsync every TX ring (push), rxsync every RX ring (pull), and
+ * while no ring is ready sleep in poll(2) on the sockets (POLLIN when want & POLLIN) and
+ * the link-event fds for at most timeout_ms (-1: no limit; 0: no sleep), then sync again.
+ * poll(2), not an epoll: the sockets' wait queues have an entry only while we sleep, so
+ * TX completions (sock_wfree) wake nobody the rest of the time. head, cur and flags are
  * read from the Ring objects, as their txsync()/rxsync() pass them. revents: POLLIN when
  * an RX ring has frames between cur and tail (want & POLLIN), POLLOUT when a TX ring has
  * room there (want & POLLOUT); 0 once a sleep timed out; -1 when a ring is not for this
@@ -1005,21 +1006,32 @@ static int tx_pending(pring *r) {
 
 static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 8 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) ||
-        !PyTuple_Check(args[7])) {
-        PyErr_SetString(PyExc_TypeError, "poll(tx_rings, rx_rings, push, pull, want, epfd, "
-                                         "timeout_ms, watch_fds): tuples of rings and fds");
+        !PyTuple_Check(args[5]) || !PyTuple_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "poll(tx_rings, rx_rings, push, pull, want, "
+                                         "socket_fds, timeout_ms, watch_fds): tuples of "
+                                         "rings and fds");
         return NULL;
     }
     pring tx[MAX_POLL_RINGS], rx[MAX_POLL_RINGS];
     Py_ssize_t ntx = PyTuple_GET_SIZE(args[0]), nrx = PyTuple_GET_SIZE(args[1]);
     Py_ssize_t nwatch = PyTuple_GET_SIZE(args[7]);
     int push = PyObject_IsTrue(args[2]), pull = PyObject_IsTrue(args[3]);
-    long want = PyLong_AsLong(args[4]), epfd = PyLong_AsLong(args[5]);
-    long ms = PyLong_AsLong(args[6]);
+    long want = PyLong_AsLong(args[4]), ms = PyLong_AsLong(args[6]);
+    Py_ssize_t nsock = PyTuple_GET_SIZE(args[5]), nfds = nsock + nwatch;
     if (push < 0 || pull < 0 || PyErr_Occurred())
         return NULL;
-    if (ntx > MAX_POLL_RINGS || nrx > MAX_POLL_RINGS)
+    if (ntx > MAX_POLL_RINGS || nrx > MAX_POLL_RINGS || nfds > 2 * MAX_POLL_RINGS)
         return Py_BuildValue("(ii)", -1, 0);
+    struct pollfd pfd[2 * MAX_POLL_RINGS];
+    for (Py_ssize_t i = 0; i < nfds; i++) {
+        PyObject *fd =
+            i < nsock ? PyTuple_GET_ITEM(args[5], i) : PyTuple_GET_ITEM(args[7], i - nsock);
+        pfd[i].fd = (int)PyLong_AsLong(fd);
+        pfd[i].events = i >= nsock || (want & POLLIN) ? POLLIN : 0;
+        pfd[i].revents = 0;
+    }
+    if (PyErr_Occurred())
+        return NULL;
     for (Py_ssize_t i = 0; i < ntx + nrx; i++) {
         PyObject *ring = i < ntx ? PyTuple_GET_ITEM(args[0], i) : PyTuple_GET_ITEM(args[1], i - ntx);
         pring *p = i < ntx ? &tx[i] : &rx[i - ntx];
@@ -1058,10 +1070,9 @@ static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
             if (r)
                 return Py_BuildValue("(ii)", -1, wakeups);
         }
-        struct epoll_event ev[16];
         int got;
         Py_BEGIN_ALLOW_THREADS
-        got = epoll_wait((int)epfd, ev, 16, (int)ms);
+        got = poll(pfd, (nfds_t)nfds, (int)ms);
         Py_END_ALLOW_THREADS
         wakeups++;
         if (got < 0) {
@@ -1073,20 +1084,18 @@ static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
         }
         if (got == 0)
             timed_out = 1; /* one more sync, then 0 */
-        for (int k = 0; k < got; k++) {
-            if (ev[k].events & (EPOLLERR | EPOLLHUP))
+        for (Py_ssize_t k = 0; k < nfds; k++) {
+            if ((pfd[k].revents & (POLLERR | POLLHUP | POLLNVAL)) ||
+                (k >= nsock && pfd[k].revents))
                 return Py_BuildValue("(ii)", -2, wakeups);
-            for (Py_ssize_t j = 0; j < nwatch; j++)
-                if (PyLong_AsLong(PyTuple_GET_ITEM(args[7], j)) == ev[k].data.fd)
-                    return Py_BuildValue("(ii)", -2, wakeups);
         }
     }
 }
 
 static PyMethodDef module_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))port_poll, METH_FASTCALL,
-     "poll(tx_rings, rx_rings, push, pull, want, epfd, timeout_ms, watch_fds) -> (revents, "
-     "wakeups)"},
+     "poll(tx_rings, rx_rings, push, pull, want, socket_fds, timeout_ms, watch_fds) -> "
+     "(revents, wakeups)"},
     {"move", (PyCFunction)(void (*)(void))ring_move, METH_FASTCALL,
      "move(rx_core, rx_head, tx_core, tx_head, limit, zerocopy) -> (frames, bytes)"},
     {NULL, NULL, 0, NULL},

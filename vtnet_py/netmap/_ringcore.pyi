@@ -28,7 +28,7 @@ def poll(
     push: bool,
     pull: bool,
     want: int,
-    epfd: int,
+    socket_fds: tuple[int, ...],
     timeout_ms: int,
     watch_fds: tuple[int, ...],
     /,

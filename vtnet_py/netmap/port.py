@@ -150,6 +150,8 @@ class Port:
         self._steering: Steering | None = None
         self._epoll: select.epoll | None = None
         self._poller: Any = None
+        self._watched: list[tuple[int, int]] = []  # fileno()'s sockets (see watch_fd)
+        self._fileno_live = False  # fileno() was asked for: they are in the epoll
         self._closed = False
         self._watch: DeviceWatch | None = None  # notices channel changes
         self._failed = ""
@@ -233,6 +235,10 @@ class Port:
                 self._ready.arm(self.rx_rings, tx=False)
             else:
                 self._ready.arm(self.tx_rings, tx=True)
+        if not self._fileno_live:
+            self._fileno_live = True
+            for fd, events in self._watched:
+                self._epoll.register(fd, events)
         return self._epoll.fileno()
 
     def socket_fds(self) -> list[int]:
@@ -331,17 +337,15 @@ class Port:
         syncs, readiness and kernel wait, without a Python step per sync or wake-up.
         None: run the Python loop (a ring with a readiness eventfd or NR_FORWARD, or TX
         completions awaited). A refused sync raises the ring's RingError, as its own."""
-        poller = self._wait_set(rx)
         want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0)
         watched = tuple(self._watch.fds()) if self._watch is not None else ()
+        socks = tuple(s.fileno() for s in self._sockets)
         rings_tx, rings_rx = tuple(self.tx_rings), tuple(self.rx_rings)
         while True:
             ms = -1
             if deadline is not None:
                 ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            revents, woke = _c_poll(
-                rings_tx, rings_rx, push, pull, want, poller.fileno(), ms, watched
-            )
+            revents, woke = _c_poll(rings_tx, rings_rx, push, pull, want, socks, ms, watched)
             self.poll_wakeups += woke
             if revents > 0 or revents == -1:
                 return None if revents < 0 else revents
@@ -360,20 +364,20 @@ class Port:
             self._watch.check(self._steering, force=force)
 
     def _wait_set(self, rx: bool) -> Any:
-        """The epoll that poll() sleeps in: the sockets (EPOLLIN when ``rx``) and the
-        link-event fds."""
+        """The fds poll() sleeps on: the sockets (POLLIN when ``rx``) and the link-event
+        fds. A poll(2) set, not an epoll: a socket keeps a wait-queue entry only while
+        poll() sleeps, so the rest of the time a TX completion (sock_wfree) wakes nobody;
+        with an epoll registered, every completed frame costs a wake-up call."""
         poller = self._poller
         if poller is None:
-            poller = self._poller = select.epoll()
-            for s in self._sockets:
-                poller.register(s.fileno(), 0)
+            poller = self._poller = select.poll()
             for fd in self._watch.fds() if self._watch is not None else ():
-                poller.register(fd, select.EPOLLIN)
+                poller.register(fd, select.POLLIN)
             self._poll_mask = -1
-        want = select.EPOLLIN if rx else 0  # EPOLLERR and EPOLLHUP are always reported
+        want = select.POLLIN if rx else 0  # POLLERR and POLLHUP are always reported
         if want != self._poll_mask:
             for s in self._sockets:
-                poller.modify(s.fileno(), want)
+                poller.register(s.fileno(), want)
             self._poll_mask = want
         return poller
 
@@ -383,7 +387,7 @@ class Port:
         event (it is only unbound, with sk_err = ENETDOWN): the RTM_DELLINK on the
         link-event socket is what wakes the wait then."""
         poller = self._wait_set(rx)
-        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        wait = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
         events = poller.poll(wait)
         self.poll_wakeups += 1
         watched = self._watch.fds() if self._watch is not None else []
@@ -392,7 +396,7 @@ class Port:
                 if self._watch is not None and self._watch.events():
                     self._check_device(force=True)
                     self._check_sockets()
-            elif ev & (select.EPOLLERR | select.EPOLLHUP):
+            elif ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 bad = next((x for x in self._sockets if x.fileno() == fd), None)
                 where = f"queue {bad.queue}" if bad else f"fd {fd}"
                 raise InterfaceChangedError(
@@ -491,9 +495,13 @@ class Port:
             (self.tx_rings if r.is_tx else self.rx_rings).append(r)
 
     def watch_fd(self, fd: int, events: int) -> None:
-        """Make ``fileno()`` readable on ``events`` of socket ``fd``."""
+        """Make ``fileno()`` readable on ``events`` of socket ``fd``. Registered in the
+        epoll once ``fileno()`` is first asked for: a registered socket has a wait-queue
+        entry for good, and then every TX completion on it costs a wake-up call."""
         assert self._epoll is not None
-        self._epoll.register(fd, events)
+        self._watched.append((fd, events))
+        if self._fileno_live:
+            self._epoll.register(fd, events)
 
     # --- close ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -521,8 +529,6 @@ class Port:
         self._sockets = []
         self._steering = None
         self._epoll = None
-        if self._poller is not None:
-            self._poller.close()
         self._poller = None
         if self._ready is not None:  # a raw fd: this process's copy goes with the port
             self._ready.close()
@@ -556,8 +562,6 @@ class Port:
                 s.close()
             if self._epoll is not None:
                 self._epoll.close()
-            if self._poller is not None:
-                self._poller.close()
             if self._ready is not None:
                 self._ready.close()
             if self._watch is not None:
@@ -680,9 +684,7 @@ def _reconfigure(port: Port) -> None:
                 log.warning("vtnetmap: %s: undoing %s: %s", port.name, step, exc)
     finally:
         port._keep_memory = False
-    port.tx_rings, port.rx_rings, port._sockets = [], [], []
-    if port._poller is not None:
-        port._poller.close()
+    port.tx_rings, port.rx_rings, port._sockets, port._watched = [], [], [], []
     port._poller, port._poll_mask, port._bufs = None, -1, None
     port._watch, port._host, port._failed, port.plan = None, None, "", None
     port._steering, port.memory = None, None
