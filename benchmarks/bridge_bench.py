@@ -9,7 +9,9 @@ at the end, also on error or Ctrl-C)::
 
 The generator is the suite's C live-frames sender (``xsk_bench gen`` on b1, CPU 0, 64-byte
 frames); b2 counts what arrives with the suite's XDP drop counter (``xsk_bench drop``).
-Forwarders, one at a time in the same run, pinned to CPU 1, one queue per veth:
+Forwarders, one at a time in the same run, pinned to CPU 1, one queue per veth, every
+ring 2048 entries deep (the bridge's ports opened with ``@conf:slots=2048``, the C
+forwarder with ``-s 2048``, and each TX budget the ring size):
 
   bridge     vtnet_py.apps.bridge.Bridge between netmap:a1 and netmap:a2 sharing one Memory
              (zero copy: buf_idx swap), burst 512 -- what `vtnetmap bridge` runs
@@ -43,6 +45,7 @@ from vtnet_py.apps.netlab import NetLab, link_state  # noqa: E402
 
 PY = sys.executable
 BURST = 512
+RING = 2048  # slots of every ring, in every forwarder (the bridge's via @conf:slots)
 
 
 # -- forwarders (run as `bridge_bench.py --worker KIND A1 A2 SECS`, inside "mid") ----------
@@ -58,7 +61,8 @@ def worker_bridge(a1: str, a2: str, secs: float, copy: bool) -> dict[str, Any]:
 
     from vtnet_py.apps.bridge import Bridge, open_pair
 
-    a, b, mem = open_pair(f"netmap:{a1}", f"netmap:{a2}", copy=copy, out=io.StringIO())
+    conf = f"@conf:slots={RING}"
+    a, b, mem = open_pair(f"netmap:{a1}{conf}", f"netmap:{a2}{conf}", copy=copy, out=io.StringIO())
     try:
         br = Bridge(a, b, burst=BURST, zerocopy=not copy, out=io.StringIO())
         print("READY", flush=True)
@@ -95,7 +99,7 @@ def worker_plain(a1: str, a2: str, secs: float) -> dict[str, Any]:
     from vtnet_py.ebpf.steer import Steering
     from vtnet_py.netmap.xsk import CHUNK_SIZE, Umem, XskSocket, ring_sizes
 
-    n = 2048  # every buffer starts on a1's FILL ring; TX reuses the RX buffers in place
+    n = RING  # every buffer starts on a1's FILL ring; TX reuses the RX buffers in place
     umem = Umem(n)
     i1, i2 = read_device(a1).ifindex, read_device(a2).ifindex
     rxs = XskSocket(
@@ -208,7 +212,7 @@ def one_case(t: Topology, kind: str, secs: float) -> dict[str, Any]:
         )
         if kind == "cfwd":  # the C reference: xsk_bench fwd, same rings, batch and budget
             cmd = [suite.XSK, "fwd", "-i", t.a1, "-O", t.a2, "-o", suite.BPF_OBJ]
-            cmd += ["-t", str(secs), "-s", "2048", "-b", str(BURST), "-k", "1024"]
+            cmd += ["-t", str(secs), "-s", str(RING), "-b", str(BURST), "-k", str(RING)]
         else:
             cmd = [PY, __file__, "--worker", kind, t.a1, t.a2, str(secs)]
         for attempt in range(3):
