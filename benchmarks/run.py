@@ -169,6 +169,16 @@ def finish(p: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
     return out, err
 
 
+def interrupt(p: subprocess.Popen[str]) -> None:
+    """Stop a responder with SIGINT (killed if it does not end within 10 s)."""
+    p.send_signal(signal.SIGINT)
+    try:
+        p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 def run_json(
     ns: str, cmd: list[str], cpu: int | None = None, timeout: float = 60.0
 ) -> dict[str, Any]:
@@ -353,12 +363,7 @@ def lat_case(p: Pair, who: str, count: int, busy: bool = False) -> dict[str, Any
                 cpu=0,
             )
         finally:
-            pong.send_signal(signal.SIGINT)
-            try:
-                pong.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                pong.kill()
-                pong.wait()
+            interrupt(pong)
         r = {k: r[k] for k in ("min", "median", "p99", "max", "sent", "received")}
     elif who == "c":
         flag = ["--busy"] if busy else []
@@ -374,12 +379,7 @@ def lat_case(p: Pair, who: str, count: int, busy: bool = False) -> dict[str, Any
                 cpu=0,
             )
         finally:
-            pong.send_signal(signal.SIGINT)
-            try:
-                pong.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                pong.kill()
-                pong.wait()
+            interrupt(pong)
         r = {k: r[k] for k in ("min", "median", "p99", "max", "sent", "received")}
     else:
         srv = start(p.ns_b, [PY, HERE / "udp_pingpong.py", "server", IP_B, "9000", "2"], cpu=1)

@@ -37,6 +37,21 @@ PACKET_QDISC_BYPASS = 20
 in_netns = netns
 
 
+def frame(dst: bytes, src: bytes, seq: int, size: int = 64) -> bytes:
+    """A test frame of ``size`` bytes: TEST_ETHERTYPE, then ``seq`` and a pattern from it."""
+    body = seq.to_bytes(4, "big") + bytes((seq + i) & 0xFF for i in range(size - 18))
+    return dst + src + TEST_ETHERTYPE + body
+
+
+def put_tx(port, ring, frames: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+    """Write ``frames`` into ``ring``'s slots from head and hand them over (head = cur)."""
+    idx = ring.slots_from_head(len(frames))
+    for i, f in zip(idx, frames, strict=True):
+        port.buf(int(ring.slot["buf_idx"][i]))[: len(f)] = f
+        ring.slot["len"][i] = len(f)
+    ring.head = ring.cur = ring.next(ring.head, len(frames))
+
+
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 

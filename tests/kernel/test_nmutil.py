@@ -9,18 +9,13 @@ import time
 
 import numpy as np
 import pytest
-from nettest import VethPair
+from nettest import TEST_ETHERTYPE, VethPair, frame
 
 from vtnet_py import NM_MORE_PKTS, nm_dispatch, nm_inject, nm_nextpkt, open_port
 
 pytestmark = pytest.mark.kernel
 
-ETHERTYPE = b"\x88\xb5"
-
-
-def frame(dst: bytes, src: bytes, seq: int, size: int = 64) -> bytes:
-    body = seq.to_bytes(4, "big") + bytes((seq + i) & 0xFF for i in range(size - 18))
-    return dst + src + ETHERTYPE + body
+ETHERTYPE = TEST_ETHERTYPE
 
 
 def wait_rx(port, n: int, timeout: float = 3.0) -> None:

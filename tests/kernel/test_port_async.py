@@ -13,20 +13,16 @@ import time
 
 import numpy as np
 import pytest
-from nettest import VethPair
+from nettest import TEST_ETHERTYPE, VethPair, frame
 
 from vtnet_py import PortClosedError, open_port
 
 pytestmark = pytest.mark.kernel
 
-ETHERTYPE = b"\x88\xb5"
+ETHERTYPE = TEST_ETHERTYPE
+
 PACKET_OUTGOING = 4
 SO_RCVBUFFORCE = 33  # a 1023-frame burst overflows the default receive buffer
-
-
-def frame(dst: bytes, src: bytes, seq: int, size: int = 64) -> bytes:
-    body = seq.to_bytes(4, "big") + bytes((seq + i) & 0xFF for i in range(size - 18))
-    return dst + src + ETHERTYPE + body
 
 
 def take_all(port) -> list[bytes]:

@@ -18,9 +18,8 @@ import socket
 import threading
 import time
 
-import numpy as np
 import pytest
-from nettest import VethPair, sh
+from nettest import TEST_ETHERTYPE, VethPair, frame, put_tx, sh
 
 from vtnet_py import InterfaceChangedError, open_port
 from vtnet_py._sys.netns import netns as enter_netns
@@ -29,12 +28,7 @@ from vtnet_py.netmap.watch import DeviceWatch
 
 pytestmark = pytest.mark.kernel
 
-ETHERTYPE = b"\x88\xb5"
-
-
-def frame(dst: bytes, src: bytes, seq: int, size: int = 64) -> bytes:
-    body = seq.to_bytes(4, "big") + bytes((seq + i) & 0xFF for i in range(size - 18))
-    return dst + src + ETHERTYPE + body
+ETHERTYPE = TEST_ETHERTYPE
 
 
 def readable(port, wait: float) -> bool:
@@ -59,14 +53,6 @@ def unread(port) -> list[bytes]:
             if data[12:14] == ETHERTYPE:
                 out.append(data)
     return out
-
-
-def put_tx(port, ring, frames: list[bytes]) -> None:
-    idx = ring.slots_from_head(len(frames))
-    for i, f in zip(idx, frames, strict=True):
-        port.buf(int(ring.slot["buf_idx"][i]))[: len(f)] = np.frombuffer(f, np.uint8)
-        ring.slot["len"][i] = len(f)
-    ring.head = ring.cur = ring.next(ring.head, len(frames))
 
 
 def test_fd_stays_readable_while_synced_frames_are_unread(veth: VethPair) -> None:

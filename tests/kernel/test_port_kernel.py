@@ -11,18 +11,13 @@ import time
 
 import numpy as np
 import pytest
-from nettest import PORT_HOLDER, VethPair, start_port_holder
+from nettest import PORT_HOLDER, TEST_ETHERTYPE, VethPair, frame, start_port_holder
 
 from vtnet_py import BusyError, DeviceError, RingError, open_port
 
 pytestmark = pytest.mark.kernel
 
-ETHERTYPE = b"\x88\xb5"  # IEEE local experimental: nobody else sends it
-
-
-def frame(dst: bytes, src: bytes, seq: int, size: int = 64) -> bytes:
-    body = seq.to_bytes(4, "big") + bytes((seq + i) & 0xFF for i in range(size - 18))
-    return dst + src + ETHERTYPE + body
+ETHERTYPE = TEST_ETHERTYPE
 
 
 def receive(port, want: int, timeout: float = 3.0) -> list[tuple[int, bytes]]:

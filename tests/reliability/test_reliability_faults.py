@@ -42,33 +42,20 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from nettest import VethPair, peer_frames, run
+from nettest import TEST_ETHERTYPE, VethPair, frame, peer_frames, put_tx, run
 
 from vtnet_py import InterfaceChangedError, RingError, open_port
 from vtnet_py._sys.netns import netns as enter_netns
 
 pytestmark = pytest.mark.kernel
 
-ETHERTYPE = b"\x88\xb5"
+ETHERTYPE = TEST_ETHERTYPE
+
 PACKET_OUTGOING = 4
 PING_LIMIT_S = 1.0
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def frame(dst: bytes, src: bytes, seq: int, size: int = 64) -> bytes:
-    body = seq.to_bytes(4, "big") + bytes((seq + i) & 0xFF for i in range(size - 18))
-    return dst + src + ETHERTYPE + body
-
-
-def put_tx(port, ring, frames: list[bytes]) -> None:
-    """Write ``frames`` into the slots from head and hand them over (head = cur)."""
-    idx = ring.slots_from_head(len(frames))
-    for i, f in zip(idx, frames, strict=True):
-        port.buf(int(ring.slot["buf_idx"][i]))[: len(f)] = np.frombuffer(f, np.uint8)
-        ring.slot["len"][i] = len(f)
-    ring.head = ring.cur = ring.next(ring.head, len(frames))
 
 
 def receive(port, want: int, timeout: float = 3.0) -> list[bytes]:
