@@ -342,6 +342,9 @@ class Port:
         socks = tuple(s.fileno() for s in self._sockets)
         rings_tx, rings_rx = tuple(self.tx_rings), tuple(self.rx_rings)
         while True:
+            # as _poll checks before it sleeps: a change seen before keeps failing, and
+            # the rate-limited re-check runs (the C loop sleeps without asking Python)
+            self._check_device()
             ms = -1
             if deadline is not None:
                 ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
@@ -353,7 +356,6 @@ class Port:
                 self._wait(rx, time.monotonic())
             elif deadline is not None and time.monotonic() >= deadline:
                 return 0
-            self._check_device()
 
     def _check_device(self, force: bool = False) -> None:
         """Raise InterfaceChangedError when the interface's channels changed since open,
