@@ -12,6 +12,11 @@ veth has): nothing is turned off to help either case. Cases, in the same run, on
 the other:
 
   plain    iperf3 from p0 to h0's stack over the bare veth pair
+  plainmtu the same with TSO and GSO off on both veth ends (for this case only, then
+           back on): every segment crosses the pair as one frame no larger than the
+           MTU, as every segment crosses the host rings (AF_XDP carries no GSO
+           metadata). A reference for what the frame size alone costs; the ratio that
+           counts is against ``plain``
   bridge   the same while ``vtnetmap bridge -i netmap:h0`` (pinned to CPU 1) holds h0's NIC
            rings and host rings: every frame between the wire and h0's stack passes
            through the netmap bridge (NIC RX -> host TX ring -> stack; stack -> host RX
@@ -44,7 +49,12 @@ from vtnet_py.apps.netlab import NetLab  # noqa: E402
 
 VTNETMAP = str(Path(sys.executable).with_name("vtnetmap"))
 PEER_IP, HOST_IP = "203.0.113.1", "203.0.113.2"
-CASES = {"plain": "plain veth", "bridge": "vtnetmap bridge -i netmap:IF"}
+CASES = {
+    "plain": "plain veth",
+    "plainmtu": "plain veth, MTU-sized segments",
+    "bridge": "vtnetmap bridge -i netmap:IF",
+}
+SEGMENTATION = ("tso", "gso")  # what plainmtu turns off on both ends
 
 
 def iperf(ns: str, secs: float, reverse: bool) -> dict[str, Any]:
@@ -70,9 +80,23 @@ def iperf(ns: str, secs: float, reverse: bool) -> dict[str, Any]:
     }
 
 
+def segmentation(ns: dict[str, str], on: bool) -> None:
+    """TSO and GSO on both veth ends on or off (plainmtu)."""
+    for side, dev in (("peer", "p0"), ("host", "h0")):
+        args = [x for f in SEGMENTATION for x in (f, "on" if on else "off")]
+        subprocess.run(
+            ["ip", "netns", "exec", ns[side], "ethtool", "-K", dev, *args],
+            check=True,
+            capture_output=True,
+        )
+
+
 def one_case(lab: NetLab, ns: dict[str, str], kind: str, secs: float) -> dict[str, Any]:
     bridge = None
+    drops = ""
     try:
+        if kind == "plainmtu":
+            segmentation(ns, False)
         if kind == "bridge":
             cmd = [VTNETMAP, "bridge", "-w", "0", "-T", "0", "-i", "netmap:h0"]
             bridge = suite.start(ns["host"], cmd, cpu=1)
@@ -86,11 +110,25 @@ def one_case(lab: NetLab, ns: dict[str, str], kind: str, secs: float) -> dict[st
                 _, err = bridge.communicate()
                 raise RuntimeError(f"vtnetmap bridge failed: {err[-1000:]}")
             time.sleep(0.5)
-        out = {}
+        out: dict[str, Any] = {}
         for direction, reverse in (("up", False), ("down", True)):
             out[direction] = iperf(ns["peer"], secs, reverse)
+        if bridge is not None:
+            bridge.terminate()
+            try:
+                _, err = bridge.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                bridge.kill()
+                _, err = bridge.communicate()
+            # the bridge's summary: what the kernel dropped on the way into its rings
+            drops = "; ".join(
+                ln.split(" main ", 1)[-1] for ln in err.splitlines() if "kernel drops" in ln
+            )
+            out["kernel_drops"] = drops
         return out
     finally:
+        if kind == "plainmtu":
+            segmentation(ns, True)
         if bridge is not None and bridge.poll() is None:
             bridge.terminate()
             try:
@@ -141,23 +179,28 @@ def main() -> int:
                     results[c].append(r)
                     line = "  ".join(
                         f"{d} {r[d]['bps'] / 1e9:6.2f} Gbps"
+                        + f" (retr {r[d].get('retransmits')})"
                         + (f" ({r[d]['error']})" if "error" in r[d] else "")
                         for d in ("up", "down")
                     )
-                    print(f"rep {rep + 1} {CASES[c]:30s} {line}", flush=True)
+                    print(f"rep {rep + 1} {CASES[c]:31s} {line}", flush=True)
+                    if r.get("kernel_drops"):
+                        print(f"      {r['kernel_drops']}", flush=True)
         finally:
             server.terminate()
             server.wait()
     print()
-    print(f"{'case':30s} {'up Gbps':>8s} {'down Gbps':>10s}  (medians)")
+    print(f"{'case':31s} {'up Gbps':>8s} {'down Gbps':>10s}  (medians)")
     med: dict[str, dict[str, float]] = {}
     for c in cases:
         med[c] = {d: statistics.median(r[d]["bps"] for r in results[c]) for d in ("up", "down")}
-        print(f"{CASES[c]:30s} {med[c]['up'] / 1e9:8.2f} {med[c]['down'] / 1e9:10.2f}")
-    if "plain" in med and "bridge" in med:
-        for d in ("up", "down"):
-            ref = med["plain"][d]
-            print(f"bridge / plain veth, {d}: {med['bridge'][d] / ref if ref else 0.0:.2f}")
+        print(f"{CASES[c]:31s} {med[c]['up'] / 1e9:8.2f} {med[c]['down'] / 1e9:10.2f}")
+    for ref_case in ("plain", "plainmtu"):
+        if ref_case in med and "bridge" in med:
+            for d in ("up", "down"):
+                ref = med[ref_case][d]
+                ratio = med["bridge"][d] / ref if ref else 0.0
+                print(f"bridge / {CASES[ref_case]}, {d}: {ratio:.2f}")
     out = HERE / "results" / f"hostring-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

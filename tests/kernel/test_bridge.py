@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from nettest import VethPair, run
+from nettest import VethPair, frame, run
 from test_hostrings import helpers_in, recv_all, udp_frame, udp_socket, wire_like_peer
 
-from vtnet_py import NS_BUF_CHANGED
+from vtnet_py import NS_BUF_CHANGED, open_port
 from vtnet_py._sys.netns import netns
-from vtnet_py.apps.bridge import Bridge, open_pair, rings_move
+from vtnet_py.apps.bridge import Bridge, kernel_drops, open_pair, rings_move
 
 pytestmark = pytest.mark.kernel
 
@@ -193,8 +193,11 @@ def test_seed_test3_ping_and_tcp_through_the_host_bridge(
         assert rc == 0, br.lines
         summary = [ln for ln in br.lines if "packets" in ln and "-->" in ln]
         assert len(summary) == 2
-        for ln in summary:  # >= 10 MB went one way, its ACKs the other
-            assert int(ln.split(": ")[1].split()[0]) > 1000
+        counts = sorted(int(ln.split(": ")[1].split()[0]) for ln in summary)
+        # >= 10 MB went one way (7000+ full frames), its ACKs the other: how many ACKs
+        # depends on how the receiver's segments batch (stretch ACKs), so only a floor
+        # that 64 KB per ACK would still pass
+        assert counts[1] > 7000 and counts[0] > 100, (counts, summary)
         assert helpers_in(veth.ns_a) == []
     else:
         while helpers_in(veth.ns_a):
@@ -454,3 +457,19 @@ def test_host_tx_and_rx_move_through_a_library_bridge(veth: VethPair) -> None:
         mem.close()
         peer.close()
         local.close()
+
+
+def test_summary_names_what_the_kernel_dropped_on_the_way_in(veth: VethPair) -> None:
+    """A 64-slot RX ring that nobody syncs has 64 buffers for the kernel; of 200 frames
+    the rest find the FILL ring empty. The bridge's summary says so, naming the port and
+    the queue; a port that lost nothing adds no line."""
+    mac_a, mac_b = veth.mac("a"), veth.mac("b")
+    with open_port(f"netmap:{veth.a}-0@conf:slots=64", netns=veth.ns_a) as port:
+        assert kernel_drops(port) == ""
+        veth.send_on_queue([frame(mac_a, mac_b, i) for i in range(200)], 0)
+        line = kernel_drops(port)
+        assert line.startswith(f"kernel drops on netmap:{veth.a}-0"), line
+        fill = int(line.split("fill ring empty ")[1].split(",")[0])
+        assert "queue 0" in line and fill >= 200 - 64, line
+        br = Bridge(port, port)
+        assert line in br.summary()

@@ -249,6 +249,46 @@ def test_idle_poll_sleeps_in_the_kernel(veth: VethPair) -> None:
         assert port.poll_wakeups - before <= 2, port.poll_wakeups - before
 
 
+def test_busy_poll_spins_and_still_hears_frames_and_link_changes(
+    veth: VethPair,
+) -> None:
+    """open_port(busy_poll=True): poll() never sleeps (no wake-up is counted, the thread
+    burns CPU for the whole timeout), returns POLLIN for a frame that arrives while it
+    spins, and still fails promptly when the interface goes away."""
+    mac_a, mac_b = veth.mac("a"), veth.mac("b")
+    with open_port(f"netmap:{veth.a}-0", netns=veth.ns_a, busy_poll=True) as port:
+        drain(port)
+        before, cpu0, t0 = port.poll_wakeups, time.thread_time(), time.monotonic()
+        assert port.poll(rx=True, timeout=0.3) == 0
+        took, cpu = time.monotonic() - t0, time.thread_time() - cpu0
+        assert 0.28 <= took < 2.0
+        assert port.poll_wakeups == before  # spun: never slept in poll(2)
+        assert cpu > 0.1, f"busy poll used {cpu:.3f} s of CPU in {took:.3f} s"
+        sender = threading.Timer(0.1, veth.send_on_queue, ([frame(mac_a, mac_b, 3)], 0))
+        sender.start()
+        try:
+            deadline = time.monotonic() + 3
+            revents = 0
+            while not revents and time.monotonic() < deadline:
+                revents = port.poll(rx=True, timeout=3.0)
+                if revents and not unread(port):  # a stray frame: release it, go on
+                    drain(port)
+                    revents = 0
+        finally:
+            sender.join()
+        assert revents == select.POLLIN
+        assert [f[14:18] for f in unread(port)] == [(3).to_bytes(4, "big")]
+        drain(port)
+        at: list[float] = []
+        t = _later(0.3, [veth.ns_b, f"ip link del {veth.b}"], at)
+        try:
+            with pytest.raises(InterfaceChangedError, match=f"{veth.a}.*(gone|went away|down)"):
+                port.poll(rx=True, timeout=5.0)
+            assert at and time.monotonic() - at[0] < 1.0
+        finally:
+            t.join()
+
+
 def _later(delay: float, cmd: list[str], at: list[float]) -> threading.Thread:
     def go() -> None:
         time.sleep(delay)

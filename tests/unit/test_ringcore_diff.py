@@ -75,8 +75,10 @@ OPS = st.one_of(
     st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("bridge_cycle"), st.integers(1, 9), st.integers(0, 9), st.booleans()),
     st.tuples(st.just("timestamp"), st.booleans()),
-    st.tuples(st.just("poll"), st.booleans(), st.booleans(), st.sampled_from([1, 4, 5])),
-    st.tuples(st.just("poll"), st.just(True), st.just(True), st.just(1)),
+    st.tuples(
+        st.just("poll"), st.booleans(), st.booleans(), st.sampled_from([1, 4, 5]), st.booleans()
+    ),
+    st.tuples(st.just("poll"), st.just(True), st.just(True), st.just(1), st.booleans()),
 )
 
 CORRUPTING = ("copy", "copy_across", "bad_buf")
@@ -120,9 +122,9 @@ class World:
         kind = op[0]
         rx, tx, xsk = self.rx, self.tx, self.xsk
         if kind == "poll":  # one round of Port.poll: in C (_ringcore.poll) in the CRing world
-            push, pull, want = op[1], op[2], op[3]
+            push, pull, want, busy = op[1], op[2], op[3], op[4]  # busy: no sleep either way
             if type(rx) is CRing:
-                got, woke = _ringcore.poll((tx,), (rx,), push, pull, want, (), 0, ())
+                got, woke = _ringcore.poll((tx,), (rx,), push, pull, want, (), 0, (), busy)
                 assert woke == 0 and got >= 0, (got, woke)
                 return got
             return poll_round((tx,), (rx,), push, pull, bool(want & 1), bool(want & 4))

@@ -232,7 +232,28 @@ class Bridge:
             f"polls {self.polls} timeouts {self.timeouts} zerocopy "
             f"{'yes' if self.zerocopy else 'no'}"
         )
+        for p in self._ports:
+            line = kernel_drops(p)
+            if line:
+                lines.append(line)
         return lines
+
+
+def kernel_drops(p: Port) -> str:
+    """What the kernel dropped on the way into the port's RX rings (their AF_XDP
+    statistics), one line naming the port and each queue; "" when nothing was dropped.
+    A TCP flow across the bridge sees each of these as a retransmission."""
+    parts = []
+    for r in p.stats()["rings"]:
+        k = r["kernel"]
+        if r["kind"] != "rx" or not k.get("rx_dropped"):
+            continue
+        where = "host ring" if r["host"] else f"queue {r['queue']}"
+        parts.append(
+            f"{where} {k['rx_dropped']} (fill ring empty {k.get('rx_fill_ring_empty_descs', 0)}, "
+            f"rx ring full {k.get('rx_ring_full', 0)})"
+        )
+    return f"kernel drops on {p.name}: " + "; ".join(parts) if parts else ""
 
 
 def _side(p: Port) -> str:

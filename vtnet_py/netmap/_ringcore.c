@@ -864,7 +864,7 @@ static PyObject *ring_move(PyObject *module, PyObject *const *args, Py_ssize_t n
 
 
 /* --- Port.poll's loop ------------------------------------------------------------------ */
-/* poll(tx_rings, rx_rings, push, pull, want, socket_fds, timeout_ms, watch_fds) ->
+/* poll(tx_rings, rx_rings, push, pull, want, socket_fds, timeout_ms, watch_fds[, busy]) ->
  * (revents, wakeups): Port._poll's loop, compiled, for rings whose syncs need nothing of
  * Python (ring.py's CRing without a readiness eventfd, and without NR_FORWARD where an
  * NS_FORWARD hook is set). txsync every TX ring (push), rxsync every RX ring (pull), and
@@ -875,44 +875,50 @@ static PyObject *ring_move(PyObject *module, PyObject *const *args, Py_ssize_t n
  * read from the Ring objects, as their txsync()/rxsync() pass them. revents: POLLIN when
  * an RX ring has frames between cur and tail (want & POLLIN), POLLOUT when a TX ring has
  * room there (want & POLLOUT); 0 once a sleep timed out; -1 when a ring is not for this
- * path or TX completions are awaited (no socket event announces them), so Port._poll's
- * Python loop runs instead; -2 for an event Python handles (a link message on a watch fd,
- * an error on a socket). A refused sync raises the RingError the ring's own sync would
- * (Ring._refusal). */
+ * path (found before any sync), so Port._poll's Python loop runs instead; -3 when a
+ * round found nothing ready and TX completions are awaited (no socket event announces
+ * them: Python's loop backs off, without another round first); -2 for an event Python
+ * handles (a link message on a watch fd, an error on a socket). A refused sync raises
+ * the RingError the ring's own sync would (Ring._refusal).
+ *
+ * busy (open_port(busy_poll=True)): spin instead of sleeping, as Port._poll's Python loop
+ * does: between rounds a recvfrom(MSG_DONTWAIT) on each RX ring's socket (the kernel
+ * busy-polls the queue there, SO_BUSY_POLL). After BUSY_SLICE_MS (or timeout_ms, if
+ * shorter) the call returns 0, or -2 for a link message, so Python's rate-limited device
+ * check runs between slices. */
 static PyObject *s_core, *s_head, *s_cur, *s_flags, *s_ready, *s_forward;
 
 #define NR_FORWARD 0x0004
 #define MAX_POLL_RINGS 64
+#define BUSY_SLICE_MS 20
 
 typedef struct {
     Core *core;
     PyObject *ring;
 } pring;
 
+/* attribute `name` of `ring`, borrowed (the ring keeps it); NULL, no error set, if absent */
+static PyObject *borrowed_attr(PyObject *ring, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(ring, name);
+    if (v == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(v);
+    return v;
+}
+
 /* the ring's core, or NULL (no error set) when the ring needs Python's sync */
 static Core *fast_core(PyObject *ring) {
-    PyObject *core = PyObject_GetAttr(ring, s_core);
-    if (core == NULL) {
-        PyErr_Clear();
+    PyObject *core = borrowed_attr(ring, s_core);
+    if (core == NULL || !PyObject_TypeCheck(core, &CoreType))
         return NULL;
-    }
-    Py_DECREF(core); /* the ring keeps it */
-    if (!PyObject_TypeCheck(core, &CoreType))
+    PyObject *ready = borrowed_attr(ring, s_ready);
+    if (ready != Py_None) /* absent, or a readiness eventfd */
         return NULL;
-    PyObject *ready = PyObject_GetAttr(ring, s_ready);
-    if (ready == NULL) {
-        PyErr_Clear();
+    PyObject *fwd = borrowed_attr(ring, s_forward);
+    if (fwd == NULL)
         return NULL;
-    }
-    Py_DECREF(ready);
-    if (ready != Py_None)
-        return NULL;
-    PyObject *fwd = PyObject_GetAttr(ring, s_forward);
-    if (fwd == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    Py_DECREF(fwd);
     if (fwd != Py_None) { /* the NS_FORWARD hook (Python's) runs under NR_FORWARD only */
         PyObject *flags = PyObject_GetAttr(ring, s_flags);
         long f = flags ? PyLong_AsLong(flags) : -1;
@@ -1005,10 +1011,10 @@ static int tx_pending(pring *r) {
 }
 
 static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) ||
+    if ((nargs != 8 && nargs != 9) || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) ||
         !PyTuple_Check(args[5]) || !PyTuple_Check(args[7])) {
         PyErr_SetString(PyExc_TypeError, "poll(tx_rings, rx_rings, push, pull, want, "
-                                         "socket_fds, timeout_ms, watch_fds): tuples of "
+                                         "socket_fds, timeout_ms, watch_fds[, busy]): tuples of "
                                          "rings and fds");
         return NULL;
     }
@@ -1016,9 +1022,10 @@ static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
     Py_ssize_t ntx = PyTuple_GET_SIZE(args[0]), nrx = PyTuple_GET_SIZE(args[1]);
     Py_ssize_t nwatch = PyTuple_GET_SIZE(args[7]);
     int push = PyObject_IsTrue(args[2]), pull = PyObject_IsTrue(args[3]);
+    int busy = nargs == 9 ? PyObject_IsTrue(args[8]) : 0;
     long want = PyLong_AsLong(args[4]), ms = PyLong_AsLong(args[6]);
     Py_ssize_t nsock = PyTuple_GET_SIZE(args[5]), nfds = nsock + nwatch;
-    if (push < 0 || pull < 0 || PyErr_Occurred())
+    if (push < 0 || pull < 0 || busy < 0 || PyErr_Occurred())
         return NULL;
     if (ntx > MAX_POLL_RINGS || nrx > MAX_POLL_RINGS || nfds > 2 * MAX_POLL_RINGS)
         return Py_BuildValue("(ii)", -1, 0);
@@ -1041,6 +1048,9 @@ static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
             return Py_BuildValue("(ii)", -1, 0);
     }
     int wakeups = 0, timed_out = 0;
+    long slice_ms = ms < 0 || ms > BUSY_SLICE_MS ? BUSY_SLICE_MS : ms;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
         for (Py_ssize_t i = 0; push && i < ntx; i++)
             if (ring_sync(&tx[i]) < 0)
@@ -1064,11 +1074,27 @@ static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
         }
         if (revents || timed_out || ms == 0)
             return Py_BuildValue("(li)", revents, wakeups);
+        if (busy) {
+            struct timespec t;
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >= slice_ms) {
+                /* the slice is over: a link message for Python, else 0 (it re-checks the
+                 * device and the deadline, and calls again) */
+                int got = nwatch ? poll(pfd + nsock, (nfds_t)nwatch, 0) : 0;
+                return Py_BuildValue("(ii)", got > 0 ? -2 : 0, wakeups);
+            }
+            for (Py_ssize_t i = 0; (want & POLLIN) && i < nrx; i++)
+                if (wake_rx(rx[i].core) < 0)
+                    return NULL;
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            continue;
+        }
         for (Py_ssize_t i = 0; (want & POLLOUT) && i < ntx; i++) {
             if ((r = tx_pending(&tx[i])) < 0)
                 return NULL;
             if (r)
-                return Py_BuildValue("(ii)", -1, wakeups);
+                return Py_BuildValue("(ii)", -3, wakeups);
         }
         int got;
         Py_BEGIN_ALLOW_THREADS
@@ -1094,7 +1120,7 @@ static PyObject *port_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
 
 static PyMethodDef module_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))port_poll, METH_FASTCALL,
-     "poll(tx_rings, rx_rings, push, pull, want, socket_fds, timeout_ms, watch_fds) -> "
+     "poll(tx_rings, rx_rings, push, pull, want, socket_fds, timeout_ms, watch_fds[, busy]) -> "
      "(revents, wakeups)"},
     {"move", (PyCFunction)(void (*)(void))ring_move, METH_FASTCALL,
      "move(rx_core, rx_head, tx_core, tx_head, limit, zerocopy) -> (frames, bytes)"},

@@ -31,5 +31,6 @@ def poll(
     socket_fds: tuple[int, ...],
     timeout_ms: int,
     watch_fds: tuple[int, ...],
+    busy: bool = False,
     /,
 ) -> tuple[int, int]: ...

@@ -94,6 +94,7 @@ except ImportError:  # the extension is not built: PyRing rings, Python's poll l
 
 log = logging.getLogger("vtnet_py")
 
+_C_PENDING = -3  # _ringcore.poll: nothing ready, TX completions awaited
 PENDING_BACKOFF_S = 0.0002  # first wait for TX completions in poll(tx=True); doubles
 PENDING_BACKOFF_MAX_S = 0.1  # and its ceiling: no socket event announces a completion
 
@@ -150,6 +151,7 @@ class Port:
         self._steering: Steering | None = None
         self._epoll: select.epoll | None = None
         self._poller: Any = None
+        self._c_args: tuple[Any, ...] | None = None  # _poll_compiled's rings and fds
         self._watched: list[tuple[int, int]] = []  # fileno()'s sockets (see watch_fd)
         self._fileno_live = False  # fileno() was asked for: they are in the epoll
         self._closed = False
@@ -288,27 +290,36 @@ class Port:
         kernel says so. Only TX completions, which no socket event announces, are waited
         for by a backoff from 0.2 ms to 100 ms. A port opened with ``busy_poll=True``
         spins on its rings instead of sleeping."""
-        self._check_open()
+        if self._closed or self._failed:
+            self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         push = tx or not self._no_tx_poll
         pull = rx or self._do_rx_poll
         try:  # as in rxsync (inline, not a context manager: those cost a microsecond)
-            return self._poll(rx, tx, deadline, push, pull)
+            if _c_poll is not None:
+                revents = self._poll_compiled(rx, tx, deadline, push, pull)
+                if revents is not None and revents != _C_PENDING:
+                    return revents
+                return self._poll(rx, tx, deadline, push, pull, revents == _C_PENDING)
+            return self._poll(rx, tx, deadline, push, pull, False)
         except InterfaceChangedError:
             self._check_sockets()
             raise
 
-    def _poll(self, rx: bool, tx: bool, deadline: float | None, push: bool, pull: bool) -> int:
-        if _c_poll is not None and not self._busy_poll:
-            revents = self._poll_compiled(rx, tx, deadline, push, pull)
-            if revents is not None:
-                return revents
+    def _poll(
+        self, rx: bool, tx: bool, deadline: float | None, push: bool, pull: bool, synced: bool
+    ) -> int:
+        """Port.poll's loop in Python: for rings the compiled loop does not take, and for
+        the backoff while TX completions are awaited. ``synced``: the compiled loop just
+        ran a round and found nothing ready, so the first round is skipped."""
         tx_rings, rx_rings = self.tx_rings, self.rx_rings
         backoff = 0.0
         while True:
-            revents = poll_round(tx_rings, rx_rings, push, pull, rx, tx)
-            if revents:
-                return revents
+            if not synced:
+                revents = poll_round(tx_rings, rx_rings, push, pull, rx, tx)
+                if revents:
+                    return revents
+            synced = False
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return 0
@@ -334,24 +345,37 @@ class Port:
         self, rx: bool, tx: bool, deadline: float | None, push: bool, pull: bool
     ) -> int | None:
         """The loop of _poll in C (_ringcore.poll) when every ring allows it: the same
-        syncs, readiness and kernel wait, without a Python step per sync or wake-up.
-        None: run the Python loop (a ring with a readiness eventfd or NR_FORWARD, or TX
-        completions awaited). A refused sync raises the ring's RingError, as its own."""
+        syncs, readiness and kernel wait (or spin, with busy_poll), without a Python step
+        per sync or wake-up. None: run the Python loop (a ring with a readiness eventfd or
+        NR_FORWARD); _C_PENDING: a round found nothing ready and TX completions are awaited
+        (the Python loop backs off, without another round first). A refused sync raises
+        the ring's RingError, as its own. Lean on purpose: this is what runs right after a
+        wake-up, on cold caches, once per round trip of a ping/pong."""
+        args = self._c_args
+        if args is None:  # made again whenever the rings or sockets change (add_*, reopen)
+            watched = tuple(self._watch.fds()) if self._watch is not None else ()
+            socks = tuple(s.fileno() for s in self._sockets)
+            args = self._c_args = (tuple(self.tx_rings), tuple(self.rx_rings), socks, watched)
+        rings_tx, rings_rx, socks, watched = args
         want = (select.POLLIN if rx else 0) | (select.POLLOUT if tx else 0)
-        watched = tuple(self._watch.fds()) if self._watch is not None else ()
-        socks = tuple(s.fileno() for s in self._sockets)
-        rings_tx, rings_rx = tuple(self.tx_rings), tuple(self.rx_rings)
+        watch, busy = self._watch, self._busy_poll
         while True:
             # as _poll checks before it sleeps: a change seen before keeps failing, and
             # the rate-limited re-check runs (the C loop sleeps without asking Python)
-            self._check_device()
+            if watch is not None:
+                watch.check(self._steering)
             ms = -1
             if deadline is not None:
                 ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            revents, woke = _c_poll(rings_tx, rings_rx, push, pull, want, socks, ms, watched)
-            self.poll_wakeups += woke
-            if revents > 0 or revents == -1:
-                return None if revents < 0 else revents
+            revents, woke = _c_poll(rings_tx, rings_rx, push, pull, want, socks, ms, watched, busy)
+            if woke:
+                self.poll_wakeups += woke
+            if revents > 0:
+                return int(revents)
+            if revents == -1:
+                return None
+            if revents == _C_PENDING:
+                return _C_PENDING
             if revents == -2:  # a link message or a socket error: _wait's answer to it
                 self._wait(rx, time.monotonic())
             elif deadline is not None and time.monotonic() >= deadline:
@@ -434,6 +458,7 @@ class Port:
                 "ring": r.ring_id,
                 "kind": "tx" if r.is_tx else "rx",
                 "queue": r.queue,
+                "host": r.is_host,
                 "head": r.head,
                 "cur": r.cur,
                 "tail": r.tail,
@@ -487,12 +512,14 @@ class Port:
     def add_socket(self, sock: XskSocket) -> int:
         """Take ``sock`` as one of the port's sockets; returns its id in the memory."""
         self._sockets.append(sock)
+        self._c_args = None
         self.zerocopy = sock.zerocopy
         return self._mem().add_socket(sock)
 
     def add_rings(self, rings: list[Ring]) -> None:
         """Take ``rings`` (made on one of the port's sockets) into the ring lists."""
         self._mem().add_rings(rings)
+        self._c_args = None
         for r in rings:
             (self.tx_rings if r.is_tx else self.rx_rings).append(r)
 
@@ -532,6 +559,7 @@ class Port:
         self._steering = None
         self._epoll = None
         self._poller = None
+        self._c_args = None
         if self._ready is not None:  # a raw fd: this process's copy goes with the port
             self._ready.close()
         self._ready = None
@@ -687,7 +715,7 @@ def _reconfigure(port: Port) -> None:
     finally:
         port._keep_memory = False
     port.tx_rings, port.rx_rings, port._sockets, port._watched = [], [], [], []
-    port._poller, port._poll_mask, port._bufs = None, -1, None
+    port._poller, port._poll_mask, port._bufs, port._c_args = None, -1, None, None
     port._watch, port._host, port._failed, port.plan = None, None, "", None
     port._steering, port.memory = None, None
     try:

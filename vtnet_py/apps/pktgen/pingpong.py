@@ -60,6 +60,8 @@ class PingPong(WorkerBase):
         tosend = 0
         period_rtts: list[np.ndarray] = []
         tx_buf, tx_len = txr.slot["buf_idx"], txr.slot["len"]
+        # each RX ring with its slot fields (a field view costs as much as a sync)
+        rx_fields = [(r, r.slot["buf_idx"], r.slot["len"]) for r in port.rx_rings]
         one_rtts: list[int] = []
         last_print = time.monotonic()
         self._wait_link()
@@ -103,14 +105,13 @@ class PingPong(WorkerBase):
                 self.out.diag("poll error on queue 0: timeout", func="ping_body")
                 continue
             now = time.monotonic_ns()
-            for r in port.rx_rings:
+            for r, rx_buf, rx_len in rx_fields:
                 avail = r.space()
                 if not avail:
                     continue
                 if avail == 1 and umem is not None:
                     h = r.head
-                    sl = r.slot[h]
-                    rtt1 = ping_rtt(umem, int(sl["buf_idx"]), int(sl["len"]), vh, now)
+                    rtt1 = ping_rtt(umem, int(rx_buf[h]), int(rx_len[h]), vh, now)
                     if rtt1 is not None:
                         one_rtts.append(rtt1)
                         received += 1
@@ -164,6 +165,7 @@ class PingPong(WorkerBase):
         row = self.row
         txr = port.tx_rings[0]
         tx_buf, tx_len = txr.slot["buf_idx"], txr.slot["len"]
+        rx_fields = [(r, r.slot["buf_idx"], r.slot["len"]) for r in port.rx_rings]
         bufs = port.bufs
         vh = cfg.spec.vnet_hdr_len
         n = self.frames_in
@@ -174,7 +176,7 @@ class PingPong(WorkerBase):
             # poll() first pushes the replies queued in the previous round
             if not port.poll(rx=True, timeout=1.0):
                 continue
-            for r in port.rx_rings:
+            for r, rx_buf, rx_len in rx_fields:
                 avail = r.space()
                 if not avail:
                     continue
@@ -183,8 +185,8 @@ class PingPong(WorkerBase):
                     k = min(k, n - sent)
                 if k == 1 and avail == 1 and umem is not None:
                     h, th = r.head, txr.head
-                    ln = int(r.slot["len"][h])
-                    reflect(umem, int(r.slot["buf_idx"][h]), int(tx_buf[th]), ln, vh)
+                    ln = int(rx_len[h])
+                    reflect(umem, int(rx_buf[h]), int(tx_buf[th]), ln, vh)
                     tx_len[th] = ln
                     txr.head = txr.cur = txr.next(th)
                     r.head = r.cur = r.next(h)
