@@ -121,124 +121,18 @@ int vtnm_host_eg(struct __sk_buff *skb)
     return bpf_redirect(*near, 0);
 }
 
-/* --- host TX: finish the L4 checksum a veth peer left to offload ------------------------
- *
- * A veth whose peer has tx checksumming on (every container's default) hands over TCP
- * and UDP frames with CHECKSUM_PARTIAL: the checksum field holds only the folded
- * pseudo-header sum, to be completed by whoever transmits. XDP, and so AF_XDP, sees the
- * bytes without that state; forwarded into the stack through the host TX ring they
- * would be dropped as corrupt. So a TCP/UDP frame over IPv4 or IPv6 whose checksum field
- * equals its pseudo-header sum gets the full checksum here. Since the field then adds the
- * pseudo header into a sum over the L4 bytes as they are, the checksum is the complement
- * of that sum. A frame with a correct checksum that happens to equal its pseudo-header sum
- * gets the same value written back, so correct frames never change.
- */
-#define ETH_HLEN_ 14
-#define CSUM_CHUNK 256
-#define CSUM_CHUNKS 40 /* 10240 bytes of L4 data: any MTU a helper pair is made with */
-
-static __always_inline u32 fold(u64 s)
-{
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    return (u32)s;
-}
-
-static __always_inline u64 words32(u32 v)
-{
-    return (u64)(v >> 16) + (v & 0xffff);
-}
+/* --- host TX: finish the L4 checksum a veth peer left to offload (csum.h) --------------
+ * Frames from a NIC RX ring come complete (steer.c finishes them on the way in); the
+ * application may still write or copy a frame with the pseudo-header sum only. */
+#define VTNM_CSUM_CTX struct __sk_buff
+#define VTNM_LOAD(ctx, off, buf, len) bpf_skb_load_bytes(ctx, off, buf, len)
+#include "csum.h"
 
 static __always_inline void complete_l4_csum(struct __sk_buff *skb)
 {
-    u16 proto;
-    if (bpf_skb_load_bytes(skb, 12, &proto, 2) < 0)
-        return;
-    u32 l4off, l4len;
-    u8 l4proto;
-    u64 pseudo = 0;
-    if (proto == bpf_htons(0x0800)) {
-        u8 ip[20];
-        if (bpf_skb_load_bytes(skb, ETH_HLEN_, ip, 20) < 0)
-            return;
-        u32 ihl = (ip[0] & 0xf) * 4;
-        if ((ip[0] >> 4) != 4 || ihl < 20)
-            return;
-        if (((ip[6] & 0x3f) | ip[7]) != 0)
-            return; /* a fragment: its checksum covers the whole datagram */
-        u32 tot = ((u32)ip[2] << 8) | ip[3];
-        if (tot < ihl)
-            return;
-        l4proto = ip[9];
-        l4off = ETH_HLEN_ + ihl;
-        l4len = tot - ihl;
-        u32 a, b;
-        __builtin_memcpy(&a, &ip[12], 4);
-        __builtin_memcpy(&b, &ip[16], 4);
-        pseudo = words32(a) + words32(b);
-    } else if (proto == bpf_htons(0x86DD)) {
-        u32 ip6[10];
-        if (bpf_skb_load_bytes(skb, ETH_HLEN_, ip6, 40) < 0)
-            return;
-        u8 *h = (u8 *)ip6;
-        l4proto = h[6]; /* next header: TCP/UDP right after the fixed header only */
-        l4off = ETH_HLEN_ + 40;
-        l4len = ((u32)h[4] << 8) | h[5];
-#pragma unroll
-        for (int i = 2; i < 10; i++)
-            pseudo += words32(ip6[i]);
-    } else {
-        return;
-    }
-    u32 csum_off;
-    if (l4proto == 6)
-        csum_off = 16;
-    else if (l4proto == 17)
-        csum_off = 6;
-    else
-        return;
-    if (l4len < csum_off + 2 || l4len > CSUM_CHUNK * CSUM_CHUNKS)
-        return;
-    if (l4off + l4len > skb->len)
-        return;
-    pseudo += bpf_htons((u16)l4proto) + bpf_htons((u16)l4len);
-    u16 field;
-    if (bpf_skb_load_bytes(skb, l4off + csum_off, &field, 2) < 0)
-        return;
-    if (field != fold(pseudo) || (l4proto == 17 && field == 0))
-        return;
-    /* whole chunks through bpf_csum_diff, then the tail (below one chunk) in one load;
-     * one loop only: a second loop after it would multiply the verifier's paths */
-    u8 buf[CSUM_CHUNK];
-    s64 sum = 0;
-    u32 chunks = l4len / CSUM_CHUNK;
-    for (u32 i = 0; i < CSUM_CHUNKS; i++) {
-        if (i >= chunks)
-            break;
-        if (bpf_skb_load_bytes(skb, l4off + i * CSUM_CHUNK, buf, CSUM_CHUNK) < 0)
-            return;
-        sum = bpf_csum_diff(0, 0, (void *)buf, CSUM_CHUNK, (u32)sum);
-        if (sum < 0)
-            return;
-    }
-    u32 left = l4len - chunks * CSUM_CHUNK;
-    if (left) {
-        __builtin_memset(buf, 0, CSUM_CHUNK); /* the checksum pads with zeros */
-        u32 m = left - 1;
-        /* the mask, as an instruction the compiler keeps, bounds the sizes for the
-         * verifier: a load of 1..CSUM_CHUNK bytes, a sum over 4..CSUM_CHUNK */
-        asm volatile("%0 &= 0xff" : "+r"(m));
-        if (bpf_skb_load_bytes(skb, l4off + chunks * CSUM_CHUNK, buf, m + 1) < 0)
-            return;
-        sum = bpf_csum_diff(0, 0, (void *)buf, ((m >> 2) + 1) << 2, (u32)sum);
-        if (sum < 0)
-            return;
-    }
-    u16 c = (u16)~fold((u64)(u32)sum);
-    if (l4proto == 17 && c == 0)
-        c = 0xffff; /* RFC 768: zero means "no checksum" */
-    if (bpf_skb_store_bytes(skb, l4off + csum_off, &c, 2, BPF_F_RECOMPUTE_CSUM) == 0)
+    u16 c;
+    u32 at = vtnm_partial_l4_csum(skb, skb->len, &c);
+    if (at && bpf_skb_store_bytes(skb, at, &c, 2, BPF_F_RECOMPUTE_CSUM) == 0)
         count(C_IN_CSUM);
 }
 

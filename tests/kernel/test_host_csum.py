@@ -1,9 +1,11 @@
 """Host rings with a veth peer that has default offloads (issue 12, "Host rings on veth").
 
 A veth whose peer checksums by offload (tx checksumming on: every container's default)
-hands TCP and UDP frames over with the checksum unfinished; AF_XDP copies the bytes as
-they are. Frames that go up the stack through the host TX ring get the checksum completed
-on the way (bpf/host.c, vtnm_host_in). Nothing here turns the peer's offloads off.
+hands TCP and UDP frames over with the checksum unfinished; AF_XDP would copy the bytes as
+they are. The steering program completes them on the way into a NIC RX ring (bpf/steer.c),
+so the rings hold what a wire carries; frames an application puts on the host TX ring
+with the pseudo-header sum only get it completed on the way up (bpf/host.c,
+vtnm_host_in). Both use bpf/csum.h. Nothing here turns the peer's offloads off.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from vtnet_py._sys import bpf
 from vtnet_py._sys.netns import netns
 from vtnet_py.ebpf.build import compile_image, instantiate
 from vtnet_py.ebpf.egress import EG_PROG, IN_PROG, image_flags
+from vtnet_py.ebpf.steer import MAX_QUEUES
+from vtnet_py.ebpf.steer import PROG_NAME as STEER_PROG
 
 pytestmark = pytest.mark.kernel
 
@@ -46,9 +50,20 @@ def test_tcp_from_a_default_peer_through_the_host_bridge(veth: VethPair, bridge_
     assert peer_checksums_by_offload(veth)  # the test did not change the world
 
 
+def udp_checksum_ok(frame: bytes) -> bool:
+    """Whether an Ethernet/IPv4/UDP frame's UDP checksum is complete and right."""
+    ihl = (frame[14] & 0xF) * 4
+    ip, l4 = frame[14 : 14 + ihl], frame[14 + ihl :]
+    ulen = struct.unpack_from("!H", l4, 4)[0]
+    pseudo = ip[12:20] + struct.pack("!xBH", 17, ulen)
+    return ones_sum(pseudo + l4[:ulen]) == 0xFFFF
+
+
 def test_udp_from_a_default_peer_forwarded_up_gets_its_checksum(veth: VethPair) -> None:
-    """NS_FORWARD of datagrams a default peer sent (checksum left to offload): the socket
-    on IF's stack receives them, and the host TX program counts the completions."""
+    """Datagrams a default peer sent (checksum left to offload) sit in the NIC RX ring
+    with their checksums complete, as a wire would carry them; forwarded up the stack
+    (NS_FORWARD) the socket on IF's stack receives them, with nothing left for the host
+    TX program to complete."""
     assert peer_checksums_by_offload(veth)
     local = udp_socket(veth.ns_a, veth.ip_a, 7795)
     with netns(veth.ns_b):
@@ -70,18 +85,24 @@ def test_udp_from_a_default_peer_forwarded_up_gets_its_checksum(veth: VethPair) 
             for p in payloads:
                 peer.sendto(p, (veth.ip_a, 7795))
             deadline = time.monotonic() + 8
+            seen = 0
             while len(got) < len(payloads) and time.monotonic() < deadline:
                 port.poll(rx=True, timeout=0.05)
                 for r in port.rx_rings:
                     n = r.space()
                     idx = r.slots_from_head(n)
+                    for i in idx:
+                        data = bytes(port.buf(int(r.slot["buf_idx"][i]))[: int(r.slot["len"][i])])
+                        if data[12:14] == b"\x08\x00" and data[23] == 17:
+                            assert udp_checksum_ok(data), data.hex()
+                            seen += 1
                     r.slot["flags"][idx] |= NS_FORWARD
                     r.head = r.cur = r.next(r.head, n)
                 port.rxsync()
                 got += recv_all(local, 0.01)
             assert got == payloads
-            h = port.stats()["host"]
-            assert h["host_tx_csum_completed"] >= len(payloads)
+            assert seen >= len(payloads)
+            assert port.stats()["host"]["host_tx_csum_completed"] == 0
             port.check_invariant()
     finally:
         peer.close()
@@ -131,7 +152,8 @@ def l4_frame(v6: bool, proto: int, payload: bytes, how: str) -> tuple[bytes, int
     return bytes(frame), off
 
 
-def run_host_in(prog_fd: int, frame: bytes) -> bytes:
+def run_prog(prog_fd: int, frame: bytes) -> tuple[int, bytes]:
+    """BPF_PROG_TEST_RUN of ``frame``: (the program's return value, the frame after)."""
     data_in = ctypes.create_string_buffer(frame, len(frame))
     data_out = ctypes.create_string_buffer(len(frame) + 256)
     attr = K.bpf_attr_test_run(
@@ -143,7 +165,11 @@ def run_host_in(prog_fd: int, frame: bytes) -> bytes:
         repeat=1,
     )
     bpf.prog_test_run(attr)
-    return data_out.raw[: attr.data_size_out]
+    return attr.retval, data_out.raw[: attr.data_size_out]
+
+
+def run_host_in(prog_fd: int, frame: bytes) -> bytes:
+    return run_prog(prog_fd, frame)[1]
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +213,19 @@ def test_the_host_tx_program_completes_partial_checksums_only(
         assert run_host_in(host_in, partial) == full, (n, full[off : off + 2].hex())
         assert run_host_in(host_in, full) == full, n
         assert run_host_in(host_in, bad) == bad, n
+
+
+def test_the_steering_program_leaves_the_kernels_queues_alone() -> None:
+    """A queue without a socket is the kernel's: its frames pass (XDP_PASS) exactly as
+    they came, a partial checksum included (the kernel keeps its offload state); only
+    frames bound for a socket are completed (test_udp_from_a_default_peer... above)."""
+    image = compile_image("steer.c", (STEER_PROG,), (f"-DVTNM_MAX_QUEUES={MAX_QUEUES}",))
+    prog = instantiate(
+        image, STEER_PROG, K.BPF_PROG_TYPE_XDP, name=STEER_PROG, expected_attach_type=K.BPF_XDP
+    )
+    try:
+        for v6 in (False, True):
+            partial, _ = l4_frame(v6, 6, bytes(range(200)), "partial")
+            assert run_prog(prog.prog_fd, partial) == (K.XDP_PASS, partial)
+    finally:
+        prog.close()

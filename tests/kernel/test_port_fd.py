@@ -279,14 +279,7 @@ def test_busy_poll_spins_and_still_hears_frames_and_link_changes(
         assert revents == select.POLLIN
         assert [f[14:18] for f in unread(port)] == [(3).to_bytes(4, "big")]
         drain(port)
-        at: list[float] = []
-        t = _later(0.3, [veth.ns_b, f"ip link del {veth.b}"], at)
-        try:
-            with pytest.raises(InterfaceChangedError, match=f"{veth.a}.*(gone|went away|down)"):
-                port.poll(rx=True, timeout=5.0)
-            assert at and time.monotonic() - at[0] < 1.0
-        finally:
-            t.join()
+        poll_fails_once_the_peer_is_deleted(veth, port, f"{veth.a}.*(gone|went away|down)")
 
 
 def _later(delay: float, cmd: list[str], at: list[float]) -> threading.Thread:
@@ -300,17 +293,23 @@ def _later(delay: float, cmd: list[str], at: list[float]) -> threading.Thread:
     return t
 
 
+def poll_fails_once_the_peer_is_deleted(veth: VethPair, port, pattern: str) -> None:  # type: ignore[no-untyped-def]
+    """Delete the peer 0.4 s from now: port.poll(rx=True, timeout=5) raises
+    InterfaceChangedError matching ``pattern`` within 1 s of that."""
+    at: list[float] = []
+    t = _later(0.4, [veth.ns_b, f"ip link del {veth.b}"], at)
+    try:
+        with pytest.raises(InterfaceChangedError, match=pattern):
+            port.poll(rx=True, timeout=5.0)
+        assert at and time.monotonic() - at[0] < 1.0
+    finally:
+        t.join()
+
+
 def test_idle_poll_fails_promptly_when_the_interface_is_deleted(veth: VethPair) -> None:
     with open_port(f"netmap:{veth.a}", netns=veth.ns_a) as port:
         drain(port)
-        at: list[float] = []
-        t = _later(0.4, [veth.ns_b, f"ip link del {veth.b}"], at)
-        try:
-            with pytest.raises(InterfaceChangedError, match=f"{veth.a}.*(gone|went away)"):
-                port.poll(rx=True, timeout=5.0)
-            assert at and time.monotonic() - at[0] < 1.0
-        finally:
-            t.join()
+        poll_fails_once_the_peer_is_deleted(veth, port, f"{veth.a}.*(gone|went away)")
         assert port.poll_wakeups <= 3
 
 

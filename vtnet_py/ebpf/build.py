@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import struct
 import subprocess
 import sys
@@ -198,11 +199,25 @@ def _image_key(
     return h.hexdigest()[:32]
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.-]+\.h)"[ \t]*$', re.MULTILINE)
+
+
+def source_text(source: str) -> str:
+    """``bpf/<source>`` with its ``#include "x.h"`` lines replaced by ``bpf/x.h`` (one
+    level): bcc compiles text, and the image cache key must cover the headers too."""
+    here = bpf_source_dir()
+
+    def header(m: re.Match[str]) -> str:
+        return f"/* {m.group(1)} */\n" + (here / m.group(1)).read_text()
+
+    return _LOCAL_INCLUDE.sub(header, (here / source).read_text())
+
+
 def compile_image(
     source: str, funcs: tuple[str, ...], cflags: tuple[str, ...] = ()
 ) -> ProgramImage:
     """Compile ``bpf/<source>`` with bcc (or take it from the cache) into an image."""
-    text = (bpf_source_dir() / source).read_text()
+    text = source_text(source)
     headers = find_kernel_headers()
     key = _image_key(text, funcs, cflags, headers)
     with _compile_lock:
@@ -281,7 +296,7 @@ def _compile_in_child(
 def _child_main(argv: list[str]) -> int:
     source, funcs = argv[0], tuple(argv[1].split(","))
     cflags = tuple(argv[2:])
-    text = (bpf_source_dir() / source).read_text()
+    text = source_text(source)
     try:
         image = _compile_with_bcc(source, text, funcs, cflags, None)
     except PrivilegeError as exc:

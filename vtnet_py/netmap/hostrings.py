@@ -42,8 +42,10 @@ needs a device to bind to, so the port owns a helper veth pair::
   holder puts its socket and the near end into it; NIC ports register themselves there,
   and TX-only NIC ports of this process (no socket an XSKMAP takes) through a flag the
   host holder sets from :class:`HostRegistry`.
-* Host TX frames whose TCP/UDP checksum a veth peer left to offload (the field holds the
+* Host TX frames whose TCP/UDP checksum was left to offload (the field holds the
   pseudo-header sum) get it completed by the near end's ingress program on the way in.
+  Frames from a NIC RX ring already come complete (the steering program finishes what a
+  veth peer left partial); this catches frames an application wrote that way.
 * Offloads: the near end has every segmentation and checksum offload off, so the kernel
   segments GSO super-frames and completes CHECKSUM_PARTIAL checksums in software when it
   transmits them (validate_xmit_skb); the host RX ring only sees complete wire frames no
