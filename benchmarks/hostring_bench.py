@@ -93,7 +93,6 @@ def segmentation(ns: dict[str, str], on: bool) -> None:
 
 def one_case(lab: NetLab, ns: dict[str, str], kind: str, secs: float) -> dict[str, Any]:
     bridge = None
-    drops = ""
     try:
         if kind == "plainmtu":
             segmentation(ns, False)
@@ -114,28 +113,17 @@ def one_case(lab: NetLab, ns: dict[str, str], kind: str, secs: float) -> dict[st
         for direction, reverse in (("up", False), ("down", True)):
             out[direction] = iperf(ns["peer"], secs, reverse)
         if bridge is not None:
-            bridge.terminate()
-            try:
-                _, err = bridge.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                bridge.kill()
-                _, err = bridge.communicate()
+            err = suite.interrupt(bridge)
             # the bridge's summary: what the kernel dropped on the way into its rings
-            drops = "; ".join(
+            out["kernel_drops"] = "; ".join(
                 ln.split(" main ", 1)[-1] for ln in err.splitlines() if "kernel drops" in ln
             )
-            out["kernel_drops"] = drops
         return out
     finally:
         if kind == "plainmtu":
             segmentation(ns, True)
         if bridge is not None and bridge.poll() is None:
-            bridge.terminate()
-            try:
-                bridge.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                bridge.kill()
-                bridge.wait()
+            suite.interrupt(bridge)
 
 
 def lab_xdp(ns: str, dev: str) -> bool:

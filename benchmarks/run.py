@@ -169,14 +169,15 @@ def finish(p: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
     return out, err
 
 
-def interrupt(p: subprocess.Popen[str]) -> None:
-    """Stop a responder with SIGINT (killed if it does not end within 10 s)."""
+def interrupt(p: subprocess.Popen[str]) -> str:
+    """Stop a responder with SIGINT (killed if it does not end within 10 s); returns what
+    it wrote to stderr."""
     p.send_signal(signal.SIGINT)
     try:
-        p.communicate(timeout=10)
+        return p.communicate(timeout=10)[1] or ""
     except subprocess.TimeoutExpired:
         p.kill()
-        p.wait()
+        return p.communicate()[1] or ""
 
 
 def run_json(
