@@ -418,3 +418,28 @@ def test_rxsync_stamps_ts_only_when_nr_timestamp_asks(cls: type[Ring]) -> None:
     stamped = rx.ts
     rx.rxsync()
     assert rx.ts == stamped
+
+
+def test_a_buf_idx_written_back_after_its_buffer_moved_is_checked() -> None:
+    """Found by the differential test: the bridge swaps a buffer out of an RX slot into
+    a TX slot, a refused rxsync keeps the swap unreleased, and the application writes the
+    slot's old buf_idx back. The value equals what the core last wrote there, but the
+    buffer now sits in the TX ring: both models refuse it as copied."""
+    ops = [
+        ("deliver", 1, False),
+        ("bridge_cycle", 3, 1, False),
+        ("bridge_cycle", 3, 1, False),
+        ("txsync",),
+        ("bridge_cycle", 1, 5, True),
+        ("txsync",),
+        ("bad_buf", "rx", 0, 0),
+        ("rxsync",),
+        ("bridge_move", 3, False),
+        ("bad_buf", "rx", 1, 6),
+        ("rxsync",),
+    ]
+    py, c = World(PyRing, CONFIGS["plain"]), World(CRing, CONFIGS["plain"])
+    for step, op in enumerate(ops):
+        got_py, got_c = py.run(op), c.run(op)
+        assert got_py == got_c, f"step {step} {op}: {got_py} != {got_c}"
+    assert got_c[0] == "RingError" and got_c[1][3] == "copied", got_c

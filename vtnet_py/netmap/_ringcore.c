@@ -227,7 +227,9 @@ static uint32_t next_gen(Core *c) {
 static inline void check_slot(Core *c, verdict *v, uint32_t k, uint32_t i, uint32_t hw,
                               uint32_t count, uint64_t gen) {
     uint32_t b = c->slot[i].buf_idx;
-    if (b == c->shadow[i])
+    /* unchanged since the core last wrote or checked it, and the buffer still recorded
+     * here: a value written back after the buffer moved elsewhere is checked in full */
+    if (b == c->shadow[i] && c->where[b] == (int64_t)c->first_buf + i)
         return;
     if (b >= c->nchunks) {
         note(v, k, P_RANGE, b, 0);
@@ -547,6 +549,9 @@ static PyObject *core_rxsync(Core *c, PyObject *const *args, Py_ssize_t nargs) {
         kring *fill = &c->fill;
         for (uint32_t k = 0; k < released; k++) {
             uint32_t b = c->slot[(hw + k) % n].buf_idx;
+            /* checked: the slot's buf_idx is known again (as txsync records it); a stale
+             * shadow would let the application write that old value back unchecked */
+            c->shadow[(hw + k) % n] = b;
             c->owner[b] = mine;
             *addr_desc(fill, fill->cached + k) = (uint64_t)b << c->shift;
         }
